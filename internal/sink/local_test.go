@@ -1,0 +1,157 @@
+package sink
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func write(t *testing.T, s Sink, run, name, body string) {
+	t.Helper()
+	w, err := s.Create(context.Background(), run, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, body); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLocalCommitPromotesDataAndWritesManifestLast(t *testing.T) {
+	ctx := context.Background()
+	s, err := NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, "run1", "Patient/Patient-0001.ndjson", "{}\n")
+	write(t, s, "run1", WorkPrefix+"plan.json", "secret urls")
+	if _, err := os.Stat(s.Location("run1")); !os.IsNotExist(err) {
+		t.Fatalf("run visible before commit: %v", err)
+	}
+	rc, err := s.Open(ctx, "run1", WorkPrefix+"plan.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(b) != "secret urls" {
+		t.Fatalf("work object = %q", b)
+	}
+	if err := s.Commit(ctx, "run1", []byte(`{"ok":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(s.Location("run1"), "Patient", "Patient-0001.ndjson"))
+	if err != nil || string(got) != "{}\n" {
+		t.Fatalf("committed data = %q, %v", got, err)
+	}
+	if m, _ := os.ReadFile(filepath.Join(s.Location("run1"), ManifestName)); string(m) != `{"ok":true}` {
+		t.Fatalf("manifest = %q", m)
+	}
+	if _, err := os.Stat(filepath.Join(s.Location("run1"), "_work")); !os.IsNotExist(err) {
+		t.Fatal("work objects were promoted with the data")
+	}
+	if _, err := os.Stat(filepath.Join(s.Root, ".staging", "run1")); !os.IsNotExist(err) {
+		t.Fatal("staging left behind")
+	}
+	// A retried commit is a no-op.
+	if err := s.Commit(ctx, "run1", []byte(`{"ok":true}`)); err != nil {
+		t.Fatalf("retried commit: %v", err)
+	}
+}
+
+func TestLocalRestageReplacesNeverAppends(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	write(t, s, "r", "Observation/Observation-0001.ndjson", "a\nb\n")
+	// A second attempt that fails midway leaves the first staged copy alone.
+	w, _ := s.Create(context.Background(), "r", "Observation/Observation-0001.ndjson")
+	io.WriteString(w, "partial")
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, "r", "Observation/Observation-0001.ndjson", "c\n")
+	if err := s.Commit(context.Background(), "r", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(s.Location("r"), "Observation", "Observation-0001.ndjson"))
+	if string(got) != "c\n" {
+		t.Fatalf("got %q, want the last complete attempt only", got)
+	}
+	entries, _ := os.ReadDir(filepath.Join(s.Location("r"), "Observation"))
+	if len(entries) != 1 {
+		t.Fatalf("leftover part files: %v", entries)
+	}
+}
+
+func TestLocalCommitResumesAfterCrashBeforeManifest(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	write(t, s, "r", "Patient/p.ndjson", "{}\n")
+	// Simulate a commit that renamed the data and died.
+	if err := os.Rename(filepath.Join(s.Root, ".staging", "r", "data"), s.Location("r")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(context.Background(), "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := os.ReadFile(filepath.Join(s.Location("r"), ManifestName)); string(m) != "m" {
+		t.Fatalf("manifest = %q", m)
+	}
+}
+
+func TestLocalCommitRefusesToOverwriteAnotherRun(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	write(t, s, "r", "a.ndjson", "1\n")
+	if err := s.Commit(context.Background(), "r", []byte("m1")); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, "r", "a.ndjson", "2\n")
+	err := s.Commit(context.Background(), "r", []byte("m2"))
+	if err == nil || !strings.Contains(err.Error(), "already a committed run") {
+		t.Fatalf("err = %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(s.Location("r"), "a.ndjson")); string(got) != "1\n" {
+		t.Fatalf("earlier output changed: %q", got)
+	}
+}
+
+func TestLocalAbortKeepsCommittedOutput(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	write(t, s, "r", "a.ndjson", "1\n")
+	if err := s.Abort(context.Background(), "r"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Open(context.Background(), "r", "a.ndjson"); err == nil {
+		t.Fatal("staged object survived Abort")
+	}
+}
+
+func TestNamesAreChecked(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	for _, tc := range []struct{ run, name string }{
+		{"r", "../escape"}, {"r", "/abs"}, {"r", "a/../../b"}, {"r", ""}, {"../r", "a"}, {".staging", "a"}, {"a/b", "a"},
+	} {
+		if _, err := s.Create(context.Background(), tc.run, tc.name); err == nil {
+			t.Errorf("Create(%q, %q) accepted", tc.run, tc.name)
+		}
+	}
+}
+
+func TestOpenLocation(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		loc     string
+		wantErr string
+	}{
+		{dir, ""}, {"file://" + dir, ""}, {"gs://bucket/x", "not supported"}, {"s3://b/x", "unsupported scheme"},
+	} {
+		_, err := Open(tc.loc)
+		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("Open(%q) = %v, want %q", tc.loc, err, tc.wantErr)
+		}
+	}
+}

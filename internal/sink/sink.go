@@ -1,0 +1,74 @@
+// Package sink stores the files of an export run: first in a staging area that
+// readers never see, then promoted atomically by Commit, with the run manifest
+// written last. A run whose manifest is missing is, by definition, incomplete.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+)
+
+// ManifestName is the run manifest. Readers key off it: it is written only after
+// every data file of the run is in place.
+const ManifestName = "_manifest.json"
+
+// WorkPrefix marks names that hold bulkflow's own bookkeeping for a run (the
+// server's manifest, per-chunk file records). They live beside the staged data
+// but are never promoted by Commit: they may contain capability URLs.
+const WorkPrefix = "_work/"
+
+// ErrNotFound is returned by Open for a name that was never staged.
+var ErrNotFound = errors.New("not found")
+
+// Sink is where one output location's runs are staged and committed.
+// Implementations must make Commit idempotent: a retried Commit after a crash
+// completes the same run, never duplicates it.
+type Sink interface {
+	// Create opens name in run's staging area. What is written becomes visible
+	// under name only when the Writer is closed without error, replacing any
+	// earlier object of that name, so a retried download never appends twice.
+	Create(ctx context.Context, run, name string) (Writer, error)
+	// Open reads a staged object (data or work).
+	Open(ctx context.Context, run, name string) (io.ReadCloser, error)
+	// Commit promotes every staged data object of run to its final place, then
+	// writes manifest as ManifestName, then drops the staging area.
+	Commit(ctx context.Context, run string, manifest []byte) error
+	// Abort drops run's staging area. Committed output is never touched.
+	Abort(ctx context.Context, run string) error
+	// Location is a human-readable address of run's committed output.
+	Location(run string) string
+}
+
+// Writer is a staged object being written.
+type Writer interface {
+	io.Writer
+	// Close makes the object visible under its name, atomically.
+	Close() error
+	// Abort discards what was written. Calling it after Close is a no-op.
+	Abort() error
+}
+
+// CheckName rejects names that could escape a run's directory or collide with
+// bookkeeping: they come from manifests written by remote servers.
+func CheckName(name string) error {
+	if name == "" {
+		return errors.New("empty object name")
+	}
+	if strings.ContainsAny(name, "\\\x00") || strings.HasPrefix(name, "/") || path.Clean(name) != name || name == "." ||
+		strings.HasPrefix(name, "../") || name == ".." || strings.Contains(name, "/../") {
+		return fmt.Errorf("object name %q is not a clean relative path", name)
+	}
+	return nil
+}
+
+// CheckRun rejects run names that are not a single safe path element.
+func CheckRun(run string) error {
+	if run == "" || run == "." || run == ".." || strings.ContainsAny(run, "/\\\x00") || strings.HasPrefix(run, ".") {
+		return fmt.Errorf("run name %q must be a single path element not starting with '.'", run)
+	}
+	return nil
+}
