@@ -1,0 +1,136 @@
+// Package ndjson reads and checks FHIR NDJSON files as a stream: one
+// resource per line, lines of any length (multi-MB attachments), memory
+// proportional to the longest line.
+package ndjson
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// DefaultBufferSize is the bufio size: lines shorter than this are returned
+// straight from the bufio buffer without copying.
+const DefaultBufferSize = 256 << 10
+
+// DefaultMaxLineBytes bounds one line so that a body without newlines
+// cannot exhaust memory. Change it with SetMaxLineBytes.
+const DefaultMaxLineBytes = 1 << 30
+
+// ErrLineTooLong is returned (wrapped) when a line exceeds the maximum.
+var ErrLineTooLong = errors.New("ndjson: line too long")
+
+// Reader splits a stream into lines. It does not use bufio.Scanner, whose
+// token limit (64 KiB by default) is far below real attachment lines.
+//
+// Blank lines (empty, or only spaces/tabs/CR) are skipped but counted in
+// Line, so numbers match what an editor shows. A final line without a
+// trailing newline is returned normally and MissingFinalNewline reports it:
+// the caller decides whether that means truncation (usually: yes, combined
+// with a count or Content-Length check).
+type Reader struct {
+	br        *bufio.Reader
+	long      []byte // owned buffer, grown only for lines longer than the bufio buffer
+	line      int64  // physical line number of the last line read (including blank ones)
+	last      int64  // number of the line last returned by Next
+	missingNL bool
+	maxLine   int
+	err       error
+}
+
+// NewReader wraps r with a DefaultBufferSize bufio.Reader.
+func NewReader(r io.Reader) *Reader {
+	return &Reader{br: bufio.NewReaderSize(r, DefaultBufferSize), maxLine: DefaultMaxLineBytes}
+}
+
+// SetMaxLineBytes changes the longest accepted line (<= 0: no limit).
+func (r *Reader) SetMaxLineBytes(n int) { r.maxLine = n }
+
+// Next returns the next non-blank line without its trailing "\n" or "\r\n".
+// The slice is valid until the next call. It returns io.EOF at a clean end;
+// any other error is sticky.
+func (r *Reader) Next() ([]byte, error) {
+	for {
+		if r.err != nil {
+			return nil, r.err
+		}
+		b, err := r.readLine()
+		if err != nil {
+			r.err = err
+			return nil, err
+		}
+		r.line++
+		if n := len(b); n > 0 && b[n-1] == '\r' {
+			b = b[:n-1]
+		}
+		if isBlank(b) {
+			continue
+		}
+		r.last = r.line
+		return b, nil
+	}
+}
+
+// readLine returns one physical line without "\n". The fast path returns a
+// slice of the bufio buffer; long lines are assembled in r.long.
+func (r *Reader) readLine() ([]byte, error) {
+	s, err := r.br.ReadSlice('\n')
+	if err == nil {
+		return s[:len(s)-1], nil
+	}
+	if err == bufio.ErrBufferFull {
+		r.long = append(r.long[:0], s...)
+		for {
+			if r.maxLine > 0 && len(r.long) > r.maxLine {
+				return nil, fmt.Errorf("%w: line %d is longer than %d bytes", ErrLineTooLong, r.line+1, r.maxLine)
+			}
+			s, err = r.br.ReadSlice('\n')
+			r.long = append(r.long, s...)
+			switch err {
+			case nil:
+				return r.long[:len(r.long)-1], nil
+			case bufio.ErrBufferFull:
+				continue
+			case io.EOF:
+				r.missingNL = true
+				return r.long, nil
+			default:
+				return nil, fmt.Errorf("ndjson: reading line %d: %w", r.line+1, err)
+			}
+		}
+	}
+	if err == io.EOF {
+		if len(s) == 0 {
+			return nil, io.EOF
+		}
+		r.missingNL = true
+		return s, nil
+	}
+	// A read error mid-line: the partial line is dropped, never returned as
+	// if complete.
+	return nil, fmt.Errorf("ndjson: reading line %d: %w", r.line+1, err)
+}
+
+// Line is the 1-based number of the line last returned by Next (blank lines
+// count). 0 before the first line.
+func (r *Reader) Line() int64 { return r.last }
+
+// MissingFinalNewline reports that the stream's last line had no trailing
+// newline. Only meaningful once Next has returned io.EOF.
+func (r *Reader) MissingFinalNewline() bool { return r.missingNL }
+
+func isBlank(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	if c := b[0]; c != ' ' && c != '\t' && c != '\r' {
+		return false
+	}
+	for _, c := range b {
+		if c != ' ' && c != '\t' && c != '\r' {
+			return false
+		}
+	}
+	return true
+}
