@@ -3,6 +3,7 @@ package authserver
 import (
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -67,6 +68,11 @@ var parseAlgs = []jose.SignatureAlgorithm{
 func (a *Server) validateAssertion(r *http.Request, assertion, formClientID string) (string, *oauthError) {
 	tok, err := jwt.ParseSigned(assertion, parseAlgs)
 	if err != nil {
+		// go-jose refuses "none" and unknown algs at parse time; still report
+		// them as an alg problem, which is what a client author needs to hear.
+		if alg, ok := rawHeaderAlg(assertion); ok && alg != string(jose.RS384) && alg != string(jose.ES384) {
+			return "", authFailure(ReasonAlg, fmt.Sprintf("alg %q is not accepted; use RS384 or ES384", alg))
+		}
 		return "", authFailure(ReasonMalformed, "client_assertion is not a signed JWT: "+err.Error())
 	}
 	if len(tok.Headers) != 1 {
@@ -136,7 +142,7 @@ func (a *Server) validateAssertion(r *http.Request, assertion, formClientID stri
 	auds := a.acceptedAudiences(r)
 	audOK := false
 	for _, v := range claims.Audience {
-		if auds[v] {
+		if auds[normalizeURL(v)] {
 			audOK = true
 			break
 		}
@@ -164,7 +170,8 @@ func (a *Server) validateAssertion(r *http.Request, assertion, formClientID stri
 	}
 
 	// "check that the jti value has not been previously encountered for the
-	// given iss" (L224-252). Recorded only after the signature verified, so
+	// given iss" (L224-252). A replay is an authentication failure, hence
+	// invalid_client (L248-250) rather than invalid_grant. Recorded only after the signature verified, so
 	// forged assertions cannot burn a client's jti values. An entry can be
 	// forgotten once its assertion would fail as expired anyway.
 	a.mu.Lock()
@@ -185,6 +192,25 @@ func (a *Server) validateAssertion(r *http.Request, assertion, formClientID stri
 	}
 	seen[claims.ID] = exp.Add(ClockSkew)
 	return iss, nil
+}
+
+// rawHeaderAlg decodes the alg of a compact JWS header without trusting it.
+func rawHeaderAlg(compact string) (string, bool) {
+	head, _, ok := strings.Cut(compact, ".")
+	if !ok {
+		return "", false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(head)
+	if err != nil {
+		return "", false
+	}
+	var h struct {
+		Alg *string `json:"alg"`
+	}
+	if json.Unmarshal(b, &h) != nil || h.Alg == nil {
+		return "", false
+	}
+	return *h.Alg, true
 }
 
 // ktyFits: "the kty is consistent with the signature algorithm" (RSA for RS*,

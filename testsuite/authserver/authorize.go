@@ -121,6 +121,30 @@ func (a *Server) AuthorizeTypes(r *http.Request, types ...string) *AuthError {
 	return e
 }
 
+// TokenClient returns the client_id a request's bearer token was issued to,
+// if the token is currently valid. The test server can use it to keep one
+// client per export job (BD2 L30-38: servers MAY limit status/file requests
+// "to the client that originated the export"). Mode bearer reports "bearer".
+func (a *Server) TokenClient(r *http.Request) (clientID string, ok bool) {
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimSpace(tok)
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", false
+	}
+	switch a.mode {
+	case ModeBearer:
+		return ModeBearer, subtle.ConstantTimeCompare([]byte(tok), []byte(a.static)) == 1
+	case ModeSMART, ModeClientSecret:
+		now := a.now()
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if t, found := a.tokens[tok]; found && now.Before(t.expires) {
+			return t.clientID, true
+		}
+	}
+	return "", false
+}
+
 // Middleware wraps next with Authorize.
 func (a *Server) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -164,6 +164,24 @@ func TestAuthorizeScopeCoverage(t *testing.T) {
 	}
 }
 
+func TestTokenClient(t *testing.T) {
+	f := newFixture(t, Config{})
+	res := f.post(t, jwtForm(f.assertion(t, c2Priv, clientB), "system/*.rs"), nil)
+	req := httptest.NewRequest("GET", "/fhir/status/1", nil)
+	req.Header.Set("Authorization", "Bearer "+res.str("access_token"))
+	if id, ok := f.a.TokenClient(req); !ok || id != clientB {
+		t.Errorf("TokenClient = %q, %v; want %s", id, ok, clientB)
+	}
+	f.a.ExpireAllTokens()
+	if id, ok := f.a.TokenClient(req); ok {
+		t.Errorf("expired token still maps to %q", id)
+	}
+	req.Header.Set("Authorization", "Bearer nope")
+	if _, ok := f.a.TokenClient(req); ok {
+		t.Error("unknown token maps to a client")
+	}
+}
+
 func TestModeNoneAndBearer(t *testing.T) {
 	none, err := New(Config{})
 	if err != nil {

@@ -163,6 +163,22 @@ func TestAdvertisedTokenURLIsAcceptedAud(t *testing.T) {
 	}
 }
 
+func TestNormalizeURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://127.0.0.1:8080":         "http://127.0.0.1:8080/",
+		"HTTP://LocalHost:80/token":     "http://localhost/token",
+		"https://h:443/auth/token":      "https://h/auth/token",
+		"https://[::1]:8443/t":          "https://[::1]:8443/t",
+		"https://h/auth/token/":         "https://h/auth/token/",
+		"not a url":                     "not a url",
+		"https://h/auth/token?x=1#frag": "https://h/auth/token?x=1#frag",
+	} {
+		if got := normalizeURL(in); got != want {
+			t.Errorf("normalizeURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestJWKSByURL(t *testing.T) {
 	testKeys(t)
 	var fetches atomic.Int32

@@ -75,7 +75,7 @@ type fixture struct {
 	clk      *clock
 }
 
-// newSMART registers client-a (inline RS384 + ES384 keys) and client-b
+// newFixture defaults to Mode smart and registers client-a (inline RS384 + ES384 keys) and client-b
 // (inline ES384 key "c2-ec") unless cfg already has clients.
 func newFixture(t *testing.T, cfg Config) *fixture {
 	t.Helper()

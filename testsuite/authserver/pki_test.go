@@ -3,6 +3,8 @@ package authserver
 import (
 	"crypto/tls"
 	"encoding/json"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -31,6 +33,7 @@ func TestPKIMutualTLS(t *testing.T) {
 		_, _ = w.Write([]byte(r.TLS.PeerCertificates[0].Subject.CommonName))
 	}))
 	srv.TLS = p.ServerTLSConfig(true)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are expected
 	srv.StartTLS()
 	defer srv.Close()
 

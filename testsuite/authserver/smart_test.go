@@ -1,7 +1,9 @@
 package authserver
 
 import (
+	"encoding/base64"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -136,6 +138,7 @@ func TestSMARTAssertionRejections(t *testing.T) {
 		{name: "jku with inline registration", b: func() build {
 			return build{key: rsaPriv, header: map[jose.HeaderKey]any{"jku": "https://evil.example/jwks.json"}}
 		}, wantStatus: 401, wantCode: CodeInvalidClient, wantReason: ReasonJKU},
+		{name: "alg none", raw: noneJWT(), wantStatus: 401, wantCode: CodeInvalidClient, wantReason: ReasonAlg},
 		{name: "not a JWT", raw: "not-a-jwt", wantStatus: 401, wantCode: CodeInvalidClient, wantReason: ReasonMalformed},
 		{name: "wrong client_assertion_type", b: func() build { return build{key: rsaPriv} },
 			form:       func(v url.Values) { v.Set("client_assertion_type", "urn:example:saml") },
@@ -289,6 +292,13 @@ func TestTokenEndpointRequestShape(t *testing.T) {
 	}
 }
 
+// noneJWT is an unsigned ("alg":"none") assertion, which go-jose cannot build.
+func noneJWT() string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"none","typ":"JWT","kid":"rsa-1"}`)) + "." +
+		enc([]byte(`{"iss":"client-a","sub":"client-a","jti":"x","exp":9999999999}`)) + "."
+}
+
 func mustReq(t *testing.T, method, u, ct, body string) *http.Request {
 	t.Helper()
 	req, err := http.NewRequest(method, u, strings.NewReader(body))
@@ -299,4 +309,35 @@ func mustReq(t *testing.T, method, u, ct, body string) *http.Request {
 		req.Header.Set("Content-Type", ct)
 	}
 	return req
+}
+
+// SignAssertion (wall clock) against a server on the wall clock: the path the
+// client-side tests use.
+func TestSignAssertionRealClock(t *testing.T) {
+	testKeys(t)
+	a, err := New(Config{Mode: ModeSMART, Clients: []Client{{ID: "wall", JWKS: &ecPub}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.TokenHandler())
+	defer srv.Close()
+	s, err := SignAssertion(ecPriv, "wall", srv.URL, 5*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := do(t, mustReq(t, "POST", srv.URL, "application/x-www-form-urlencoded", jwtForm(s, "system/*.rs").Encode()))
+	if res.status != 200 {
+		t.Fatalf("%d %s", res.status, res.raw)
+	}
+}
+
+func TestNewClientKeyRejectsBadInput(t *testing.T) {
+	for _, tc := range []struct{ alg, kid string }{{"RS256", "k"}, {"HS256", "k"}, {"ES384", ""}} {
+		if _, _, err := NewClientKey(tc.alg, tc.kid); err == nil {
+			t.Errorf("NewClientKey(%q, %q) succeeded", tc.alg, tc.kid)
+		}
+	}
+	if _, pub, err := NewClientKey("ES384", "k"); err != nil || len(pub.Keys) != 1 || !pub.Keys[0].IsPublic() || pub.Keys[0].KeyID != "k" {
+		t.Errorf("ES384 key: %v %+v", err, pub)
+	}
 }

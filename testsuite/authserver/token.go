@@ -14,7 +14,10 @@ import (
 )
 
 // OAuth 2.0 token error codes (RFC 6749 §5.2), as listed in checklist §2
-// "Token errors".
+// "Token errors". invalid_grant is never sent: client_credentials carries no
+// grant that could be invalid, and SMART makes every assertion problem
+// (including a replayed jti) invalid_client
+// (client-confidential-asymmetric.md L248-250).
 const (
 	CodeInvalidRequest       = "invalid_request"
 	CodeInvalidClient        = "invalid_client"
@@ -296,7 +299,7 @@ func formUnescape(s string) string {
 	return s
 }
 
-// requestURLs are the URLs the client may have used as assertion aud: the
+// acceptedAudiences are the URLs the client may have used as assertion aud: the
 // one this request arrived at (before any StripPrefix), plus configured ones.
 func (a *Server) acceptedAudiences(r *http.Request) map[string]bool {
 	scheme := "http"
@@ -309,14 +312,42 @@ func (a *Server) acceptedAudiences(r *http.Request) map[string]bool {
 		paths = append(paths, u.Path)
 	}
 	for _, p := range paths {
-		auds[scheme+"://"+r.Host+p] = true
+		auds[normalizeURL(scheme+"://"+r.Host+p)] = true
 	}
 	a.mu.Lock()
 	for k := range a.auds {
-		auds[k] = true
+		auds[normalizeURL(k)] = true
 	}
 	a.mu.Unlock()
 	return auds
+}
+
+// normalizeURL applies the RFC 3986 §6.2.3 equivalences that do not change
+// what the URL names (case of scheme/host, default port, empty path = "/"),
+// so "http://h:80" and "HTTP://h/" match as aud. Paths are otherwise compared
+// exactly: a different path is a different endpoint.
+func normalizeURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return s
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if (u.Scheme == "http" && port == "80") || (u.Scheme == "https" && port == "443") {
+		port = ""
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	u.Host = host
+	if u.Path == "" {
+		u.Path = "/"
+	}
+	u.RawPath = ""
+	return u.String()
 }
 
 func incr(m *map[string]int, k string) {
