@@ -1,0 +1,523 @@
+// Package activities holds bulkflow's Temporal activities: the only code that
+// talks to FHIR servers and writes output. Workflows orchestrate them and see
+// metadata only.
+package activities
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/bulkflow/bulkflow/internal/bulk"
+	"github.com/bulkflow/bulkflow/internal/ndjson"
+	"github.com/bulkflow/bulkflow/internal/servers"
+	"github.com/bulkflow/bulkflow/internal/sink"
+)
+
+// Activities holds what the activities need. One value is registered with
+// the worker and shared by every activity it runs.
+type Activities struct {
+	Servers *servers.Registry
+	// OutputRoot is where an empty or relative output location goes.
+	OutputRoot string
+	Logger     *slog.Logger
+	// HeartbeatEvery spaces progress heartbeats of a download (default 5s).
+	HeartbeatEvery time.Duration
+
+	mu    sync.Mutex
+	sinks map[string]sink.Sink
+	plans map[string]*plan // small cache: plans are read by every download of a run
+	order []string
+}
+
+// New returns Activities with their defaults.
+func New(reg *servers.Registry, outputRoot string, logger *slog.Logger) *Activities {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Activities{Servers: reg, OutputRoot: outputRoot, Logger: logger}
+}
+
+// PlanObject is the staged copy of the server's manifest, in plan order.
+const PlanObject = sink.WorkPrefix + "plan.json"
+
+type plan struct {
+	TransactionTime     string        `json:"transactionTime"`
+	Request             string        `json:"request,omitempty"`
+	RequiresAccessToken bool          `json:"requiresAccessToken"`
+	Expires             time.Time     `json:"expires,omitempty"`
+	Files               []plannedFile `json:"files"`
+}
+
+type plannedFile struct {
+	Kind     string `json:"kind"`
+	Type     string `json:"type"`
+	URL      string `json:"url"`
+	Count    int64  `json:"count,omitempty"`
+	HasCount bool   `json:"hasCount,omitempty"`
+	Path     string `json:"path"`
+}
+
+func (a *Activities) sinkFor(output string) (sink.Sink, error) {
+	loc := output
+	switch {
+	case loc == "":
+		loc = a.OutputRoot
+	case !strings.Contains(loc, "://") && !filepath.IsAbs(loc):
+		loc = filepath.Join(a.OutputRoot, loc)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if s, ok := a.sinks[loc]; ok {
+		return s, nil
+	}
+	s, err := sink.Open(loc)
+	if err != nil {
+		return nil, permanent("Config", err)
+	}
+	if a.sinks == nil {
+		a.sinks = map[string]sink.Sink{}
+	}
+	a.sinks[loc] = s
+	return s, nil
+}
+
+func (a *Activities) client(ref ServerRef) (*bulk.Client, error) {
+	c, err := a.Servers.Client(ref.Server, ref.BaseURL)
+	if err != nil {
+		return nil, permanent("Config", err)
+	}
+	return c, nil
+}
+
+// Kickoff starts the export and returns its status URL.
+//
+// A kickoff whose response is lost after the server accepted it cannot be
+// detected by the protocol; servers that allow one export per client answer
+// the retry with 429, which we wait out.
+func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResult, error) {
+	c, err := a.client(in.ServerRef)
+	if err != nil {
+		return KickoffResult{}, err
+	}
+	req := bulk.KickoffRequest{
+		Level: bulk.Level(in.Level), GroupID: in.Group, Types: in.Types, Since: in.Since, Until: in.Until,
+		Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients, OutputFormat: in.OutputFormat,
+		IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient,
+	}
+	if req.Level == "" {
+		req.Level = bulk.LevelSystem
+	}
+	if err := req.Validate(); err != nil {
+		return KickoffResult{}, permanent("InvalidInput", err)
+	}
+	statusURL, err := c.Kickoff(ctx, req)
+	if err != nil {
+		return KickoffResult{}, temporalError(err)
+	}
+	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", redactURL(statusURL))
+	return KickoffResult{StatusURL: statusURL}, nil
+}
+
+// PollStatus asks for the export's status once. When the export is done it
+// follows every manifest page, stages the plan and returns its summary.
+func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, error) {
+	c, err := a.client(in.ServerRef)
+	if err != nil {
+		return PollResult{}, err
+	}
+	st, err := c.Status(ctx, in.StatusURL)
+	if err != nil {
+		return PollResult{}, temporalError(err)
+	}
+	if !st.Done {
+		wait := st.RetryAfter
+		if wait <= 0 {
+			// BD2 L306: without Retry-After, clients SHOULD back off exponentially.
+			wait = bulk.Backoff(in.Poll, 2*time.Second, time.Minute)
+		}
+		return PollResult{Progress: st.Progress, Wait: wait}, nil
+	}
+	m, err := c.FetchAll(ctx, st.Manifest)
+	if err != nil {
+		return PollResult{}, temporalError(err)
+	}
+	p, err := buildPlan(m, st.Expires)
+	if err != nil {
+		return PollResult{}, permanent("InvalidManifest", err)
+	}
+	s, err := a.sinkFor(in.Output)
+	if err != nil {
+		return PollResult{}, err
+	}
+	if err := writeJSON(ctx, s, in.Run, PlanObject, p); err != nil {
+		return PollResult{}, retryable("Sink", fmt.Errorf("stage plan: %w", err))
+	}
+	a.cachePlan(in.Target, p)
+	sum := summarize(p)
+	a.Logger.Info("export ready", "server", serverName(in.ServerRef), "files", sum.Files, "transaction_time", p.TransactionTime)
+	return PollResult{Done: true, Progress: st.Progress, Plan: &sum}, nil
+}
+
+var resourceTypeName = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
+
+func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
+	if m.TransactionTime == "" {
+		return nil, errors.New("the server's manifest has no transactionTime")
+	}
+	if m.OutputOrganizedBy != "" {
+		return nil, fmt.Errorf("the server organised output by %s (organizeOutputBy); bulkflow needs one resource type per file, so export without organizeOutputBy", m.OutputOrganizedBy)
+	}
+	p := &plan{TransactionTime: m.TransactionTime, Request: m.Request, RequiresAccessToken: m.RequiresAccessToken, Expires: expires}
+	add := func(kind string, items []bulk.FileItem, fixedType, dir string) error {
+		sorted := append([]bulk.FileItem(nil), items...)
+		// Stable: files of a type keep the server's order, so names are deterministic.
+		sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Type < sorted[j].Type })
+		seq := map[string]int{}
+		for _, it := range sorted {
+			typ := it.Type
+			if fixedType != "" && typ == "" {
+				typ = fixedType
+			}
+			if !resourceTypeName.MatchString(typ) {
+				return fmt.Errorf("manifest %s entry %q has type %q, which is not a FHIR resource type", kind, redactURL(it.URL), typ)
+			}
+			seq[typ]++
+			d := dir
+			if d == "" {
+				d = typ
+			}
+			p.Files = append(p.Files, plannedFile{
+				Kind: kind, Type: typ, URL: it.URL, Count: it.Count, HasCount: it.HasCount,
+				Path: fmt.Sprintf("%s/%s-%04d.ndjson", d, typ, seq[typ]),
+			})
+		}
+		return nil
+	}
+	if err := add(KindOutput, m.Output, "", ""); err != nil {
+		return nil, err
+	}
+	if err := add(KindError, m.Error, "OperationOutcome", "_errors"); err != nil {
+		return nil, err
+	}
+	if err := add(KindDeleted, m.Deleted, "Bundle", "_deleted"); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func summarize(p *plan) Plan {
+	s := Plan{TransactionTime: p.TransactionTime, Request: redactURL(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
+	for i, f := range p.Files {
+		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
+			s.Groups[n-1].Count++
+		} else {
+			s.Groups = append(s.Groups, Group{Kind: f.Kind, Type: f.Type, First: i, Count: 1})
+		}
+		if f.Kind == KindOutput && f.HasCount {
+			s.ExpectedResources += f.Count
+		}
+	}
+	return s
+}
+
+func (a *Activities) cachePlan(t Target, p *plan) {
+	key := t.Output + "\x00" + t.Run
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.plans == nil {
+		a.plans = map[string]*plan{}
+	}
+	if _, ok := a.plans[key]; !ok {
+		a.order = append(a.order, key)
+		if len(a.order) > 8 {
+			delete(a.plans, a.order[0])
+			a.order = a.order[1:]
+		}
+	}
+	a.plans[key] = p
+}
+
+func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target) (*plan, error) {
+	key := t.Output + "\x00" + t.Run
+	a.mu.Lock()
+	p := a.plans[key]
+	a.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	rc, err := s.Open(ctx, t.Run, PlanObject)
+	if err != nil {
+		if errors.Is(err, sink.ErrNotFound) {
+			return nil, permanent("PlanMissing", fmt.Errorf("run %s has no staged plan (was its staging area removed?): %w", t.Run, err))
+		}
+		return nil, retryable("Sink", err)
+	}
+	defer rc.Close()
+	p = new(plan)
+	if err := json.NewDecoder(rc).Decode(p); err != nil {
+		return nil, permanent("PlanMissing", fmt.Errorf("run %s: staged plan unreadable: %w", t.Run, err))
+	}
+	a.cachePlan(t, p)
+	return p, nil
+}
+
+// heartbeat is what a download reports while it runs: progress only.
+type heartbeat struct {
+	Bytes     int64 `json:"bytes"`
+	Resources int64 `json:"resources"`
+}
+
+// DownloadFile streams one file from the server into the run's staging
+// area, validating every line: a JSON object of the file's resource type. A
+// short or cut file is a retryable TruncatedFile error, and a retry replaces
+// the staged copy: it never appends.
+func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileResult, error) {
+	s, err := a.sinkFor(in.Output)
+	if err != nil {
+		return FileResult{}, err
+	}
+	p, err := a.loadPlan(ctx, s, in.Target)
+	if err != nil {
+		return FileResult{}, err
+	}
+	if in.Index < 0 || in.Index >= len(p.Files) {
+		return FileResult{}, permanent("InvalidInput", fmt.Errorf("file index %d is outside the plan's %d files", in.Index, len(p.Files)))
+	}
+	item := p.Files[in.Index]
+	c, err := a.client(in.ServerRef)
+	if err != nil {
+		return FileResult{}, err
+	}
+	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item)
+	if err != nil {
+		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
+		return FileResult{}, temporalError(err)
+	}
+	res.Index = in.Index
+	res.Attempt = activity.GetInfo(ctx).Attempt
+	a.Logger.Info("file staged", "file", item.Path, "resources", res.Resources, "bytes", res.Bytes)
+	return res, nil
+}
+
+func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile) (FileResult, error) {
+	f, err := c.OpenFile(ctx, item.URL, requiresToken, 0)
+	if err != nil {
+		return FileResult{}, err
+	}
+	defer f.Body.Close()
+	w, err := s.Create(ctx, run, item.Path)
+	if err != nil {
+		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+	}
+	defer w.Abort() // no-op once closed
+
+	srcURL := stripQuery(item.URL)
+	if !requiresToken {
+		srcURL = redactCapability(item.URL) // the URL itself is the credential
+	}
+	h := sha256.New()
+	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
+	r := ndjson.NewReader(f.Body)
+	v := ndjson.Validator{WantType: item.Type}
+	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
+	every := a.HeartbeatEvery
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	last := time.Now()
+	for {
+		line, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
+				Diagnostics: fmt.Sprintf("%s: body ended after %d resources: %v", item.Path, res.Resources, err), Err: err}
+		}
+		if _, err := v.Check(line); err != nil {
+			if r.MissingFinalNewline() {
+				// A cut last line: the body stopped mid-resource.
+				return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
+					Diagnostics: fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err)}
+			}
+			return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindInvalidContent,
+				Diagnostics: fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err)}
+		}
+		switch item.Kind {
+		case KindError:
+			countSeverity(line, &res)
+		case KindDeleted:
+			countDeleted(line, &res)
+		}
+		bw.Write(line)
+		if err := bw.WriteByte('\n'); err != nil {
+			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+		}
+		res.Resources++
+		res.Bytes += int64(len(line)) + 1
+		if res.Resources&1023 == 0 && time.Since(last) >= every {
+			last = time.Now()
+			activity.RecordHeartbeat(ctx, heartbeat{Bytes: res.Bytes, Resources: res.Resources})
+		}
+	}
+	// The manifest count is optional (BD2 L430); when given, it is the check
+	// that catches a file cut at a line boundary behind an HTTP 200.
+	if item.HasCount && res.Resources != item.Count {
+		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
+			Diagnostics: fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count)}
+	}
+	if err := bw.Flush(); err != nil {
+		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+	}
+	if err := w.Close(); err != nil {
+		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+	}
+	res.SHA256 = hex.EncodeToString(h.Sum(nil))
+	return res, nil
+}
+
+// countSeverity tallies OperationOutcome issues by severity. Error files are
+// small, so a plain decode is fine here.
+func countSeverity(line []byte, res *FileResult) {
+	var oo struct {
+		Issue []struct {
+			Severity string `json:"severity"`
+		} `json:"issue"`
+	}
+	if json.Unmarshal(line, &oo) != nil {
+		return
+	}
+	if res.Severity == nil {
+		res.Severity = map[string]int64{}
+	}
+	for _, is := range oo.Issue {
+		sev := is.Severity
+		if sev == "" {
+			sev = "unknown"
+		}
+		res.Severity[sev]++
+	}
+}
+
+// countDeleted tallies the DELETE entries of a deleted-resources Bundle by
+// type (BD2 L474-496: request.url is "Type/id").
+func countDeleted(line []byte, res *FileResult) {
+	var b struct {
+		Entry []struct {
+			Request struct {
+				Method string `json:"method"`
+				URL    string `json:"url"`
+			} `json:"request"`
+		} `json:"entry"`
+	}
+	if json.Unmarshal(line, &b) != nil {
+		return
+	}
+	if res.Deleted == nil {
+		res.Deleted = map[string]int64{}
+	}
+	for _, e := range b.Entry {
+		typ, _, _ := strings.Cut(strings.TrimPrefix(e.Request.URL, "/"), "/")
+		if resourceTypeName.MatchString(typ) {
+			res.Deleted[typ]++
+		}
+	}
+}
+
+// RecordChunk stages one chunk's file results for Commit.
+func (a *Activities) RecordChunk(ctx context.Context, in RecordChunkInput) error {
+	s, err := a.sinkFor(in.Output)
+	if err != nil {
+		return err
+	}
+	if err := writeJSON(ctx, s, in.Run, chunkObject(in.Chunk), in.Files); err != nil {
+		return retryable("Sink", err)
+	}
+	return nil
+}
+
+func chunkObject(i int) string { return fmt.Sprintf("%schunks/%06d.json", sink.WorkPrefix, i) }
+
+// DeleteJob tells the server the job is finished or cancelled (BD2 L287).
+// A job that is already gone is success.
+func (a *Activities) DeleteJob(ctx context.Context, in DeleteJobInput) error {
+	c, err := a.client(in.ServerRef)
+	if err != nil {
+		return err
+	}
+	if err := c.Delete(ctx, in.StatusURL); err != nil {
+		return temporalError(err)
+	}
+	return nil
+}
+
+// Abort drops a run's staging area; committed runs are untouched.
+func (a *Activities) Abort(ctx context.Context, t Target) error {
+	s, err := a.sinkFor(t.Output)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.plans, t.Output+"\x00"+t.Run)
+	a.mu.Unlock()
+	if err := s.Abort(ctx, t.Run); err != nil {
+		return retryable("Sink", err)
+	}
+	return nil
+}
+
+func writeJSON(ctx context.Context, s sink.Sink, run, name string, v any) error {
+	w, err := s.Create(ctx, run, name)
+	if err != nil {
+		return err
+	}
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		w.Abort()
+		return err
+	}
+	return w.Close()
+}
+
+func serverName(r ServerRef) string {
+	if r.Server != "" {
+		return r.Server
+	}
+	return r.BaseURL
+}
+
+// stripQuery drops a URL's query and fragment: capability URLs carry their
+// secret there.
+func stripQuery(u string) string {
+	if i := strings.IndexAny(u, "?#"); i >= 0 {
+		return u[:i]
+	}
+	return u
+}
+
+// redactURL is stripQuery for logs and history.
+func redactURL(u string) string { return stripQuery(u) }
+
+// redactCapability keeps only the origin of a capability URL
+// (requiresAccessToken false, BD3 L701): its path may be the secret.
+func redactCapability(u string) string {
+	if pu, err := url.Parse(u); err == nil && pu.Host != "" {
+		return pu.Scheme + "://" + pu.Host + "/(capability URL)"
+	}
+	return "(capability URL)"
+}

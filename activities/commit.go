@@ -1,0 +1,149 @@
+package activities
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/bulkflow/bulkflow/internal/sink"
+)
+
+// RunManifest is the contract with readers: `_manifest.json` at the top of
+// a run, written after every file it lists is in place. Its absence means
+// the run is incomplete and must be ignored.
+type RunManifest struct {
+	Format          string         `json:"format"` // "bulkflow-run/1"
+	Run             string         `json:"run"`
+	WorkflowID      string         `json:"workflowId,omitempty"`
+	Request         map[string]any `json:"request"`
+	ServerRequest   string         `json:"serverRequest,omitempty"` // the manifest's "request", query removed
+	TransactionTime string         `json:"transactionTime"`
+	StartedAt       time.Time      `json:"startedAt"`
+	CommittedAt     time.Time      `json:"committedAt"`
+	Files           []ManifestFile `json:"files"`
+	Totals          Totals         `json:"totals"`
+	Warnings        []string       `json:"warnings,omitempty"`
+}
+
+// ManifestFile is one file of a committed run.
+type ManifestFile struct {
+	Path      string `json:"path"`
+	Kind      string `json:"kind"`
+	Type      string `json:"type"`
+	Resources int64  `json:"resources"`
+	Bytes     int64  `json:"bytes"`
+	SHA256    string `json:"sha256"`
+}
+
+// Totals sums a run.
+type Totals struct {
+	Files     int              `json:"files"`
+	Bytes     int64            `json:"bytes"`
+	Resources map[string]int64 `json:"resources"`         // output resources by type
+	Deleted   map[string]int64 `json:"deleted,omitempty"` // deletions by type
+	Issues    map[string]int64 `json:"issues,omitempty"`  // error[] OperationOutcome issues by severity
+}
+
+// Commit writes the run manifest from the staged chunk records and promotes
+// the run. Safe to retry: the sink completes an interrupted commit.
+func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
+	s, err := a.sinkFor(in.Output)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	files, err := readChunks(ctx, s, in.Run, in.Chunks)
+	if errors.Is(err, sink.ErrNotFound) {
+		// A retried commit whose first attempt got as far as promoting the run
+		// has no work area left; the sink confirms the commit below.
+		if cerr := s.Commit(ctx, in.Run, nil); cerr == nil {
+			return CommitResult{Location: s.Location(in.Run), Manifest: s.Location(in.Run) + "/" + sink.ManifestName}, nil
+		}
+		return CommitResult{}, permanent("PlanMissing", fmt.Errorf("commit run %s: %w", in.Run, err))
+	}
+	if err != nil {
+		return CommitResult{}, retryable("Sink", err)
+	}
+	if len(files) != in.Plan.Files {
+		return CommitResult{}, permanent("Incomplete", fmt.Errorf("commit run %s: %d files recorded, the plan has %d; nothing was committed", in.Run, len(files), in.Plan.Files))
+	}
+	m := buildRunManifest(in, files)
+	m.CommittedAt = time.Now().UTC()
+	body, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return CommitResult{}, permanent("Internal", err)
+	}
+	if err := s.Commit(ctx, in.Run, body); err != nil {
+		return CommitResult{}, retryable("Sink", err)
+	}
+	loc := s.Location(in.Run)
+	a.Logger.Info("run committed", "run", in.Run, "location", loc, "files", len(files))
+	return CommitResult{Location: loc, Manifest: loc + "/" + sink.ManifestName, Files: len(files)}, nil
+}
+
+func readChunks(ctx context.Context, s sink.Sink, run string, chunks int) ([]FileResult, error) {
+	var all []FileResult
+	for i := 0; i < chunks; i++ {
+		rc, err := s.Open(ctx, run, chunkObject(i))
+		if err != nil {
+			return nil, err
+		}
+		var part []FileResult
+		err = json.NewDecoder(rc).Decode(&part)
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("chunk record %d: %w", i, err)
+		}
+		all = append(all, part...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Index < all[j].Index })
+	for i, f := range all {
+		if f.Index != i {
+			return nil, fmt.Errorf("chunk records are inconsistent at file %d (found index %d)", i, f.Index)
+		}
+	}
+	return all, nil
+}
+
+func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
+	m := RunManifest{
+		Format: "bulkflow-run/1", Run: in.Run, WorkflowID: in.Workflow, Request: in.Request,
+		ServerRequest: in.Plan.Request, TransactionTime: in.Plan.TransactionTime, StartedAt: in.StartedAt,
+		Files:  make([]ManifestFile, 0, len(files)),
+		Totals: Totals{Resources: map[string]int64{}},
+	}
+	for _, f := range files {
+		m.Files = append(m.Files, ManifestFile{Path: f.Path, Kind: f.Kind, Type: f.Type, Resources: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256})
+		m.Totals.Files++
+		m.Totals.Bytes += f.Bytes
+		switch f.Kind {
+		case KindOutput:
+			m.Totals.Resources[f.Type] += f.Resources
+		case KindDeleted:
+			m.Totals.Deleted = addCounts(m.Totals.Deleted, f.Deleted)
+		case KindError:
+			m.Totals.Issues = addCounts(m.Totals.Issues, f.Severity)
+		}
+	}
+	for _, sev := range []string{"fatal", "error", "warning", "information"} {
+		if n := m.Totals.Issues[sev]; n > 0 {
+			m.Warnings = append(m.Warnings, fmt.Sprintf("the server reported %d %s issue(s) in error[]; see _errors/", n, sev))
+		}
+	}
+	return m
+}
+
+func addCounts(dst, src map[string]int64) map[string]int64 {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = map[string]int64{}
+	}
+	for k, v := range src {
+		dst[k] += v
+	}
+	return dst
+}

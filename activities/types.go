@@ -1,0 +1,143 @@
+package activities
+
+import "time"
+
+// The inputs and results below travel through Temporal history. They hold
+// URLs, counts, names and paths only: never resource content, tokens or
+// credentials. File URLs stay in the staged plan (they can be capability URLs).
+
+// ServerRef names the FHIR server: a name from the worker's servers file, or
+// a base URL. Credentials are looked up by the worker.
+type ServerRef struct {
+	Server  string `json:"server,omitempty"`
+	BaseURL string `json:"baseURL,omitempty"`
+}
+
+// Target is a run in an output location.
+type Target struct {
+	Output string `json:"output,omitempty"` // "" = the worker's output root
+	Run    string `json:"run"`
+}
+
+// KickoffInput starts an export on the server.
+type KickoffInput struct {
+	ServerRef
+	Level                 string   `json:"level,omitempty"`
+	Group                 string   `json:"group,omitempty"`
+	Types                 []string `json:"types,omitempty"`
+	Since                 string   `json:"since,omitempty"`
+	Until                 string   `json:"until,omitempty"`
+	Elements              []string `json:"elements,omitempty"`
+	TypeFilters           []string `json:"typeFilters,omitempty"`
+	Patients              []string `json:"patients,omitempty"`
+	OutputFormat          string   `json:"outputFormat,omitempty"`
+	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
+	Method                string   `json:"method,omitempty"`
+	Lenient               bool     `json:"lenient,omitempty"`
+}
+
+// KickoffResult is where to poll.
+type KickoffResult struct {
+	StatusURL string `json:"statusURL"`
+}
+
+// PollInput asks for the status of a running export once.
+type PollInput struct {
+	ServerRef
+	Target
+	StatusURL string `json:"statusURL"`
+	// Poll is the number of earlier polls, for backoff when the server gives no Retry-After.
+	Poll int `json:"poll"`
+}
+
+// PollResult is either "wait this long" or the plan of files to download.
+type PollResult struct {
+	Done     bool          `json:"done"`
+	Progress string        `json:"progress,omitempty"` // the server's X-Progress
+	Wait     time.Duration `json:"wait,omitempty"`     // Retry-After (clamped) or backoff
+	Plan     *Plan         `json:"plan,omitempty"`
+}
+
+// File kinds, from the manifest arrays they came from.
+const (
+	KindOutput  = "output"
+	KindError   = "error"
+	KindDeleted = "deleted"
+)
+
+// Plan summarises the server's manifest, which itself is staged in the run's
+// work area (PlanObject). Files are ordered by kind then type, so each Group
+// is a contiguous index range and the workflow's history stays small however
+// many files there are.
+type Plan struct {
+	TransactionTime     string    `json:"transactionTime"`
+	Request             string    `json:"request,omitempty"`
+	RequiresAccessToken bool      `json:"requiresAccessToken"`
+	Expires             time.Time `json:"expires,omitempty"`
+	Files               int       `json:"files"`
+	Groups              []Group   `json:"groups,omitempty"`
+	// ExpectedResources sums the manifest counts of output files that have one.
+	ExpectedResources int64 `json:"expectedResources"`
+}
+
+// Group is a run of plan files of one kind and type.
+type Group struct {
+	Kind  string `json:"kind"`
+	Type  string `json:"type"`
+	First int    `json:"first"`
+	Count int    `json:"count"`
+}
+
+// DownloadInput names one file of the staged plan by index.
+type DownloadInput struct {
+	ServerRef
+	Target
+	Index int `json:"index"`
+}
+
+// FileResult describes one staged file. It is what the run manifest lists.
+type FileResult struct {
+	Index     int    `json:"index"`
+	Kind      string `json:"kind"`
+	Type      string `json:"type"`
+	Path      string `json:"path"`
+	Resources int64  `json:"resources"`
+	Bytes     int64  `json:"bytes"`
+	SHA256    string `json:"sha256"`
+	Attempt   int32  `json:"attempt"`
+	// Severity counts OperationOutcome issues by severity (error files).
+	Severity map[string]int64 `json:"severity,omitempty"`
+	// Deleted counts deletions by resource type (deleted files).
+	Deleted map[string]int64 `json:"deleted,omitempty"`
+}
+
+// RecordChunkInput stores a chunk's file results in the run's work area, so
+// that Commit can list every file without the parent workflow carrying them.
+type RecordChunkInput struct {
+	Target
+	Chunk int          `json:"chunk"`
+	Files []FileResult `json:"files"`
+}
+
+// CommitInput promotes a run.
+type CommitInput struct {
+	Target
+	Chunks    int            `json:"chunks"`
+	Plan      Plan           `json:"plan"`
+	Request   map[string]any `json:"request"` // what was asked, for the run manifest
+	StartedAt time.Time      `json:"startedAt"`
+	Workflow  string         `json:"workflowId"`
+}
+
+// CommitResult says where the run landed.
+type CommitResult struct {
+	Location string `json:"location"`
+	Manifest string `json:"manifest"`
+	Files    int    `json:"files"`
+}
+
+// DeleteJobInput asks the server to drop an export job.
+type DeleteJobInput struct {
+	ServerRef
+	StatusURL string `json:"statusURL"`
+}

@@ -1,0 +1,132 @@
+package workflows
+
+import (
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/bulkflow/bulkflow/activities"
+)
+
+// ChunkInput is one child workflow's share of a run's files.
+type ChunkInput struct {
+	activities.ServerRef
+	activities.Target
+	Chunk       int                `json:"chunk"`
+	First       int                `json:"first"`
+	Count       int                `json:"count"`
+	Concurrency int                `json:"concurrency"`
+	MaxAttempts int                `json:"maxAttempts"`
+	Groups      []activities.Group `json:"groups,omitempty"` // for activity summaries
+}
+
+// ChunkResult sums a chunk.
+type ChunkResult struct {
+	Totals Totals `json:"totals"`
+}
+
+type chunkProgress struct {
+	Chunk  int    `json:"chunk"`
+	Totals Totals `json:"totals"`
+}
+
+// progressEvery spaces the progress signals a chunk sends its parent, so the
+// parent's history grows with time, not with the number of files.
+const progressEvery = 15 * time.Second
+
+// DownloadChunkWorkflow downloads a range of the run's files through a
+// sliding window of DownloadFile activities, then records their results for
+// the commit. Chunks bound history: a 20,000-file export is 40 children of a
+// few thousand events each, not one run of 60,000.
+func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, error) {
+	var totals Totals
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) {
+		return Progress{Phase: PhaseDownloading, Run: in.Run, FilesDone: totals.Files, FilesTotal: in.Count,
+			Resources: totals.ResourceCount(), Bytes: totals.Bytes, Retries: totals.Retries}, nil
+	}); err != nil {
+		return ChunkResult{}, err
+	}
+	parent := workflow.GetInfo(ctx).ParentWorkflowExecution
+	lastSignal := workflow.Now(ctx)
+
+	base := workflow.ActivityOptions{
+		// Files of many GB take hours; a stalled body is caught by the heartbeat timeout instead.
+		StartToCloseTimeout: 24 * time.Hour,
+		HeartbeatTimeout:    2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
+			MaximumAttempts: int32(max(1, in.MaxAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
+	}
+	wctx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	sel := workflow.NewSelector(ctx)
+	results := make([]activities.FileResult, 0, in.Count)
+	pending := 0
+	var failed error
+	start := func(i int) {
+		o := base
+		o.Summary = fileSummary(in.Groups, i)
+		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
+			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i})
+		pending++
+		sel.AddFuture(f, func(f workflow.Future) {
+			pending--
+			var r activities.FileResult
+			if err := f.Get(ctx, &r); err != nil {
+				if failed == nil {
+					failed = fmt.Errorf("%s failed after its retries, so nothing was committed: %w", o.Summary, err)
+					cancel() // stop the other downloads: the run cannot commit
+				}
+				return
+			}
+			results = append(results, r)
+			totals.add(r)
+			if parent != nil && workflow.Now(ctx).Sub(lastSignal) >= progressEvery {
+				lastSignal = workflow.Now(ctx)
+				// Best effort: progress only, so the signal's outcome is not awaited.
+				workflow.SignalExternalWorkflow(ctx, parent.ID, "", chunkProgressSignal, chunkProgress{Chunk: in.Chunk, Totals: totals})
+			}
+		})
+	}
+	conc := max(1, in.Concurrency)
+	for next, end := in.First, in.First+in.Count; next < end && failed == nil; {
+		for pending < conc && next < end {
+			start(next)
+			next++
+		}
+		sel.Select(ctx)
+	}
+	for pending > 0 {
+		sel.Select(ctx)
+	}
+	if err := ctx.Err(); err != nil {
+		return ChunkResult{}, err // cancelled: not a file's fault
+	}
+	if failed != nil {
+		return ChunkResult{}, failed
+	}
+	rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 5 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "record chunk"})
+	if err := workflow.ExecuteActivity(rctx, a.RecordChunk, activities.RecordChunkInput{Target: in.Target, Chunk: in.Chunk, Files: results}).Get(ctx, nil); err != nil {
+		return ChunkResult{}, err
+	}
+	return ChunkResult{Totals: totals}, nil
+}
+
+// fileSummary names file i for the UI, e.g. "Observation file 12 of 300".
+func fileSummary(groups []activities.Group, i int) string {
+	for _, g := range groups {
+		if i >= g.First && i < g.First+g.Count {
+			what := g.Type
+			switch g.Kind {
+			case activities.KindError:
+				what = "error"
+			case activities.KindDeleted:
+				what = "deleted"
+			}
+			return fmt.Sprintf("%s file %d of %d", what, i-g.First+1, g.Count)
+		}
+	}
+	return fmt.Sprintf("file %d", i+1)
+}

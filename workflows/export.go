@@ -1,0 +1,242 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/bulkflow/bulkflow/activities"
+)
+
+// a is only used to name activity methods; the worker registers the real one.
+var a *activities.Activities
+
+// maxHistoryEvents is where a run continues as new even if the server has
+// not suggested it yet, keeping every run's history well below the limits.
+const maxHistoryEvents = 5000
+
+const chunkProgressSignal = "chunk-progress"
+
+// BulkExportWorkflow runs one FHIR Bulk Data export: kick-off, durable
+// polling, downloads in child workflows, commit, and DELETE of the job.
+//
+// Polling uses durable timers rather than an activity retried with
+// NextRetryDelay: each poll's X-Progress then reaches the progress query and
+// the UI, and a worker crash mid-wait resumes polling the same status URL
+// (it is in history) instead of starting a second export. Polls cost about
+// five events each; the run continues as new long before that matters.
+func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult, err error) {
+	if verr := in.Validate(); verr != nil {
+		return nil, temporal.NewNonRetryableApplicationError("invalid export input: "+verr.Error(), "InvalidInput", nil)
+	}
+	opts := in.Options.withDefaults()
+	info := workflow.GetInfo(ctx)
+	st := in.Resume
+	if st == nil {
+		run := in.Run
+		if run == "" {
+			run = RunName(info.WorkflowExecution.ID)
+		}
+		st = &ResumeState{StartedAt: workflow.Now(ctx), Run: run}
+	}
+	ref := activities.ServerRef{Server: in.Server, BaseURL: in.BaseURL}
+	target := activities.Target{Output: in.Output, Run: st.Run}
+
+	phase := PhaseKickoff
+	var live Totals // the running chunk's progress, from its signals
+	var failure string
+	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) {
+		p := Progress{Phase: phase, Run: st.Run, ServerProgress: st.Progress, Polls: st.Polls, Retries: st.Totals.Retries + live.Retries,
+			FilesDone: st.Totals.Files + live.Files, Bytes: st.Totals.Bytes + live.Bytes,
+			Resources: st.Totals.ResourceCount() + live.ResourceCount(), Error: failure}
+		if st.Plan != nil {
+			p.FilesTotal, p.ExpectedResources, p.TransactionTime = st.Plan.Files, st.Plan.ExpectedResources, st.Plan.TransactionTime
+		}
+		return p, nil
+	}); err != nil {
+		return nil, err
+	}
+	progress := workflow.GetSignalChannel(ctx, chunkProgressSignal)
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		for {
+			var p chunkProgress
+			if !progress.Receive(gctx, &p) {
+				return
+			}
+			if p.Chunk == st.NextChunk {
+				live = p.Totals
+			}
+		}
+	})
+
+	defer func() {
+		var can *workflow.ContinueAsNewError
+		if err == nil || errors.As(err, &can) {
+			return
+		}
+		cancelled := temporal.IsCanceledError(err)
+		phase, failure = PhaseFailed, err.Error()
+		if cancelled {
+			phase = PhaseCancelled
+		}
+		// Cleanup must run even though ctx may be cancelled.
+		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		jobDeleted := false
+		if st.StatusURL != "" && !opts.KeepJob {
+			jobDeleted = deleteJob(dctx, ref, st.StatusURL) == nil
+		}
+		actx := workflow.WithActivityOptions(dctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
+			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "remove staged files"})
+		if aerr := workflow.ExecuteActivity(actx, a.Abort, target).Get(dctx, nil); aerr != nil {
+			workflow.GetLogger(ctx).Error("could not remove staged files", "run", st.Run, "error", aerr)
+		}
+		if cancelled {
+			err = temporal.NewCanceledError(ExportResult{Status: "cancelled", Run: st.Run, Totals: st.Totals, Polls: st.Polls, JobDeleted: jobDeleted})
+		}
+	}()
+
+	// Kick-off.
+	if st.StatusURL == "" {
+		workflow.SetCurrentDetails(ctx, "Starting the export on the FHIR server")
+		kctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			StartToCloseTimeout: 5 * time.Minute,
+			// 429 "export already running" is waited out (NextRetryDelay from
+			// Retry-After); 5xx pages are retried a bounded number of times.
+			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 10 * time.Minute,
+				MaximumAttempts: 30, NonRetryableErrorTypes: activities.NonRetryable},
+			Summary: "kick-off",
+		})
+		var kr activities.KickoffResult
+		kin := activities.KickoffInput{ServerRef: ref, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
+			Since: in.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
+			OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
+		if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
+			return nil, fmt.Errorf("kick-off: %w", err)
+		}
+		st.StatusURL = kr.StatusURL
+	}
+
+	// Durable polling.
+	phase = PhaseWaiting
+	pctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: 10 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
+			MaximumAttempts: 20, NonRetryableErrorTypes: activities.NonRetryable},
+		Summary: "poll export status",
+	})
+	for st.Plan == nil {
+		var pr activities.PollResult
+		err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL, Poll: st.Polls}).Get(ctx, &pr)
+		st.Polls++
+		if err != nil {
+			var ae *temporal.ApplicationError
+			if errors.As(err, &ae) && ae.Type() == activities.ErrJobGone {
+				return nil, fmt.Errorf("the server no longer has this export job (deleted or expired); start the export again: %w", err)
+			}
+			return nil, fmt.Errorf("export status: %w", err)
+		}
+		st.Progress = pr.Progress
+		if pr.Done {
+			st.Plan = pr.Plan
+			break
+		}
+		workflow.SetCurrentDetails(ctx, fmt.Sprintf("Waiting for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
+		if err := workflow.NewTimerWithOptions(ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(ctx, nil); err != nil {
+			return nil, err
+		}
+		if historyIsLong(ctx) {
+			return nil, continueAsNew(ctx, in, st)
+		}
+	}
+
+	// Downloads, a chunk of files per child workflow.
+	phase = PhaseDownloading
+	chunks := (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk
+	for st.NextChunk < chunks {
+		first := st.NextChunk * opts.FilesPerChunk
+		count := min(opts.FilesPerChunk, st.Plan.Files-first)
+		workflow.SetCurrentDetails(ctx, fmt.Sprintf("Downloading files %d-%d of %d", first+1, first+count, st.Plan.Files))
+		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+			WorkflowID:          fmt.Sprintf("%s/chunk-%05d", info.WorkflowExecution.ID, st.NextChunk),
+			StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
+			WaitForCancellation: true,
+			ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+		})
+		cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count,
+			Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, Groups: groupsIn(st.Plan.Groups, first, count)}
+		var cr ChunkResult
+		if err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr); err != nil {
+			return nil, fmt.Errorf("download: %w", err)
+		}
+		st.Totals.merge(cr.Totals)
+		st.NextChunk++
+		live = Totals{}
+		if st.NextChunk < chunks && historyIsLong(ctx) {
+			return nil, continueAsNew(ctx, in, st)
+		}
+	}
+
+	// Commit: the run becomes visible, with _manifest.json last.
+	phase = PhaseCommitting
+	workflow.SetCurrentDetails(ctx, "Committing the run")
+	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
+	var cres activities.CommitResult
+	cin := activities.CommitInput{Target: target, Chunks: chunks, Plan: *st.Plan, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
+	if err := workflow.ExecuteActivity(cctx, a.Commit, cin).Get(ctx, &cres); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+
+	res = &ExportResult{Status: "committed", Run: st.Run, Location: cres.Location, Manifest: cres.Manifest,
+		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls}
+	for sev, n := range st.Totals.Issues {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
+	}
+	if !opts.KeepJob {
+		// BD2 L287: DELETE signals the client is done; a failure here loses no data.
+		if derr := deleteJob(ctx, ref, st.StatusURL); derr != nil {
+			res.Warnings = append(res.Warnings, "could not delete the export job on the server: "+derr.Error())
+		} else {
+			res.JobDeleted = true
+		}
+	}
+	phase = PhaseDone
+	workflow.SetCurrentDetails(ctx, fmt.Sprintf("Committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
+	return res, nil
+}
+
+func deleteJob(ctx workflow.Context, ref activities.ServerRef, statusURL string) error {
+	dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "delete server job"})
+	err := workflow.ExecuteActivity(dctx, a.DeleteJob, activities.DeleteJobInput{ServerRef: ref, StatusURL: statusURL}).Get(ctx, nil)
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("could not delete the export job on the server", "error", err)
+	}
+	return err
+}
+
+func historyIsLong(ctx workflow.Context) bool {
+	info := workflow.GetInfo(ctx)
+	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > maxHistoryEvents
+}
+
+func continueAsNew(ctx workflow.Context, in ExportInput, st *ResumeState) error {
+	next := in
+	next.Resume = st
+	return workflow.NewContinueAsNewError(ctx, BulkExportWorkflow, next)
+}
+
+// groupsIn returns the plan groups overlapping files [first, first+count).
+func groupsIn(groups []activities.Group, first, count int) []activities.Group {
+	var out []activities.Group
+	for _, g := range groups {
+		if g.First < first+count && g.First+g.Count > first {
+			out = append(out, g)
+		}
+	}
+	return out
+}

@@ -1,0 +1,391 @@
+package workflows
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/suite"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/bulkflow/bulkflow/activities"
+)
+
+type exportSuite struct {
+	suite.Suite
+	testsuite.WorkflowTestSuite
+	env *testsuite.TestWorkflowEnvironment
+}
+
+func TestExportWorkflow(t *testing.T) { suite.Run(t, new(exportSuite)) }
+
+func (s *exportSuite) SetupTest() {
+	s.env = s.NewTestWorkflowEnvironment()
+	s.env.RegisterWorkflow(BulkExportWorkflow)
+	s.env.RegisterWorkflow(DownloadChunkWorkflow)
+	s.env.RegisterActivity(&activities.Activities{})
+}
+
+func (s *exportSuite) AfterTest(_, _ string) { s.env.AssertExpectations(s.T()) }
+
+var input = ExportInput{BaseURL: "https://ehr.example/fhir", Types: []string{"Patient", "Observation"}}
+
+func plan(outputs map[string]int, errorFiles, deletedFiles int) *activities.Plan {
+	p := &activities.Plan{TransactionTime: "2026-11-26T00:00:00Z", RequiresAccessToken: true}
+	for _, typ := range []string{"Observation", "Patient"} {
+		if n := outputs[typ]; n > 0 {
+			p.Groups = append(p.Groups, activities.Group{Kind: activities.KindOutput, Type: typ, First: p.Files, Count: n})
+			p.Files += n
+			p.ExpectedResources += int64(n) * 10
+		}
+	}
+	if errorFiles > 0 {
+		p.Groups = append(p.Groups, activities.Group{Kind: activities.KindError, Type: "OperationOutcome", First: p.Files, Count: errorFiles})
+		p.Files += errorFiles
+	}
+	if deletedFiles > 0 {
+		p.Groups = append(p.Groups, activities.Group{Kind: activities.KindDeleted, Type: "Bundle", First: p.Files, Count: deletedFiles})
+		p.Files += deletedFiles
+	}
+	return p
+}
+
+// fileFor fakes a download from the plan's groups: 10 resources per file.
+func fileFor(p *activities.Plan) func(context.Context, activities.DownloadInput) (activities.FileResult, error) {
+	return func(_ context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		for _, g := range p.Groups {
+			if in.Index >= g.First && in.Index < g.First+g.Count {
+				r := activities.FileResult{Index: in.Index, Kind: g.Kind, Type: g.Type, Path: fmt.Sprintf("%s/%d", g.Type, in.Index), Resources: 10, Bytes: 1000, Attempt: 1}
+				switch g.Kind {
+				case activities.KindError:
+					r.Severity = map[string]int64{"error": 1, "warning": 2}
+				case activities.KindDeleted:
+					r.Deleted = map[string]int64{"Patient": 3}
+				}
+				return r, nil
+			}
+		}
+		return activities.FileResult{}, fmt.Errorf("index %d outside plan", in.Index)
+	}
+}
+
+func (s *exportSuite) expectHappyEnd(p *activities.Plan) {
+	s.env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	s.env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CommitInput) (activities.CommitResult, error) {
+		s.Equal(p.Files, in.Plan.Files)
+		return activities.CommitResult{Location: "/out/" + in.Run, Manifest: "/out/" + in.Run + "/_manifest.json", Files: in.Plan.Files}, nil
+	}).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/1"}).Return(nil).Once()
+}
+
+func (s *exportSuite) result() ExportResult {
+	s.True(s.env.IsWorkflowCompleted())
+	s.NoError(s.env.GetWorkflowError())
+	var r ExportResult
+	s.NoError(s.env.GetWorkflowResult(&r))
+	return r
+}
+
+func (s *exportSuite) TestNormalRun() {
+	p := plan(map[string]int{"Patient": 2, "Observation": 3}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p)).Times(5)
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal("committed", r.Status)
+	s.Equal(map[string]int64{"Patient": 20, "Observation": 30}, r.Totals.Resources)
+	s.Equal(5, r.Totals.Files)
+	s.True(r.JobDeleted)
+	s.Equal("2026-11-26T00:00:00Z", r.TransactionTime)
+}
+
+func (s *exportSuite) TestLongPollingHonoursRetryAfter() {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	// Three days at 202 with Retry-After of an hour.
+	polls := 0
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PollInput) (activities.PollResult, error) {
+		s.Equal("https://ehr.example/status/1", in.StatusURL, "polling must keep the same status URL")
+		polls++
+		if polls <= 72 {
+			return activities.PollResult{Progress: fmt.Sprintf("%d%%", polls), Wait: time.Hour}, nil
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.expectHappyEnd(p)
+	start := s.env.Now()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal(73, r.Polls)
+	s.GreaterOrEqual(s.env.Now().Sub(start), 72*time.Hour, "each wait must last the Retry-After")
+}
+
+func (s *exportSuite) TestKickoff429IsWaitedOut() {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	var calls atomic.Int32
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		if calls.Add(1) <= 2 {
+			return activities.KickoffResult{}, temporal.NewApplicationErrorWithOptions("429: export already running", activities.ErrRateLimited,
+				temporal.ApplicationErrorOptions{NextRetryDelay: 30 * time.Minute})
+		}
+		return activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil
+	})
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil)
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.expectHappyEnd(p)
+	start := s.env.Now()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	s.Equal("committed", s.result().Status)
+	s.EqualValues(3, calls.Load())
+	s.GreaterOrEqual(s.env.Now().Sub(start), time.Hour, "NextRetryDelay from Retry-After must be honoured")
+}
+
+func (s *exportSuite) TestTransientStatusErrorsAreRetried() {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	var calls atomic.Int32
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(context.Context, activities.PollInput) (activities.PollResult, error) {
+		if calls.Add(1) <= 3 {
+			return activities.PollResult{}, temporal.NewApplicationError("503: transient OperationOutcome", activities.ErrTransient)
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal("committed", r.Status)
+	s.Equal(1, r.Polls, "activity retries are not extra polls")
+}
+
+func (s *exportSuite) TestJobGoneFailsClearly() {
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{},
+		temporal.NewNonRetryableApplicationError("404 Not Found", activities.ErrJobGone, nil)).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := s.env.GetWorkflowError()
+	s.Error(err)
+	s.Contains(err.Error(), "no longer has this export job")
+}
+
+func (s *exportSuite) TestTruncatedFileIsRetried() {
+	p := plan(map[string]int{"Patient": 1, "Observation": 1}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	var mu sync.Mutex
+	attempts := map[int]int{}
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		mu.Lock()
+		attempts[in.Index]++
+		n := attempts[in.Index]
+		mu.Unlock()
+		if in.Index == 0 && n < 3 {
+			return activities.FileResult{}, temporal.NewApplicationError("Observation-0001.ndjson: 7 resources received, the manifest says 10", activities.ErrTruncatedFile)
+		}
+		r, err := fileFor(p)(ctx, in)
+		r.Attempt = int32(n)
+		return r, err
+	})
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal(3, attempts[0])
+	s.Equal(2, r.Totals.Retries)
+	s.Equal(int64(20), r.Totals.ResourceCount(), "a retried file counts once")
+}
+
+func (s *exportSuite) TestPermanentFileFailureCommitsNothing() {
+	p := plan(map[string]int{"Patient": 1, "Observation": 3}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		if in.Index == 1 {
+			return activities.FileResult{}, temporal.NewNonRetryableApplicationError("Observation/Observation-0002.ndjson line 7: not a JSON object", activities.ErrInvalidContent, nil)
+		}
+		return fileFor(p)(ctx, in)
+	})
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := s.env.GetWorkflowError()
+	s.Require().Error(err)
+	s.Contains(err.Error(), "Observation file 2 of 3")
+	s.Contains(err.Error(), "Observation-0002.ndjson line 7")
+	s.env.AssertNotCalled(s.T(), "Commit", mock.Anything, mock.Anything)
+}
+
+func (s *exportSuite) TestCancellationDeletesJobAndCleansStaging() {
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Wait: time.Hour}, nil)
+	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/1"}).Return(nil).Once()
+	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.RegisterDelayedCallback(s.env.CancelWorkflow, 3*time.Hour)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := s.env.GetWorkflowError()
+	s.Require().Error(err)
+	var ce *temporal.CanceledError
+	s.Require().True(errors.As(err, &ce), "want a cancelled workflow, got %v", err)
+	var r ExportResult
+	s.NoError(ce.Details(&r))
+	s.Equal("cancelled", r.Status)
+	s.True(r.JobDeleted)
+}
+
+func (s *exportSuite) TestPartialSuccessReportsErrorsAndDeletions() {
+	p := plan(map[string]int{"Patient": 2}, 2, 1)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p)).Times(5)
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal(map[string]int64{"error": 2, "warning": 4}, r.Totals.Issues)
+	s.Equal(map[string]int64{"Patient": 3}, r.Totals.Deleted)
+	s.Equal(map[string]int64{"Patient": 20}, r.Totals.Resources, "error and deleted files are not resources")
+	s.NotEmpty(r.Warnings)
+}
+
+func (s *exportSuite) TestInvalidInputIsRejectedBeforeKickoff() {
+	s.env.ExecuteWorkflow(BulkExportWorkflow, ExportInput{Level: "group", Types: []string{"observation"}, Since: "yesterday"})
+	err := s.env.GetWorkflowError()
+	s.Require().Error(err)
+	for _, want := range []string{`"server"`, `"group"`, `"observation"`, `"since"`} {
+		s.Contains(err.Error(), want)
+	}
+}
+
+func (s *exportSuite) TestProgressQuery() {
+	p := plan(map[string]int{"Patient": 4}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	polls := 0
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(context.Context, activities.PollInput) (activities.PollResult, error) {
+		polls++
+		if polls == 1 {
+			return activities.PollResult{Progress: "Exporting Observation (40%)", Wait: time.Minute}, nil
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.expectHappyEnd(p)
+	s.env.RegisterDelayedCallback(func() {
+		v, err := s.env.QueryWorkflow(ProgressQuery)
+		s.Require().NoError(err)
+		var pr Progress
+		s.NoError(v.Get(&pr))
+		s.Equal(PhaseWaiting, pr.Phase)
+		s.Equal("Exporting Observation (40%)", pr.ServerProgress)
+		s.Equal(1, pr.Polls)
+	}, 30*time.Second)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	s.result()
+	v, err := s.env.QueryWorkflow(ProgressQuery)
+	s.Require().NoError(err)
+	var pr Progress
+	s.NoError(v.Get(&pr))
+	s.Equal(PhaseDone, pr.Phase)
+	s.Equal(4, pr.FilesDone)
+	s.Equal(4, pr.FilesTotal)
+	s.Equal(int64(40), pr.Resources)
+}
+
+func TestValidateMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   ExportInput
+		want string
+	}{
+		{"ok", ExportInput{Server: "ehr"}, ""},
+		{"patients need POST", ExportInput{Server: "ehr", Method: "GET", Patients: []string{"Patient/1"}}, "POST"},
+		{"bad patient", ExportInput{Server: "ehr", Patients: []string{"1"}}, "Patient/123"},
+		{"bad run", ExportInput{Server: "ehr", Run: "../x"}, `"run"`},
+		{"bad concurrency", ExportInput{Server: "ehr", Options: Options{Concurrency: 1000}}, "concurrency"},
+		{"ftp", ExportInput{BaseURL: "ftp://x"}, "https://"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.in.Validate()
+			if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunName(t *testing.T) {
+	for in, want := range map[string]string{
+		"bulk-export-ehr-20261126T120000Z": "bulk-export-ehr-20261126T120000Z",
+		"sched/../x y":                     "sched_.._x_y",
+		"..":                               "run",
+	} {
+		if got := RunName(in); got != want {
+			t.Errorf("RunName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A 20,000-file manifest: every file is downloaded exactly once and no single
+// workflow run schedules more than a bounded number of commands. History
+// events per run are at most 6 per activity or child (scheduled, started,
+// completed, plus a workflow task of 3 around each completion) and 3 per
+// signal, which this test turns into an upper bound. The real count is
+// measured against a real server in testsuite's end-to-end tests.
+func (s *exportSuite) Test20000Files() {
+	const files = 20000
+	p := &activities.Plan{TransactionTime: "2026-11-26T00:00:00Z", Files: files,
+		Groups: []activities.Group{{Kind: activities.KindOutput, Type: "Observation", First: 0, Count: files}}}
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	var mu sync.Mutex
+	perRun := map[string]int{}
+	seen := make([]int, files)
+	count := func(ctx context.Context) {
+		info := activityInfo(ctx)
+		mu.Lock()
+		perRun[info]++
+		mu.Unlock()
+	}
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		count(ctx)
+		mu.Lock()
+		seen[in.Index]++
+		mu.Unlock()
+		return activities.FileResult{Index: in.Index, Kind: activities.KindOutput, Type: "Observation", Resources: 1, Bytes: 100, Attempt: 1}, nil
+	})
+	s.env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.RecordChunkInput) error {
+		count(ctx)
+		return nil
+	})
+	s.env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal(files, r.Totals.Files)
+	for i, n := range seen {
+		if n != 1 {
+			s.Failf("file downloaded the wrong number of times", "file %d: %d", i, n)
+			break
+		}
+	}
+	s.Len(perRun, files/500, "one child workflow per 500 files")
+	for run, n := range perRun {
+		bound := 3 + 6*n
+		s.Less(bound, 10000, "run %s: %d activities", run, n)
+	}
+}
+
+func activityInfo(ctx context.Context) string {
+	info := activity.GetInfo(ctx)
+	return info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID
+}

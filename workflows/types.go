@@ -1,0 +1,295 @@
+// Package workflows orchestrates FHIR Bulk Data exports. Workflows see URLs,
+// counts, names and paths only; every byte of data and every credential stays
+// in activities.
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/bulkflow/bulkflow/activities"
+)
+
+// TaskQueue is the default task queue of workers and starters.
+const TaskQueue = "fhir-bulk-export"
+
+// ExportInput is the workflow's input: plain JSON, so `temporal workflow
+// start --input`, the Temporal UI and Schedules can start exports too.
+type ExportInput struct {
+	// Server names a FHIR server in the worker's servers file; or give BaseURL.
+	Server  string `json:"server,omitempty"`
+	BaseURL string `json:"baseURL,omitempty"`
+	// Level is "system" (default), "patient" or "group" (with Group).
+	Level string `json:"level,omitempty"`
+	Group string `json:"group,omitempty"`
+	// The kick-off parameters of the Bulk Data IG.
+	Types                 []string `json:"types,omitempty"`
+	Since                 string   `json:"since,omitempty"`
+	Until                 string   `json:"until,omitempty"`
+	Elements              []string `json:"elements,omitempty"`
+	TypeFilters           []string `json:"typeFilters,omitempty"`
+	Patients              []string `json:"patients,omitempty"`
+	OutputFormat          string   `json:"outputFormat,omitempty"`
+	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
+	// Method is "GET", "POST" or "" (GET unless patients are given).
+	Method  string `json:"method,omitempty"`
+	Lenient bool   `json:"lenient,omitempty"`
+	// Output is a directory (absolute, or relative to the worker's output
+	// root) or file:// URL; "" means the worker's output root.
+	Output string `json:"output,omitempty"`
+	// Run names the run's folder in Output; default: the workflow ID.
+	Run     string  `json:"run,omitempty"`
+	Options Options `json:"options,omitempty"`
+
+	// Resume carries state across continue-as-new. Not for callers.
+	Resume *ResumeState `json:"resume,omitempty"`
+}
+
+// Options tune a run; zero values take the defaults.
+type Options struct {
+	// Concurrency is how many files download at once (default 8).
+	Concurrency int `json:"concurrency,omitempty"`
+	// FilesPerChunk is how many files one child workflow downloads (default 500).
+	FilesPerChunk int `json:"filesPerChunk,omitempty"`
+	// MaxFileAttempts bounds the tries of one file (default 10).
+	MaxFileAttempts int `json:"maxFileAttempts,omitempty"`
+	// KeepJob skips the DELETE of the server's job after the run. By default
+	// it is deleted: some EHRs allow one export per client at a time.
+	KeepJob bool `json:"keepJob,omitempty"`
+}
+
+// ResumeState is what one workflow run hands the next on continue-as-new:
+// small, whatever the export's size.
+type ResumeState struct {
+	StatusURL string           `json:"statusURL,omitempty"`
+	Polls     int              `json:"polls,omitempty"`
+	StartedAt time.Time        `json:"startedAt"`
+	Run       string           `json:"run"`
+	Plan      *activities.Plan `json:"plan,omitempty"`
+	NextChunk int              `json:"nextChunk,omitempty"`
+	Totals    Totals           `json:"totals"`
+	Progress  string           `json:"serverProgress,omitempty"`
+}
+
+// Totals are the running sums of a run.
+type Totals struct {
+	Files     int              `json:"files"`
+	Bytes     int64            `json:"bytes"`
+	Retries   int              `json:"retries"`
+	Resources map[string]int64 `json:"resources,omitempty"`
+	Deleted   map[string]int64 `json:"deleted,omitempty"`
+	Issues    map[string]int64 `json:"issues,omitempty"`
+}
+
+func (t *Totals) add(f activities.FileResult) {
+	t.Files++
+	t.Bytes += f.Bytes
+	if f.Attempt > 1 {
+		t.Retries += int(f.Attempt - 1)
+	}
+	switch f.Kind {
+	case activities.KindOutput:
+		t.Resources = addTo(t.Resources, map[string]int64{f.Type: f.Resources})
+	case activities.KindDeleted:
+		t.Deleted = addTo(t.Deleted, f.Deleted)
+	case activities.KindError:
+		t.Issues = addTo(t.Issues, f.Severity)
+	}
+}
+
+func (t *Totals) merge(o Totals) {
+	t.Files += o.Files
+	t.Bytes += o.Bytes
+	t.Retries += o.Retries
+	t.Resources = addTo(t.Resources, o.Resources)
+	t.Deleted = addTo(t.Deleted, o.Deleted)
+	t.Issues = addTo(t.Issues, o.Issues)
+}
+
+// ResourceCount sums resources over types.
+func (t Totals) ResourceCount() int64 {
+	var n int64
+	for _, v := range t.Resources {
+		n += v
+	}
+	return n
+}
+
+func addTo(dst, src map[string]int64) map[string]int64 {
+	if len(src) == 0 {
+		return dst
+	}
+	if dst == nil {
+		dst = map[string]int64{}
+	}
+	for k, v := range src {
+		dst[k] += v
+	}
+	return dst
+}
+
+// ExportResult is what a finished run returns.
+type ExportResult struct {
+	Status          string   `json:"status"` // "committed" or "cancelled"
+	Run             string   `json:"run"`
+	Location        string   `json:"location,omitempty"`
+	Manifest        string   `json:"manifest,omitempty"`
+	TransactionTime string   `json:"transactionTime,omitempty"`
+	Totals          Totals   `json:"totals"`
+	Warnings        []string `json:"warnings,omitempty"`
+	Polls           int      `json:"polls"`
+	JobDeleted      bool     `json:"jobDeleted"`
+}
+
+// Phases of an export, as the progress query reports them.
+const (
+	PhaseKickoff     = "kickoff"
+	PhaseWaiting     = "waiting"
+	PhaseDownloading = "downloading"
+	PhaseCommitting  = "committing"
+	PhaseDone        = "done"
+	PhaseCancelled   = "cancelled"
+	PhaseFailed      = "failed"
+)
+
+// ProgressQuery is the name of the query both workflows answer.
+const ProgressQuery = "progress"
+
+// Progress answers the progress query.
+type Progress struct {
+	Phase             string `json:"phase"`
+	Run               string `json:"run"`
+	ServerProgress    string `json:"serverProgress,omitempty"` // the server's X-Progress
+	Polls             int    `json:"polls"`
+	FilesDone         int    `json:"filesDone"`
+	FilesTotal        int    `json:"filesTotal"`
+	Resources         int64  `json:"resources"`
+	ExpectedResources int64  `json:"expectedResources"`
+	Bytes             int64  `json:"bytes"`
+	Retries           int    `json:"retries"`
+	TransactionTime   string `json:"transactionTime,omitempty"`
+	Error             string `json:"error,omitempty"`
+}
+
+var (
+	levels        = map[string]bool{"": true, "system": true, "patient": true, "group": true}
+	typeName      = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
+	patientRef    = regexp.MustCompile(`^Patient/[A-Za-z0-9\-.]{1,64}$`)
+	runName       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$`)
+	runNameUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.=-]+`)
+)
+
+// Validate checks the input before anything is sent to the server; messages
+// say what to change.
+func (in *ExportInput) Validate() error {
+	var errs []error
+	if in.Server == "" && in.BaseURL == "" {
+		errs = append(errs, errors.New(`give "server" (a name from the worker's servers file) or "baseURL"`))
+	}
+	if in.BaseURL != "" && !strings.HasPrefix(in.BaseURL, "http://") && !strings.HasPrefix(in.BaseURL, "https://") {
+		errs = append(errs, fmt.Errorf(`"baseURL" %q must start with https:// (or http:// for local test servers)`, in.BaseURL))
+	}
+	if !levels[in.Level] {
+		errs = append(errs, fmt.Errorf(`"level" %q: use "system", "patient" or "group"`, in.Level))
+	}
+	if (in.Level == "group") != (in.Group != "") {
+		errs = append(errs, errors.New(`"group" (a Group id) goes with "level": "group", and only with it`))
+	}
+	for _, t := range in.Types {
+		if !typeName.MatchString(t) {
+			errs = append(errs, fmt.Errorf(`"types": %q is not a FHIR resource type (e.g. "Patient", "Observation")`, t))
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"since", in.Since}, {"until", in.Until}} {
+		if f.v == "" {
+			continue
+		}
+		if _, err := time.Parse(time.RFC3339Nano, f.v); err != nil {
+			errs = append(errs, fmt.Errorf(`%q %q is not a FHIR instant; use e.g. "2024-01-31T00:00:00Z"`, f.name, f.v))
+		}
+	}
+	for _, p := range in.Patients {
+		if !patientRef.MatchString(p) {
+			errs = append(errs, fmt.Errorf(`"patients": %q must be a reference such as "Patient/123"`, p))
+			break
+		}
+	}
+	if m := strings.ToUpper(in.Method); m != "" && m != "GET" && m != "POST" {
+		errs = append(errs, fmt.Errorf(`"method" %q: use "GET" or "POST"`, in.Method))
+	}
+	if in.Method != "" && strings.ToUpper(in.Method) == "GET" && len(in.Patients) > 0 {
+		errs = append(errs, errors.New(`"patients" needs "method": "POST" (the IG allows patient only in a POST kick-off)`))
+	}
+	if in.Run != "" && !runName.MatchString(in.Run) {
+		errs = append(errs, fmt.Errorf(`"run" %q: use letters, digits, '.', '_', '=', '-' (it names a folder)`, in.Run))
+	}
+	o := in.Options
+	if o.Concurrency < 0 || o.Concurrency > 256 {
+		errs = append(errs, fmt.Errorf(`"options.concurrency" %d: use 1 to 256`, o.Concurrency))
+	}
+	if o.FilesPerChunk < 0 || o.FilesPerChunk > 2000 {
+		errs = append(errs, fmt.Errorf(`"options.filesPerChunk" %d: use 1 to 2000 (it bounds each child workflow's history)`, o.FilesPerChunk))
+	}
+	if o.MaxFileAttempts < 0 {
+		errs = append(errs, fmt.Errorf(`"options.maxFileAttempts" %d must not be negative`, o.MaxFileAttempts))
+	}
+	return errors.Join(errs...)
+}
+
+func (o Options) withDefaults() Options {
+	if o.Concurrency == 0 {
+		o.Concurrency = 8
+	}
+	if o.FilesPerChunk == 0 {
+		o.FilesPerChunk = 500
+	}
+	if o.MaxFileAttempts == 0 {
+		o.MaxFileAttempts = 10
+	}
+	return o
+}
+
+// RunName derives a folder name from a workflow ID.
+func RunName(workflowID string) string {
+	s := runNameUnsafe.ReplaceAllString(workflowID, "_")
+	s = strings.TrimLeft(s, "._-=")
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	if s == "" {
+		s = "run"
+	}
+	return s
+}
+
+// requestSummary is what the run manifest records of the request: no patient
+// list (it can be long and identifying), its size instead.
+func (in *ExportInput) requestSummary() map[string]any {
+	m := map[string]any{"level": orDefault(in.Level, "system")}
+	set := func(k string, v any, ok bool) {
+		if ok {
+			m[k] = v
+		}
+	}
+	set("server", in.Server, in.Server != "")
+	set("baseURL", in.BaseURL, in.BaseURL != "")
+	set("group", in.Group, in.Group != "")
+	set("types", in.Types, len(in.Types) > 0)
+	set("since", in.Since, in.Since != "")
+	set("until", in.Until, in.Until != "")
+	set("elements", in.Elements, len(in.Elements) > 0)
+	set("typeFilters", in.TypeFilters, len(in.TypeFilters) > 0)
+	set("patientCount", len(in.Patients), len(in.Patients) > 0)
+	set("outputFormat", in.OutputFormat, in.OutputFormat != "")
+	return m
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
