@@ -74,7 +74,7 @@ func mix(x uint64) uint64 {
 const (
 	msPerDay  = int64(86400_000)
 	spreadMs  = 5 * 365 * msPerDay // base lastUpdated spread: five years before the epoch
-	attachLen = 5<<20 + 123        // large attachment base64 length: > 4 MB lines
+	attachLen = 5<<20 + 128        // large attachment base64 length: > 4 MB lines
 )
 
 // dataset is the immutable synthetic population. Only prefix sums are kept
