@@ -214,7 +214,7 @@ func (s *Server) respondFault(w http.ResponseWriter, r *faultRule) bool {
 	}
 	switch r.name {
 	case "drop":
-		hijackClose(w)
+		hijackClose(w, false)
 	case "429":
 		writeOO(w, 429, "error", "throttled", "Too many requests")
 	case "busy":

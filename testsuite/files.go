@@ -315,7 +315,7 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 		if gz != nil {
 			gz.Flush()
 		}
-		hijackClose(w) // the client sees a partial chunked body, then RST
+		hijackClose(w, true) // the client sees a partial chunked body, then RST
 		return
 	}
 	if gz != nil {

@@ -359,10 +359,13 @@ func writeJSON(w http.ResponseWriter, status int, ctype string, v any) {
 	w.Write(b)
 }
 
-// hijackClose drops the connection without (more of) a response.
-func hijackClose(w http.ResponseWriter) {
+// hijackClose drops the connection; with flush, what was written so far
+// reaches the client first (a reset mid-body), else no response at all.
+func hijackClose(w http.ResponseWriter, flush bool) {
 	rc := http.NewResponseController(w)
-	_ = rc.Flush()
+	if flush {
+		_ = rc.Flush()
+	}
 	conn, _, err := rc.Hijack()
 	if err != nil {
 		panic(http.ErrAbortHandler) // HTTP/2 or test recorder: abort is the closest thing
