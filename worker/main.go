@@ -1,0 +1,74 @@
+// Command worker runs bulkflow's Temporal worker: it polls the task queue
+// and runs export workflows and their activities. Configuration by flags,
+// with environment variables as defaults; secrets only through the servers
+// file's references (env var names, file paths).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"go.temporal.io/sdk/client"
+	sdklog "go.temporal.io/sdk/log"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/bulkworker"
+	"github.com/bulkflow/bulkflow/internal/envflag"
+	"github.com/bulkflow/bulkflow/internal/logging"
+	"github.com/bulkflow/bulkflow/internal/servers"
+	"github.com/bulkflow/bulkflow/workflows"
+)
+
+func main() {
+	fs := flag.NewFlagSet("worker", flag.ExitOnError)
+	address := envflag.String(fs, "temporal-address", "TEMPORAL_ADDRESS", "localhost:7233", "Temporal frontend host:port")
+	namespace := envflag.String(fs, "namespace", "TEMPORAL_NAMESPACE", "default", "Temporal namespace")
+	taskQueue := envflag.String(fs, "task-queue", "BULKFLOW_TASK_QUEUE", workflows.TaskQueue, "task queue to poll")
+	serversFile := envflag.String(fs, "servers", "BULKFLOW_SERVERS", "", "JSON file of named FHIR servers with their auth and TLS settings")
+	output := envflag.String(fs, "output", "BULKFLOW_OUTPUT", "./bulkflow-output", "output root: where runs with no or a relative output location go")
+	maxActivities := envflag.Int(fs, "max-activities", "BULKFLOW_MAX_ACTIVITIES", 16, "concurrent activities (downloads) in this worker")
+	strict := envflag.Bool(fs, "only-configured-servers", "BULKFLOW_ONLY_CONFIGURED_SERVERS", false, "refuse base URLs that are not in the servers file")
+	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
+	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: worker [flags]\n\nRuns bulkflow's Temporal worker. Flags:")
+		fs.PrintDefaults()
+	}
+	fs.Parse(os.Args[1:])
+
+	logger, err := logging.New(os.Stderr, *logFormat, *logLevel)
+	if err == nil {
+		err = envflag.Check()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	reg, err := servers.Load(*serversFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	reg.AllowUnconfigured = !*strict
+	reg.UserAgent = "bulkflow"
+
+	c, err := client.Dial(client.Options{HostPort: *address, Namespace: *namespace, Logger: sdklog.NewStructuredLogger(logger)})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "worker: cannot reach Temporal at %s (namespace %s): %v\nStart one with `temporal server start-dev` or set TEMPORAL_ADDRESS.\n", *address, *namespace, err)
+		os.Exit(1)
+	}
+	defer c.Close()
+
+	acts := activities.New(reg, *output, logger)
+	w := bulkworker.New(c, *taskQueue, acts, *maxActivities)
+	logger.Info("worker starting", slog.String("temporal", *address), slog.String("namespace", *namespace),
+		slog.String("task_queue", *taskQueue), slog.String("output", *output), slog.Int("servers", len(reg.Names())))
+	// worker.InterruptCh: SIGINT/SIGTERM stop polling and let running activities finish or hand over.
+	if err := w.Run(worker.InterruptCh()); err != nil {
+		logger.Error("worker stopped", "error", err)
+		os.Exit(1)
+	}
+}
