@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -333,14 +334,37 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	h := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
-	r := ndjson.NewReader(f.Body)
+	var r *ndjson.Reader
 	v := ndjson.Validator{WantType: item.Type}
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
-	every := a.HeartbeatEvery
-	if every <= 0 {
-		every = 5 * time.Second
-	}
-	last := time.Now()
+	// Heartbeat from a ticker, not per line: one 20 MB line on a slow link
+	// must not look like a stall. A tick with no new bytes sends nothing, so
+	// a body that really stalls still trips the heartbeat timeout.
+	var progressBytes, progressLines atomic.Int64
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		every := a.HeartbeatEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var last int64 = -1
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if b := progressBytes.Load(); b != last {
+					last = b
+					activity.RecordHeartbeat(ctx, heartbeat{Bytes: b, Resources: progressLines.Load()})
+				}
+			}
+		}
+	}()
+	counted := &countingReader{r: f.Body, n: &progressBytes}
+	r = ndjson.NewReader(counted)
 	for {
 		line, err := r.Next()
 		if err == io.EOF {
@@ -371,10 +395,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		}
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
-		if res.Resources&1023 == 0 && time.Since(last) >= every {
-			last = time.Now()
-			activity.RecordHeartbeat(ctx, heartbeat{Bytes: res.Bytes, Resources: res.Resources})
-		}
+		progressLines.Store(res.Resources)
 	}
 	// The manifest count is optional (BD2 L430); when given, it is the check
 	// that catches a file cut at a line boundary behind an HTTP 200.
@@ -390,6 +411,18 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
 	return res, nil
+}
+
+// countingReader counts the bytes read off the wire, for heartbeats.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // countSeverity tallies OperationOutcome issues by severity. Error files are

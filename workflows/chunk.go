@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -14,12 +15,14 @@ import (
 type ChunkInput struct {
 	activities.ServerRef
 	activities.Target
-	Chunk       int                `json:"chunk"`
-	First       int                `json:"first"`
-	Count       int                `json:"count"`
-	Concurrency int                `json:"concurrency"`
-	MaxAttempts int                `json:"maxAttempts"`
-	Groups      []activities.Group `json:"groups,omitempty"` // for activity summaries
+	Chunk       int `json:"chunk"`
+	First       int `json:"first"`
+	Count       int `json:"count"`
+	Concurrency int `json:"concurrency"`
+	MaxAttempts int `json:"maxAttempts"`
+	// HeartbeatTimeout: a download silent this long is retried.
+	HeartbeatTimeout time.Duration      `json:"heartbeatTimeout"`
+	Groups           []activities.Group `json:"groups,omitempty"` // for activity summaries
 }
 
 // ChunkResult sums a chunk.
@@ -54,7 +57,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	base := workflow.ActivityOptions{
 		// Files of many GB take hours; a stalled body is caught by the heartbeat timeout instead.
 		StartToCloseTimeout: 24 * time.Hour,
-		HeartbeatTimeout:    2 * time.Minute,
+		HeartbeatTimeout:    cmp.Or(in.HeartbeatTimeout, 2*time.Minute),
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: int32(max(1, in.MaxAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
 	}

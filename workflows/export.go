@@ -166,8 +166,9 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			WaitForCancellation: true,
 			ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 		})
+		hb, _ := time.ParseDuration(opts.HeartbeatTimeout) // validated
 		cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count,
-			Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, Groups: groupsIn(st.Plan.Groups, first, count)}
+			Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
 		var cr ChunkResult
 		if err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr); err != nil {
 			return nil, fmt.Errorf("download: %w", err)

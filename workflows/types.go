@@ -59,6 +59,9 @@ type Options struct {
 	// KeepJob skips the DELETE of the server's job after the run. By default
 	// it is deleted: some EHRs allow one export per client at a time.
 	KeepJob bool `json:"keepJob,omitempty"`
+	// HeartbeatTimeout is how long a download may go without receiving a
+	// byte before it is retried, e.g. "90s" (default 2m).
+	HeartbeatTimeout string `json:"heartbeatTimeout,omitempty"`
 }
 
 // ResumeState is what one workflow run hands the next on continue-as-new:
@@ -233,6 +236,11 @@ func (in *ExportInput) Validate() error {
 	if o.FilesPerChunk < 0 || o.FilesPerChunk > 2000 {
 		errs = append(errs, fmt.Errorf(`"options.filesPerChunk" %d: use 1 to 2000 (it bounds each child workflow's history)`, o.FilesPerChunk))
 	}
+	if o.HeartbeatTimeout != "" {
+		if d, err := time.ParseDuration(o.HeartbeatTimeout); err != nil || d < time.Second {
+			errs = append(errs, fmt.Errorf(`"options.heartbeatTimeout" %q: use a duration of at least 1s, such as "90s"`, o.HeartbeatTimeout))
+		}
+	}
 	if o.MaxFileAttempts < 0 {
 		errs = append(errs, fmt.Errorf(`"options.maxFileAttempts" %d must not be negative`, o.MaxFileAttempts))
 	}
@@ -248,6 +256,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxFileAttempts == 0 {
 		o.MaxFileAttempts = 10
+	}
+	if o.HeartbeatTimeout == "" {
+		o.HeartbeatTimeout = "2m"
 	}
 	return o
 }
