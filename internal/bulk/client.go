@@ -86,7 +86,13 @@ func (c *Client) newRequest(ctx context.Context, method, rawURL string, body []b
 	}
 	req, err := http.NewRequestWithContext(ctx, method, rawURL, rd)
 	if err != nil {
-		return nil, fmt.Errorf("bad URL %q: %w", redactURL(rawURL), errors.Unwrap(err))
+		// url.Parse errors quote the whole URL, query included: keep only
+		// the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("bad URL %q: %w", redactURL(rawURL), err)
 	}
 	if c.UserAgent != "" {
 		req.Header.Set("User-Agent", c.UserAgent)

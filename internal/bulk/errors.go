@@ -380,7 +380,7 @@ func bodyExcerpt(contentType string, code int, body []byte) string {
 
 func htmlTitle(b []byte) string {
 	s := string(b[:min(len(b), 4096)])
-	ls := strings.ToLower(s)
+	ls := asciiLower(s)
 	i := strings.Index(ls, "<title>")
 	if i < 0 {
 		if i = strings.Index(ls, "<h1>"); i < 0 {
@@ -434,10 +434,22 @@ func sanitize(s string, max int) string {
 	return out
 }
 
+// asciiLower lowercases ASCII only, so byte offsets in the result are valid
+// in the input (strings.ToLower may change lengths on odd UTF-8).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 32
+		}
+	}
+	return string(b)
+}
+
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 func redactBearer(s string) string {
-	ls := strings.ToLower(s)
+	ls := asciiLower(s)
 	i := strings.Index(ls, "bearer ")
 	if i < 0 {
 		return s

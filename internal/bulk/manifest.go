@@ -171,16 +171,16 @@ func resolveURL(s string, base *url.URL) (string, error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", fmt.Errorf("unparseable URL %q", redactURL(s))
+		return "", fmt.Errorf("unparseable URL %q", clip(redactURL(s)))
 	}
 	if !u.IsAbs() {
 		if base == nil {
-			return "", fmt.Errorf("relative URL %q: file URLs must be absolute (BD2 L451)", redactURL(s))
+			return "", fmt.Errorf("relative URL %q: file URLs must be absolute (BD2 L451)", clip(redactURL(s)))
 		}
 		u = base.ResolveReference(u)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", fmt.Errorf("URL %q is not an http(s) URL", redactURL(u.String()))
+		return "", fmt.Errorf("URL %q is not an http(s) URL", clip(redactURL(u.String())))
 	}
 	return u.String(), nil
 }
