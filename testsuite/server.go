@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -502,4 +501,3 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 
 func fmtInstant(ms int64) string { return string(appendInstant(nil, ms)) }
 
-var _ = fmt.Sprint
