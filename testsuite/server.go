@@ -500,4 +500,3 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 }
 
 func fmtInstant(ms int64) string { return string(appendInstant(nil, ms)) }
-
