@@ -55,7 +55,7 @@ func (c *Client) OpenFile(ctx context.Context, fileURL string, requiresAccessTok
 	if !requiresAccessToken {
 		req.Header.Del("Authorization")
 	}
-	resp, err := c.fileClient(requiresAccessToken).Do(req)
+	resp, err := c.doFile(req, requiresAccessToken)
 	if err != nil {
 		return nil, transportError(opDownload, fileURL, err)
 	}
@@ -105,6 +105,56 @@ func (c *Client) OpenFile(ctx context.Context, fileURL string, requiresAccessTok
 	}
 	f.Body = &fileBody{r: body, wire: wire}
 	return f, nil
+}
+
+const maxRedirects = 10
+
+// doFile sends a file request. With requiresAccessToken=false it is one
+// plain Do on the token-free client. With true, redirects are followed by
+// hand: same-origin hops keep the authorised client, and the first
+// cross-origin hop (typically a FHIR server redirecting to a pre-signed
+// object-store URL) and everything after it go through the token-free
+// client. net/http alone drops only headers set on the request, not the
+// Authorization an oauth2 Transport adds on every round trip, and object
+// stores reject a request carrying both a token and a signature
+// (checklist 3 #23).
+func (c *Client) doFile(req *http.Request, requiresAccessToken bool) (*http.Response, error) {
+	if !requiresAccessToken {
+		return c.fileClient(false).Do(req)
+	}
+	noFollow := *c.httpClient()
+	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	origin := req.URL
+	for hop := 0; ; hop++ {
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		switch resp.StatusCode {
+		case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+		default:
+			return resp, nil
+		}
+		loc := resp.Header.Get("Location")
+		if loc == "" {
+			return resp, nil // caller reports the unexpected 3xx
+		}
+		next, err := req.URL.Parse(loc)
+		drainClose(resp.Body)
+		if err != nil {
+			return nil, fmt.Errorf("bad redirect Location: %w", err)
+		}
+		if hop >= maxRedirects {
+			return nil, fmt.Errorf("stopped after %d redirects", maxRedirects)
+		}
+		nreq := req.Clone(req.Context())
+		nreq.URL, nreq.Host = next, ""
+		if next.Scheme != origin.Scheme || next.Host != origin.Host {
+			nreq.Header.Del("Authorization")
+			return c.fileClient(false).Do(nreq)
+		}
+		req = nreq
+	}
 }
 
 // contentRangeStart parses "bytes 100-199/200" (or "bytes 100-199/*").

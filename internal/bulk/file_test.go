@@ -287,3 +287,48 @@ func TestHelpersForCallers(t *testing.T) {
 		t.Errorf("%q", e)
 	}
 }
+
+func TestOpenFileRedirects(t *testing.T) {
+	store, storeReqs := recorder(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "" {
+			w.WriteHeader(400) // like S3: only one auth mechanism allowed
+			return
+		}
+		io.WriteString(w, ndjsonBody)
+	})
+	var ehrURL string
+	ehr, ehrReqs := recorder(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/files/a":
+			http.Redirect(w, r, ehrURL+"/files/b", http.StatusFound) // same origin
+		case "/files/b":
+			if r.Header.Get("Authorization") != "Bearer TOKEN" {
+				w.WriteHeader(401)
+				return
+			}
+			http.Redirect(w, r, store.URL+"/bucket/a.ndjson?X-Amz-Signature=sig", http.StatusTemporaryRedirect)
+		case "/loop":
+			http.Redirect(w, r, "/loop", http.StatusFound)
+		}
+	})
+	ehrURL = ehr.URL
+	c := &Client{BaseURL: ehr.URL, HTTP: &http.Client{Transport: authRT{ehr.Client().Transport}}}
+	f, err := c.OpenFile(context.Background(), ehr.URL+"/files/a", true, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f.Body)
+	f.Body.Close()
+	if err != nil || string(got) != ndjsonBody {
+		t.Fatalf("%q %v", got, err)
+	}
+	if len(*ehrReqs) != 2 || (*ehrReqs)[1].header.Get("Authorization") != "Bearer TOKEN" {
+		t.Errorf("same-origin hop lost the token: %+v", *ehrReqs)
+	}
+	if len(*storeReqs) != 1 || (*storeReqs)[0].header.Get("Accept-Encoding") != "gzip" {
+		t.Errorf("store requests %+v", *storeReqs)
+	}
+	if _, err := c.OpenFile(context.Background(), ehr.URL+"/loop", true, 0); err == nil || !strings.Contains(err.Error(), "redirects") {
+		t.Errorf("loop: %v", err)
+	}
+}

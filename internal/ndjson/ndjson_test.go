@@ -306,3 +306,10 @@ func FuzzInspect(f *testing.F) {
 func isUTF8(b []byte) bool {
 	return !bytes.ContainsRune(b, '\uFFFD') && strings.ToValidUTF8(string(b), "\uFFFD") == string(b) && !bytes.Contains(b, []byte(`\ud`)) && !bytes.Contains(b, []byte(`\uD`))
 }
+
+func TestReaderBOM(t *testing.T) {
+	lines, _, _ := readAll(t, "\xEF\xBB\xBF{\"resourceType\":\"Patient\"}\n\xEF\xBB\xBF{}\n")
+	if len(lines) != 2 || lines[0] != `{"resourceType":"Patient"}` || lines[1] != "\xEF\xBB\xBF{}" {
+		t.Fatalf("%q", lines)
+	}
+}

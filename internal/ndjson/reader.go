@@ -28,7 +28,8 @@ var ErrLineTooLong = errors.New("ndjson: line too long")
 // Line, so numbers match what an editor shows. A final line without a
 // trailing newline is returned normally and MissingFinalNewline reports it:
 // the caller decides whether that means truncation (usually: yes, combined
-// with a count or Content-Length check).
+// with a count or Content-Length check). A UTF-8 byte order mark at the
+// start of the stream is dropped.
 type Reader struct {
 	br        *bufio.Reader
 	long      []byte // owned buffer, grown only for lines longer than the bufio buffer
@@ -61,6 +62,9 @@ func (r *Reader) Next() ([]byte, error) {
 			return nil, err
 		}
 		r.line++
+		if r.line == 1 && len(b) >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF {
+			b = b[3:] // a UTF-8 byte order mark is not part of the first resource
+		}
 		if n := len(b); n > 0 && b[n-1] == '\r' {
 			b = b[:n-1]
 		}
