@@ -78,7 +78,11 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, jobID, name, 
 		return
 	}
 	j.mu.Lock()
-	bm, completed, f := j.manifest, j.completedAt, j.byName[name]
+	bm, completed := j.manifest, j.completedAt
+	var f *fileEntry
+	if bm != nil { // byName is complete (and safe to read) once a manifest exists
+		f = j.byName[name]
+	}
 	j.mu.Unlock()
 	if bm == nil || f == nil {
 		writeOO(w, 404, "error", "not-found", "no such file "+name)
