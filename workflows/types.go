@@ -16,6 +16,9 @@ import (
 // TaskQueue is the default task queue of workers and starters.
 const TaskQueue = "fhir-bulk-export"
 
+// ReplaySampleID is the workflow ID of the recorded run in testdata.
+const ReplaySampleID = "bulkflow-replay-sample"
+
 // ExportInput is the workflow's input: plain JSON, so `temporal workflow
 // start --input`, the Temporal UI and Schedules can start exports too.
 type ExportInput struct {

@@ -11,10 +11,21 @@ import (
 	"github.com/bulkflow/bulkflow/workflows"
 )
 
-// Register adds every workflow and the activities to w.
-func Register(w worker.Registry, acts *activities.Activities) {
+// WorkflowRegistry is what workers and replayers share.
+type WorkflowRegistry interface {
+	RegisterWorkflowWithOptions(w any, options workflow.RegisterOptions)
+}
+
+// RegisterWorkflows adds every workflow to w, under stable names that
+// `temporal workflow start --type` and Schedules use.
+func RegisterWorkflows(w WorkflowRegistry) {
 	w.RegisterWorkflowWithOptions(workflows.BulkExportWorkflow, workflow.RegisterOptions{Name: "BulkExportWorkflow"})
 	w.RegisterWorkflowWithOptions(workflows.DownloadChunkWorkflow, workflow.RegisterOptions{Name: "DownloadChunkWorkflow"})
+}
+
+// Register adds every workflow and the activities to w.
+func Register(w worker.Registry, acts *activities.Activities) {
+	RegisterWorkflows(w)
 	w.RegisterActivity(acts)
 }
 

@@ -129,3 +129,13 @@ func assertExact(t *testing.T, res workflows.ExportResult, want testsuite.Expect
 	}
 	return rep
 }
+
+func startWorker2(t *testing.T, queue, output string) {
+	t.Helper()
+	reg, _ := servers.Load("")
+	w := bulkworker.New(tclient, queue, activities.New(reg, output, slog.New(slog.DiscardHandler)), 16)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+}

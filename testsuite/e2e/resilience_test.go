@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bulkflow/bulkflow/testsuite"
+	"github.com/bulkflow/bulkflow/workflows"
+)
+
+// buildBinary builds one of bulkflow's commands for a test.
+func buildBinary(t *testing.T, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
+}
+
+// A worker process is killed (SIGKILL) while it downloads; a second worker
+// finishes the same run with exactly the expected set.
+func TestWorkerKilledMidDownload(t *testing.T) {
+	requireE2E(t)
+	workerBin := buildBinary(t, "./worker")
+	// Every file's first attempt is slow, so the first worker is surely mid-body when killed.
+	srv := fhirServer(t, testsuite.Options{Patients: 40, ResourcesPerFile: 400, LargeAttachments: -1, Faults: "file=slow(bps=60000)@1"})
+	out := t.TempDir()
+	queue := "e2e-kill-" + time.Now().Format("150405.000")
+	cmd := exec.Command(workerBin, "-temporal-address", dev.FrontendHostPort(), "-task-queue", queue, "-output", out, "-log-level", "error")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Options: workflows.Options{HeartbeatTimeout: "3s", Concurrency: 4}})
+	deadline := time.Now().Add(60 * time.Second)
+	for srv.Stats().Requests["file"] < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if srv.Stats().Requests["file"] < 2 {
+		t.Fatal("the first worker never started downloading")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	killed = true
+	served := srv.Stats().FilesServed
+
+	// The second worker, in this process, on the same queue.
+	startWorker2(t, queue, out)
+	var res workflows.ExportResult
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := run.Get(ctx, &res); err != nil {
+		t.Fatalf("export after the kill: %v", err)
+	}
+	want, _ := srv.Expected(testsuite.Query{Level: "system"})
+	assertExact(t, res, want)
+	st := srv.Stats()
+	if st.Kickoffs != 1 {
+		t.Errorf("kickoffs = %d: the restart must not start a second export", st.Kickoffs)
+	}
+	if res.Totals.Files <= int(served) {
+		t.Errorf("the first worker had served %d of %d files before the kill: nothing was interrupted", served, res.Totals.Files)
+	}
+	if res.Totals.Retries == 0 {
+		t.Error("no download was retried: the kill did not interrupt one")
+	}
+}
+
+// Faults a real EHR produces, each on some attempt: the run still lands the
+// exact set, and each fault really fired.
+func TestFaultMatrixExactSet(t *testing.T) {
+	requireE2E(t)
+	script := strings.Join([]string{
+		"kickoff=busy(retry-after=1)@1",                  // "export already running"
+		"status=transient@2",                             // 503 + transient OperationOutcome
+		"status=429(retry-after=1)@3",                    // polled too fast
+		"file:Observation=truncate-midline@1",            // 200 with a cut last line
+		"file:Condition=truncate-lines(n=3)@1",           // 200, cut at a line boundary
+		"file:Encounter=reset@1",                         // connection reset mid-body
+		"file:Procedure=html(code=502)@1",                // gateway page
+		"file:Immunization=transient@1",                  // 503 transient
+		"file:MedicationRequest=force-gzip",              // gzip although not asked... or asked
+		"file:AllergyIntolerance=429(retry-after=1)@1-2", // throttled
+	}, ";")
+	srv := fhirServer(t, testsuite.Options{Patients: 50, ExportDuration: 1500 * time.Millisecond, RetryAfter: time.Second, Faults: script})
+	queue, _ := startWorker(t, t.TempDir())
+	res := runExport(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL()})
+	want, _ := srv.Expected(testsuite.Query{Level: "system"})
+	assertExact(t, res, want)
+	fired := srv.Stats().FaultsFired
+	for _, rule := range strings.Split(script, ";") {
+		if fired[strings.TrimSpace(rule)] == 0 {
+			t.Errorf("fault %q never fired: the test did not exercise it", rule)
+		}
+	}
+	if srv.Stats().Kickoffs != 1 {
+		t.Errorf("kickoffs = %d, want 1", srv.Stats().Kickoffs)
+	}
+}
