@@ -59,9 +59,9 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 		// A retried commit whose first attempt got as far as promoting the run
 		// has no work area left; the sink confirms the commit below.
 		if cerr := s.Commit(ctx, in.Run, nil); cerr == nil {
-			return CommitResult{Location: s.Location(in.Run), Manifest: s.Location(in.Run) + "/" + sink.ManifestName}, nil
+			return CommitResult{Location: s.Location(in.Run), Manifest: s.Location(in.Run) + "/" + sink.ManifestName, Files: in.Plan.Files}, nil
 		}
-		return CommitResult{}, permanent("PlanMissing", fmt.Errorf("commit run %s: %w", in.Run, err))
+		return CommitResult{}, permanent("Incomplete", fmt.Errorf("commit run %s: chunk records missing (%w); nothing was committed", in.Run, err))
 	}
 	if err != nil {
 		return CommitResult{}, retryable("Sink", err)

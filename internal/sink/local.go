@@ -139,6 +139,12 @@ func (l *Local) Commit(ctx context.Context, run string, manifest []byte) error {
 	data := filepath.Join(l.stagingDir(run), "data")
 	finalExists := exists(final)
 	dataExists := exists(data)
+	if manifest == nil {
+		if exists(filepath.Join(final, ManifestName)) {
+			return nil
+		}
+		return fmt.Errorf("run %s is not committed: %w", run, ErrNotFound)
+	}
 	switch {
 	case exists(filepath.Join(final, ManifestName)):
 		if dataExists {

@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -62,6 +63,23 @@ func TestLocalCommitPromotesDataAndWritesManifestLast(t *testing.T) {
 	// A retried commit is a no-op.
 	if err := s.Commit(ctx, "run1", []byte(`{"ok":true}`)); err != nil {
 		t.Fatalf("retried commit: %v", err)
+	}
+}
+
+func TestLocalCommitNilOnlyConfirms(t *testing.T) {
+	s, _ := NewLocal(t.TempDir())
+	write(t, s, "r", "a.ndjson", "1\n")
+	if err := s.Commit(context.Background(), "r", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("confirm before commit = %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(s.Location("r")); !os.IsNotExist(err) {
+		t.Fatal("a confirming commit promoted the run")
+	}
+	if err := s.Commit(context.Background(), "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(context.Background(), "r", nil); err != nil {
+		t.Fatalf("confirm after commit = %v", err)
 	}
 }
 

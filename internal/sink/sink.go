@@ -36,6 +36,8 @@ type Sink interface {
 	Open(ctx context.Context, run, name string) (io.ReadCloser, error)
 	// Commit promotes every staged data object of run to its final place, then
 	// writes manifest as ManifestName, then drops the staging area.
+	// A nil manifest only confirms: nil if run is already committed, else an
+	// error wrapping ErrNotFound; nothing is promoted.
 	Commit(ctx context.Context, run string, manifest []byte) error
 	// Abort drops run's staging area. Committed output is never touched.
 	Abort(ctx context.Context, run string) error
