@@ -1,6 +1,14 @@
 // Package auth turns a FHIR server's configured credentials into an
 // http.Client. Tokens live only in this process's memory: they are never
 // returned to callers that could put them into Temporal history or logs.
+//
+// Types: "none", "bearer" (static token), "client-secret" (OAuth 2.0 client
+// credentials with a shared secret) and "smart" (SMART Backend Services,
+// client-confidential-asymmetric: a JWT client assertion signed with RS384 or
+// ES384; bulk-data-checklist §2). See docs/auth.md for the config block.
+//
+// Nothing in this package logs or puts into an error an access token, a
+// client assertion, a client secret or key material.
 package auth
 
 import (
@@ -8,54 +16,117 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/oauth2"
-	"golang.org/x/oauth2/clientcredentials"
 )
 
 // Config describes how to authenticate to one FHIR server. Secrets are named
 // indirectly (an environment variable or a file), never written inline, so a
 // config file can be reviewed and committed.
 type Config struct {
-	// Type is "none" (default), "bearer" or "client-secret".
+	// Type is "none" (default), "bearer", "client-secret" or "smart".
 	Type string `json:"type,omitempty"`
-	// TokenURL is the OAuth 2.0 token endpoint (client-secret).
+	// TokenURL is the OAuth 2.0 token endpoint. Required for client-secret.
+	// For smart it is optional: when set it overrides the token_endpoint
+	// of [base]/.well-known/smart-configuration; when unset, discovery must
+	// find one.
 	TokenURL string `json:"tokenURL,omitempty"`
 	ClientID string `json:"clientID,omitempty"`
 	// ClientSecretEnv / ClientSecretFile hold the client secret (client-secret).
 	ClientSecretEnv  string `json:"clientSecretEnv,omitempty"`
 	ClientSecretFile string `json:"clientSecretFile,omitempty"`
 	// AuthStyle is "basic" (client_secret_basic, default) or "post" (client_secret_post).
-	AuthStyle string   `json:"authStyle,omitempty"`
-	Scopes    []string `json:"scopes,omitempty"`
+	AuthStyle string `json:"authStyle,omitempty"`
+	// Scopes to request. For smart, when empty they are chosen from the
+	// server's advertised capabilities (system/*.rs or system/*.read).
+	Scopes []string `json:"scopes,omitempty"`
 	// TokenEnv / TokenFile hold a static bearer token (bearer).
 	TokenEnv  string `json:"tokenEnv,omitempty"`
 	TokenFile string `json:"tokenFile,omitempty"`
+
+	// PrivateKeyFile is a PEM private key (PKCS#8, PKCS#1 RSA or SEC 1 EC
+	// P-384) used to sign client assertions (smart). Needs Kid.
+	PrivateKeyFile string `json:"privateKeyFile,omitempty"`
+	// JWKSFile is a JWK Set holding private keys (smart), an alternative to
+	// PrivateKeyFile. Kid picks the key; without it the set must hold
+	// exactly one private key, whose own kid is used.
+	JWKSFile string `json:"jwksFile,omitempty"`
+	// Kid is the key id registered with the server: the assertion's "kid"
+	// header, which "SHALL be unique within the client's JWK Set".
+	Kid string `json:"kid,omitempty"`
+	// Alg is "RS384" or "ES384"; default from the key type.
+	Alg string `json:"alg,omitempty"`
+	// JKU, if set, is sent as the assertion's "jku" header; it "SHALL match
+	// the JWKS URL value that the client supplied … at client registration".
+	JKU string `json:"jku,omitempty"`
+
+	// Now is the clock for assertion times and token expiry; nil means
+	// time.Now. It exists for tests.
+	Now func() time.Time `json:"-"`
 }
 
-// Validate reports configuration mistakes with how to fix them, without
-// reading any secret.
+// Validate reports configuration mistakes with how to fix them. It reads no
+// secret, except that for "smart" it loads the private key so a bad key file
+// fails at startup; its messages name the file and the problem, never the
+// key's contents.
 func (c Config) Validate() error {
+	_, err := c.validate()
+	return err
+}
+
+// validate is Validate, also returning the smart signing key.
+func (c Config) validate() (*signingKey, error) {
 	switch c.Type {
 	case "", "none":
 	case "bearer":
 		if (c.TokenEnv == "") == (c.TokenFile == "") {
-			return errors.New(`auth type "bearer" needs exactly one of tokenEnv (an environment variable name) or tokenFile (a file path)`)
+			return nil, errors.New(`auth type "bearer" needs exactly one of tokenEnv (an environment variable name) or tokenFile (a file path)`)
 		}
 	case "client-secret":
 		if c.TokenURL == "" || c.ClientID == "" {
-			return errors.New(`auth type "client-secret" needs tokenURL and clientID`)
+			return nil, errors.New(`auth type "client-secret" needs tokenURL and clientID`)
+		}
+		if err := checkURL("tokenURL", c.TokenURL); err != nil {
+			return nil, err
 		}
 		if (c.ClientSecretEnv == "") == (c.ClientSecretFile == "") {
-			return errors.New(`auth type "client-secret" needs exactly one of clientSecretEnv or clientSecretFile`)
+			return nil, errors.New(`auth type "client-secret" needs exactly one of clientSecretEnv or clientSecretFile`)
 		}
 		if c.AuthStyle != "" && c.AuthStyle != "basic" && c.AuthStyle != "post" {
-			return fmt.Errorf(`authStyle %q: use "basic" or "post"`, c.AuthStyle)
+			return nil, fmt.Errorf(`authStyle %q: use "basic" or "post"`, c.AuthStyle)
 		}
+	case "smart":
+		if c.ClientID == "" {
+			return nil, errors.New(`auth type "smart" needs clientID (the client_id registered with the server)`)
+		}
+		if c.TokenURL != "" {
+			if err := checkURL("tokenURL", c.TokenURL); err != nil {
+				return nil, err
+			}
+		}
+		if c.JKU != "" {
+			if err := checkURL("jku", c.JKU); err != nil {
+				return nil, err
+			}
+		}
+		if c.ClientSecretEnv != "" || c.ClientSecretFile != "" {
+			return nil, errors.New(`auth type "smart" signs a client assertion and takes no client secret: remove clientSecretEnv/clientSecretFile (or use type "client-secret")`)
+		}
+		return c.loadSigningKey()
 	default:
-		return fmt.Errorf(`auth type %q is not supported: use "none", "bearer" or "client-secret"`, c.Type)
+		return nil, fmt.Errorf(`auth type %q is not supported: use "none", "bearer", "client-secret" or "smart"`, c.Type)
+	}
+	return nil, nil
+}
+
+func checkURL(field, s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%s %q must be an absolute http(s) URL", field, s)
 	}
 	return nil
 }
@@ -79,32 +150,51 @@ func secret(env, file string) (string, error) {
 	return v, nil
 }
 
-// TokenSource returns the token source for c, or nil for "none". One source
-// per server per process: oauth2.ReuseTokenSource refreshes before expiry and
-// every activity shares the cached token.
-func (c Config) TokenSource(ctx context.Context, base *http.Client) (oauth2.TokenSource, error) {
-	if err := c.Validate(); err != nil {
+// TokenSource returns the token source for c, or nil for "none". fhirBase is
+// the server's FHIR base URL, where smart discovers its token endpoint.
+//
+// Build one source per server per process and share it: for client-secret
+// and smart it is a *Source, which caches the token, refreshes it at about
+// 80% of its lifetime and can be invalidated after a 401. Its token requests
+// use base (the server's TLS settings) and ctx's values, not ctx's
+// cancellation, since the source outlives the call. No network request is made
+// here: discovery and the first token request happen on first use, so a
+// server that is down surfaces as a retryable error of the request that
+// needed the token.
+func (c Config) TokenSource(ctx context.Context, base *http.Client, fhirBase string) (oauth2.TokenSource, error) {
+	key, err := c.validate()
+	if err != nil {
 		return nil, err
 	}
+	if base == nil {
+		base = http.DefaultClient
+	}
+	now := c.Now
+	if now == nil {
+		now = time.Now
+	}
+	ctx = context.WithoutCancel(ctx)
 	switch c.Type {
 	case "bearer":
 		tok, err := secret(c.TokenEnv, c.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("bearer token: %w", err)
 		}
+		// Nothing to refresh: a static token gets no retry on 401.
 		return oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok, TokenType: "Bearer"}), nil
 	case "client-secret":
 		sec, err := secret(c.ClientSecretEnv, c.ClientSecretFile)
 		if err != nil {
 			return nil, fmt.Errorf("client secret: %w", err)
 		}
-		cc := clientcredentials.Config{ClientID: c.ClientID, ClientSecret: sec, TokenURL: c.TokenURL, Scopes: c.Scopes, AuthStyle: oauth2.AuthStyleInHeader}
-		if c.AuthStyle == "post" {
-			cc.AuthStyle = oauth2.AuthStyleInParams
+		f := &secretFetcher{ep: endpoint{client: base}, cfg: c, secret: sec}
+		return newSource(ctx, f, now), nil
+	case "smart":
+		if fhirBase == "" && c.TokenURL == "" {
+			return nil, errors.New(`auth type "smart" needs the FHIR base URL (for discovery) or tokenURL`)
 		}
-		// The token endpoint is reached with the server's own transport (mTLS, CA).
-		ctx = context.WithValue(context.Background(), oauth2.HTTPClient, base)
-		return oauth2.ReuseTokenSource(nil, cc.TokenSource(ctx)), nil
+		f := &smartFetcher{ep: endpoint{client: base}, cfg: c, key: key, fhirBase: strings.TrimRight(fhirBase, "/"), now: now}
+		return newSource(ctx, f, now), nil
 	}
 	return nil, nil
 }
@@ -118,48 +208,4 @@ func Client(base *http.Client, ts oauth2.TokenSource) *http.Client {
 	c := *base
 	c.Transport = &Transport{Source: ts, Base: base.Transport}
 	return &c
-}
-
-// Transport adds "Authorization: Bearer" to requests, but never to a
-// redirect that leaves the origin of the request the caller made: files may
-// be redirected to object storage, which must not see the token
-// (bulk-data-checklist 3 #23). oauth2.Transport alone would add it to every hop.
-type Transport struct {
-	Source oauth2.TokenSource
-	Base   http.RoundTripper
-}
-
-// RoundTrip implements http.RoundTripper.
-func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	base := t.Base
-	if base == nil {
-		base = http.DefaultTransport
-	}
-	if crossOriginRedirect(req) {
-		if req.Header.Get("Authorization") != "" {
-			req = req.Clone(req.Context())
-			req.Header.Del("Authorization")
-		}
-		return base.RoundTrip(req)
-	}
-	tok, err := t.Source.Token()
-	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, fmt.Errorf("get access token: %w", err)
-	}
-	r2 := req.Clone(req.Context())
-	tok.SetAuthHeader(r2)
-	return base.RoundTrip(r2)
-}
-
-// crossOriginRedirect reports whether req is a redirect hop whose origin
-// differs from the first request of the chain.
-func crossOriginRedirect(req *http.Request) bool {
-	first := req
-	for first.Response != nil && first.Response.Request != nil {
-		first = first.Response.Request
-	}
-	return first != req && (first.URL.Scheme != req.URL.Scheme || first.URL.Host != req.URL.Host)
 }

@@ -206,7 +206,7 @@ func (r *Registry) build(s Server) (*bulk.Client, error) {
 	}
 	tr.TLSClientConfig = tlsCfg
 	plain := &http.Client{Transport: tr}
-	ts, err := s.Auth.TokenSource(context.Background(), plain)
+	ts, err := s.Auth.TokenSource(context.Background(), plain, s.BaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("server %q: %w", s.Name, err)
 	}

@@ -1,10 +1,18 @@
 package servers
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/bulkflow/bulkflow/internal/auth"
+	"github.com/bulkflow/bulkflow/testsuite/authserver"
+	"github.com/go-jose/go-jose/v4"
 )
 
 func TestLoadValidates(t *testing.T) {
@@ -18,6 +26,8 @@ func TestLoadValidates(t *testing.T) {
 		{"cert without key", `{"servers":[{"name":"a","baseURL":"https://x","tls":{"certFile":"c"}}]}`, "go together"},
 		{"bad duration", `{"servers":[{"name":"a","baseURL":"https://x","retryAfterMax":"ten"}]}`, "Go durations"},
 		{"bad auth", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"bearer"}}]}`, "exactly one"},
+		{"smart without key", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"smart","clientID":"c"}}]}`, "privateKeyFile"},
+		{"smart unreadable key", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"smart","clientID":"c","privateKeyFile":"/nonexistent.pem","kid":"k"}}]}`, "no such file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "servers.json")
@@ -61,5 +71,61 @@ func TestClientResolution(t *testing.T) {
 	r.AllowUnconfigured = false
 	if _, err := r.Client("", "https://unknown/fhir"); err == nil {
 		t.Fatal("unconfigured URL accepted")
+	}
+}
+
+// A smart server from a servers file: the client discovers the token
+// endpoint from its base URL, gets a token and shares one token source.
+func TestSmartAuthWiring(t *testing.T) {
+	key, pub, err := authserver.NewClientKey("ES384", "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	as, err := authserver.New(authserver.Config{Mode: authserver.ModeSMART, Clients: []authserver.Client{{ID: "bulkflow", JWKS: &pub}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	mux.HandleFunc("/fhir/.well-known/smart-configuration", func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(as.SmartConfiguration(srv.URL+"/fhir", "/auth/token"))
+	})
+	mux.Handle("/auth/token", as.TokenHandler())
+	mux.Handle("/fhir/", as.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})))
+
+	dir := t.TempDir()
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{key}})
+	os.WriteFile(filepath.Join(dir, "client.jwks"), jwks, 0o600)
+	cfg := fmt.Sprintf(`{"servers":[{"name":"ehr","baseURL":%q,"auth":{"type":"smart","clientID":"bulkflow","jwksFile":%q}}]}`,
+		srv.URL+"/fhir/", filepath.Join(dir, "client.jwks"))
+	p := filepath.Join(dir, "servers.json")
+	os.WriteFile(p, []byte(cfg), 0o600)
+	r, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Client("ehr", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		resp, err := c.HTTP.Get(c.BaseURL + "/Patient")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET = %d", resp.StatusCode)
+		}
+	}
+	if c2, _ := r.Client("", srv.URL+"/fhir"); c2 != c {
+		t.Fatal("second lookup built another client (and token source)")
+	}
+	if st := as.Stats(); st.TokensIssued != 1 || st.AuthorizeOK != 3 {
+		t.Fatalf("stats = %+v, want one token for three requests", st)
+	}
+	if _, ok := c.FileHTTP.Transport.(*auth.Transport); ok {
+		t.Fatal("file client must not add tokens")
 	}
 }
