@@ -5,12 +5,15 @@ package activities
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net/url"
@@ -39,6 +42,9 @@ type Activities struct {
 	Logger     *slog.Logger
 	// HeartbeatEvery spaces progress heartbeats of a download (default 5s).
 	HeartbeatEvery time.Duration
+	// CheckpointBytes spaces durable checkpoints a retry can resume from
+	// (default 64 MiB; also at most every HeartbeatEvery).
+	CheckpointBytes int64
 
 	mu    sync.Mutex
 	sinks map[string]sink.Sink
@@ -278,12 +284,6 @@ func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target) (*plan
 	return p, nil
 }
 
-// heartbeat is what a download reports while it runs: progress only.
-type heartbeat struct {
-	Bytes     int64 `json:"bytes"`
-	Resources int64 `json:"resources"`
-}
-
 // DownloadFile streams one file from the server into the run's staging
 // area, validating every line: a JSON object of the file's resource type. A
 // short or cut file is a retryable TruncatedFile error, and a retry replaces
@@ -317,71 +317,122 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 }
 
 func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile) (FileResult, error) {
-	f, err := c.OpenFile(ctx, item.URL, requiresToken, 0)
-	if err != nil {
-		return FileResult{}, err
-	}
-	defer f.Body.Close()
-	w, err := s.Create(ctx, run, item.Path)
-	if err != nil {
-		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
-	}
-	defer w.Abort() // no-op once closed
-
 	srcURL := stripQuery(item.URL)
 	if !requiresToken {
 		srcURL = redactCapability(item.URL) // the URL itself is the credential
 	}
-	h := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
-	var r *ndjson.Reader
-	v := ndjson.Validator{WantType: item.Type}
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
-	// Heartbeat from a ticker, not per line: one 20 MB line on a slow link
-	// must not look like a stall. A tick with no new bytes sends nothing, so
-	// a body that really stalls still trips the heartbeat timeout.
-	var progressBytes, progressLines atomic.Int64
+	h := sha256.New()
+
+	// Resume from the last durable checkpoint of an earlier attempt when the
+	// sink can reopen it and the server honours Range; otherwise start over.
+	var cp, resumedFrom checkpoint
+	var w sink.Writer
+	var offset int64
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) == nil && cp.Token != "" && cp.Offset > 0 {
+		if rs, ok := s.(sink.Resumer); ok {
+			if hw, err := restoreHash(cp.Hash); err == nil {
+				if rw, err := rs.Resume(ctx, run, item.Path, cp.Token, cp.Size); err == nil {
+					w, offset, h, resumedFrom = rw, cp.Offset, hw, cp
+					res.Resources, res.Bytes, res.Severity, res.Deleted = cp.Resources, cp.Size, cp.Severity, cp.Deleted
+				} else {
+					a.Logger.Info("cannot resume, downloading again", "file", item.Path, "reason", err)
+				}
+			}
+		}
+	}
+	f, err := c.OpenFile(ctx, item.URL, requiresToken, offset)
+	if err != nil {
+		if w != nil {
+			w.Abort()
+		}
+		return FileResult{}, err
+	}
+	defer f.Body.Close()
+	if w != nil && f.Offset != offset {
+		// The server ignored the Range and sent the whole file.
+		w.Abort()
+		w, offset, h, resumedFrom = nil, 0, sha256.New(), checkpoint{}
+		res = FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
+	}
+	if w == nil {
+		if w, err = s.Create(ctx, run, item.Path); err != nil {
+			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+		}
+	} else {
+		a.Logger.Info("resuming download", "file", item.Path, "offset", offset, "resources", res.Resources)
+	}
+	resumable, _ := w.(sink.Resumable)
+	keepPartial := false
+	defer func() {
+		// A retryable failure keeps the checkpointed partial file for the
+		// next attempt; anything else discards it.
+		if keepPartial && resumable != nil {
+			resumable.Suspend()
+			return
+		}
+		w.Abort() // no-op once closed
+	}()
+
+	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
+	r := ndjson.NewReader(f.Body)
+	v := ndjson.Validator{WantType: item.Type}
+
+	// Heartbeats come from a ticker, not per line: one 20 MB line on a slow
+	// link must not look like a stall. They carry the last checkpoint, and a
+	// tick with no new bytes sends nothing, so a stalled body still trips the
+	// heartbeat timeout.
+	var mu sync.Mutex
+	last := resumedFrom // until the next checkpoint, a retry resumes where this attempt did
+	var progress atomic.Int64
 	stop := make(chan struct{})
 	defer close(stop)
+	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
 	go func() {
-		every := a.HeartbeatEvery
-		if every <= 0 {
-			every = 5 * time.Second
-		}
 		t := time.NewTicker(every)
 		defer t.Stop()
-		var last int64 = -1
+		var sent int64 = -1
 		for {
 			select {
 			case <-stop:
 				return
 			case <-t.C:
-				if b := progressBytes.Load(); b != last {
-					last = b
-					activity.RecordHeartbeat(ctx, heartbeat{Bytes: b, Resources: progressLines.Load()})
+				if b := progress.Load(); b != sent {
+					sent = b
+					mu.Lock()
+					hb := last
+					mu.Unlock()
+					hb.Progress = b
+					activity.RecordHeartbeat(ctx, hb)
 				}
 			}
 		}
 	}()
-	counted := &countingReader{r: f.Body, n: &progressBytes}
-	r = ndjson.NewReader(counted)
+	cpEvery := cmp.Or(a.CheckpointBytes, checkpointBytes)
+	nextCheckpoint := res.Bytes + cpEvery
+	lastCheckpoint := time.Now()
+	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
+		keepPartial = kind == bulk.KindTruncated || kind == bulk.KindTransient
+		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
+	}
 	for {
 		line, err := r.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
-				Diagnostics: fmt.Sprintf("%s: body ended after %d resources: %v", item.Path, res.Resources, err), Err: err}
+			kind := bulk.KindOf(err)
+			if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
+				kind = bulk.KindTruncated
+			}
+			return fail(kind, fmt.Sprintf("%s: body ended after %d resources", item.Path, res.Resources), err)
 		}
 		if _, err := v.Check(line); err != nil {
 			if r.MissingFinalNewline() {
 				// A cut last line: the body stopped mid-resource.
-				return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
-					Diagnostics: fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err)}
+				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
 			}
-			return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindInvalidContent,
-				Diagnostics: fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err)}
+			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
 		}
 		switch item.Kind {
 		case KindError:
@@ -391,38 +442,81 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		}
 		bw.Write(line)
 		if err := bw.WriteByte('\n'); err != nil {
-			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+			return fail(bulk.KindTransient, "write staged file", err)
 		}
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
-		progressLines.Store(res.Resources)
+		progress.Store(res.Bytes)
+		if resumable != nil && !r.MissingFinalNewline() && (res.Bytes >= nextCheckpoint || time.Since(lastCheckpoint) >= every) {
+			// Durable before it is announced: a later attempt trusts it.
+			if err := bw.Flush(); err != nil {
+				return fail(bulk.KindTransient, "write staged file", err)
+			}
+			token, size, err := resumable.Checkpoint()
+			if err == nil {
+				hs, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
+				cp := checkpoint{Token: token, Size: size, Offset: offset + r.Offset(), Resources: res.Resources, Hash: hs,
+					Severity: cloneCounts(res.Severity), Deleted: cloneCounts(res.Deleted), Progress: res.Bytes}
+				mu.Lock()
+				last = cp
+				mu.Unlock()
+				// The SDK throttles heartbeats and sends the latest details with
+				// a failure, so the next attempt sees this checkpoint.
+				activity.RecordHeartbeat(ctx, cp)
+			}
+			nextCheckpoint = res.Bytes + cpEvery
+			lastCheckpoint = time.Now()
+		}
 	}
 	// The manifest count is optional (BD2 L430); when given, it is the check
 	// that catches a file cut at a line boundary behind an HTTP 200.
 	if item.HasCount && res.Resources != item.Count {
-		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindTruncated,
-			Diagnostics: fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count)}
+		return fail(bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count), nil)
 	}
 	if err := bw.Flush(); err != nil {
-		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+		return fail(bulk.KindTransient, "write staged file", err)
 	}
 	if err := w.Close(); err != nil {
-		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+		return fail(bulk.KindTransient, "close staged file", err)
 	}
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
+	res.Resumed = offset > 0
 	return res, nil
 }
 
-// countingReader counts the bytes read off the wire, for heartbeats.
-type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
+// checkpointBytes spaces durable checkpoints of a download.
+const checkpointBytes = 64 << 20
+
+// checkpoint is a download's heartbeat: where a retry can resume. Offsets
+// and counts only, never content.
+type checkpoint struct {
+	Token     string           `json:"token,omitempty"`  // the sink's partial object
+	Size      int64            `json:"size,omitempty"`   // its durable size
+	Offset    int64            `json:"offset,omitempty"` // source bytes consumed through the last staged line
+	Resources int64            `json:"resources,omitempty"`
+	Hash      []byte           `json:"hash,omitempty"` // SHA-256 state of the staged bytes
+	Severity  map[string]int64 `json:"severity,omitempty"`
+	Deleted   map[string]int64 `json:"deleted,omitempty"`
+	Progress  int64            `json:"progress"` // staged bytes so far
 }
 
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n.Add(int64(n))
-	return n, err
+func restoreHash(state []byte) (hash.Hash, error) {
+	h := sha256.New()
+	if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func cloneCounts(m map[string]int64) map[string]int64 {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
 }
 
 // countSeverity tallies OperationOutcome issues by severity. Error files are

@@ -105,6 +105,7 @@ type FileResult struct {
 	Bytes     int64  `json:"bytes"`
 	SHA256    string `json:"sha256"`
 	Attempt   int32  `json:"attempt"`
+	Resumed   bool   `json:"resumed,omitempty"` // continued from an earlier attempt's checkpoint with Range
 	// Severity counts OperationOutcome issues by severity (error files).
 	Severity map[string]int64 `json:"severity,omitempty"`
 	// Deleted counts deletions by resource type (deleted files).

@@ -37,6 +37,8 @@ type Reader struct {
 	last      int64  // number of the line last returned by Next
 	missingNL bool
 	maxLine   int
+	consumed  int64 // stream bytes read through the end of the last physical line
+	lastOff   int64 // consumed when the last line was returned
 	err       error
 }
 
@@ -72,6 +74,7 @@ func (r *Reader) Next() ([]byte, error) {
 			continue
 		}
 		r.last = r.line
+		r.lastOff = r.consumed
 		return b, nil
 	}
 }
@@ -81,6 +84,7 @@ func (r *Reader) Next() ([]byte, error) {
 func (r *Reader) readLine() ([]byte, error) {
 	s, err := r.br.ReadSlice('\n')
 	if err == nil {
+		r.consumed += int64(len(s))
 		return s[:len(s)-1], nil
 	}
 	if err == bufio.ErrBufferFull {
@@ -93,11 +97,13 @@ func (r *Reader) readLine() ([]byte, error) {
 			r.long = append(r.long, s...)
 			switch err {
 			case nil:
+				r.consumed += int64(len(r.long))
 				return r.long[:len(r.long)-1], nil
 			case bufio.ErrBufferFull:
 				continue
 			case io.EOF:
 				r.missingNL = true
+				r.consumed += int64(len(r.long))
 				return r.long, nil
 			default:
 				return nil, fmt.Errorf("ndjson: reading line %d: %w", r.line+1, err)
@@ -109,6 +115,7 @@ func (r *Reader) readLine() ([]byte, error) {
 			return nil, io.EOF
 		}
 		r.missingNL = true
+		r.consumed += int64(len(s))
 		return s, nil
 	}
 	// A read error mid-line: the partial line is dropped, never returned as
@@ -119,6 +126,11 @@ func (r *Reader) readLine() ([]byte, error) {
 // Line is the 1-based number of the line last returned by Next (blank lines
 // count). 0 before the first line.
 func (r *Reader) Line() int64 { return r.last }
+
+// Offset is the number of stream bytes up to and including the newline of
+// the line last returned by Next: where a Range request resumes the stream
+// after that line.
+func (r *Reader) Offset() int64 { return r.lastOff }
 
 // MissingFinalNewline reports that the stream's last line had no trailing
 // newline. Only meaningful once Next has returned io.EOF.

@@ -20,6 +20,7 @@ import (
 //	<run>/...                      committed output; complete iff <run>/_manifest.json exists
 //	.staging/<run>/data/...        staged data, promoted by one directory rename
 //	.staging/<run>/work/...        bookkeeping, deleted at commit
+//	.staging/<run>/tmp/...         objects being written, renamed into data or work when complete
 //
 // Several workers may share Root only through a file system that gives them
 // all the same view (NFS and the like); for output shared across hosts prefer
@@ -58,12 +59,17 @@ func (l *Local) Create(ctx context.Context, run, name string) (Writer, error) {
 		return nil, err
 	}
 	final := l.stagedPath(run, name)
-	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
-		return nil, fmt.Errorf("stage %s: %w", name, err)
+	tmpDir := filepath.Join(l.stagingDir(run), "tmp")
+	for _, d := range []string{filepath.Dir(final), tmpDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", name, err)
+		}
 	}
-	var suffix [6]byte
+	// Partial files live outside data/, so a crashed writer's leftovers are
+	// never promoted with the run.
+	var suffix [12]byte
 	_, _ = rand.Read(suffix[:])
-	tmp := final + ".part-" + hex.EncodeToString(suffix[:])
+	tmp := filepath.Join(tmpDir, hex.EncodeToString(suffix[:]))
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", name, err)
@@ -71,13 +77,68 @@ func (l *Local) Create(ctx context.Context, run, name string) (Writer, error) {
 	return &localWriter{f: f, tmp: tmp, final: final}, nil
 }
 
+// Resume implements Resumer.
+func (l *Local) Resume(ctx context.Context, run, name, token string, size int64) (Writer, error) {
+	if err := CheckRun(run); err != nil {
+		return nil, err
+	}
+	if err := CheckName(name); err != nil {
+		return nil, err
+	}
+	if token == "" || strings.ContainsAny(token, `/\.`) || size < 0 {
+		return nil, fmt.Errorf("resume %s: bad checkpoint", name)
+	}
+	tmp := filepath.Join(l.stagingDir(run), "tmp", token)
+	f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resume %s: %w", name, err)
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() < size {
+		err = fmt.Errorf("partial file holds %d bytes, the checkpoint says %d", st.Size(), size)
+	}
+	if err == nil {
+		err = f.Truncate(size)
+	}
+	if err == nil {
+		_, err = f.Seek(size, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("resume %s: %w", name, err)
+	}
+	return &localWriter{f: f, tmp: tmp, final: l.stagedPath(run, name), size: size}, nil
+}
+
 type localWriter struct {
 	f          *os.File
 	tmp, final string
+	size       int64
 	done       bool
 }
 
-func (w *localWriter) Write(p []byte) (int, error) { return w.f.Write(p) }
+func (w *localWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.size += int64(n)
+	return n, err
+}
+
+// Checkpoint implements Resumable.
+func (w *localWriter) Checkpoint() (string, int64, error) {
+	if err := w.f.Sync(); err != nil {
+		return "", 0, err
+	}
+	return filepath.Base(w.tmp), w.size, nil
+}
+
+// Suspend implements Resumable.
+func (w *localWriter) Suspend() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	return w.f.Close()
+}
 
 func (w *localWriter) Close() error {
 	if w.done {
@@ -222,11 +283,12 @@ func syncDir(dir string) {
 }
 
 // Open returns the Sink for an output location: a local directory (a plain
-// path or a file:// URL). Object storage comes with its own scheme.
+// path or a file:// URL) or gs://BUCKET[/PREFIX] (see NewGCS and docs/gcs.md;
+// the Cloud KMS key, if any, comes from the BULKFLOW_GCS_KMS_KEY variable).
 func Open(location string) (Sink, error) {
 	switch {
 	case strings.HasPrefix(location, "gs://"):
-		return nil, fmt.Errorf("output %q: Google Cloud Storage output is not supported by this build yet; use a local directory", location)
+		return openGCS(location)
 	case strings.Contains(location, "://") && !strings.HasPrefix(location, "file://"):
 		return nil, fmt.Errorf("output %q: unsupported scheme; use a directory path or file:///path", location)
 	}

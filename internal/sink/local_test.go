@@ -165,11 +165,73 @@ func TestOpenLocation(t *testing.T) {
 		loc     string
 		wantErr string
 	}{
-		{dir, ""}, {"file://" + dir, ""}, {"gs://bucket/x", "not supported"}, {"s3://b/x", "unsupported scheme"},
+		{dir, ""}, {"file://" + dir, ""}, {"gs://Bucket/x", "bucket name"}, {"s3://b/x", "unsupported scheme"},
 	} {
 		_, err := Open(tc.loc)
 		if (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("Open(%q) = %v, want %q", tc.loc, err, tc.wantErr)
 		}
+	}
+}
+
+func TestLocalResumeFromCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	s, _ := NewLocal(t.TempDir())
+	w, err := s.Create(ctx, "r", "Observation/o.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := w.(Resumable)
+	io.WriteString(rw, "line1\nline2\n")
+	token, size, err := rw.Checkpoint()
+	if err != nil || size != 12 {
+		t.Fatalf("checkpoint %q %d %v", token, size, err)
+	}
+	io.WriteString(rw, "partial-after-checkpoint")
+	if err := rw.Suspend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.Abort(); err != nil { // the deferred Abort of a failed attempt must keep the partial
+		t.Fatal(err)
+	}
+	w2, err := s.Resume(ctx, "r", "Observation/o.ndjson", token, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w2, "line3\n")
+	if err := w2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(filepath.Join(s.Location("r"), "Observation", "o.ndjson"))
+	if string(got) != "line1\nline2\nline3\n" {
+		t.Fatalf("resumed file %q", got)
+	}
+	for _, bad := range []struct {
+		token string
+		size  int64
+	}{{"../x", 1}, {token, 1 << 40}, {"nope", 0}} {
+		if _, err := s.Resume(ctx, "r2", "a", bad.token, bad.size); err == nil {
+			t.Errorf("Resume(%q, %d) accepted", bad.token, bad.size)
+		}
+	}
+}
+
+// A crashed writer's partial file never reaches the committed run.
+func TestLocalLeftoverPartialsAreNotPromoted(t *testing.T) {
+	ctx := context.Background()
+	s, _ := NewLocal(t.TempDir())
+	w, _ := s.Create(ctx, "r", "Patient/p.ndjson")
+	io.WriteString(w, "half")
+	// no Close, no Abort: the process died
+	write(t, s, "r", "Patient/p.ndjson", "{}\n")
+	if err := s.Commit(ctx, "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(s.Location("r"), "Patient"))
+	if len(entries) != 1 || entries[0].Name() != "p.ndjson" {
+		t.Fatalf("committed Patient/ holds %v", entries)
 	}
 }

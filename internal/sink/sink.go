@@ -54,6 +54,25 @@ type Writer interface {
 	Abort() error
 }
 
+// Resumable is a Writer that can checkpoint itself, so that a later
+// attempt (in this process or another with the same storage) continues
+// from the checkpoint instead of starting over.
+type Resumable interface {
+	Writer
+	// Checkpoint makes everything written so far durable and returns a token
+	// naming the partial object and its size.
+	Checkpoint() (token string, size int64, err error)
+	// Suspend closes the writer but keeps the partial object for Resume.
+	Suspend() error
+}
+
+// Resumer is a Sink that can reopen a checkpointed partial object.
+type Resumer interface {
+	// Resume reopens the partial object token of name in run, cut back to
+	// size bytes, for appending.
+	Resume(ctx context.Context, run, name, token string, size int64) (Writer, error)
+}
+
 // CheckName rejects names that could escape a run's directory or collide with
 // bookkeeping: they come from manifests written by remote servers.
 func CheckName(name string) error {

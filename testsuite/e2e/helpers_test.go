@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -92,6 +94,20 @@ func assertExact(t *testing.T, res workflows.ExportResult, want testsuite.Expect
 	if rep.Duplicates != 0 {
 		t.Errorf("%d duplicated resources", rep.Duplicates)
 	}
+	// Nothing in the run folder that the manifest does not list.
+	listed := map[string]bool{"_manifest.json": true}
+	for _, f := range rep.Manifest.Files {
+		listed[f.Path] = true
+	}
+	filepath.WalkDir(res.Location, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			rel, _ := filepath.Rel(res.Location, p)
+			if !listed[filepath.ToSlash(rel)] {
+				t.Errorf("stray file in the committed run: %s", rel)
+			}
+		}
+		return nil
+	})
 	var types []string
 	for typ := range want.IDs {
 		types = append(types, typ)
@@ -138,4 +154,19 @@ func startWorker2(t *testing.T, queue, output string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.Stop)
+}
+
+// startWorkerWith runs an in-process worker whose activities are adjusted by tune.
+func startWorkerWith(t *testing.T, output string, tune func(*activities.Activities)) string {
+	t.Helper()
+	queue := fmt.Sprintf("e2e-%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), queueSeq.Add(1))
+	reg, _ := servers.Load("")
+	acts := activities.New(reg, output, slog.New(slog.DiscardHandler))
+	tune(acts)
+	w := bulkworker.New(tclient, queue, acts, 16)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return queue
 }

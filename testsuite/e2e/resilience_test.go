@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/verify"
 	"github.com/bulkflow/bulkflow/testsuite"
 	"github.com/bulkflow/bulkflow/workflows"
 )
@@ -113,5 +115,36 @@ func TestFaultMatrixExactSet(t *testing.T) {
 	}
 	if srv.Stats().Kickoffs != 1 {
 		t.Errorf("kickoffs = %d, want 1", srv.Stats().Kickoffs)
+	}
+}
+
+// A download reset mid-body resumes with Range from its last checkpoint and
+// ends byte-identical to an uninterrupted download.
+func TestResumeWithRange(t *testing.T) {
+	requireE2E(t)
+	opts := testsuite.Options{Patients: 60, RangeRequests: true, LargeAttachments: -1}
+	// The reference: the same data, no faults.
+	clean := fhirServer(t, opts)
+	queue, _ := startWorker(t, t.TempDir())
+	ref := runExport(t, queue, workflows.ExportInput{BaseURL: clean.BaseURL(), Types: []string{"Observation"}})
+
+	opts.Faults = "file:Observation=reset(bytes=300000)@1"
+	srv := fhirServer(t, opts)
+	out := t.TempDir()
+	queue2 := startWorkerWith(t, out, func(a *activities.Activities) { a.CheckpointBytes = 64 << 10 })
+	res := runExport(t, queue2, workflows.ExportInput{BaseURL: srv.BaseURL(), Types: []string{"Observation"}})
+	want, _ := srv.Expected(testsuite.Query{Level: "system", Types: []string{"Observation"}})
+	rep := assertExact(t, res, want)
+	if srv.Stats().RangeRequests == 0 {
+		t.Fatal("no Range request reached the server: the retry started over")
+	}
+	refRep, err := verify.Run(ref.Location, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range rep.Manifest.Files {
+		if g := refRep.Manifest.Files[i]; g.SHA256 != f.SHA256 || g.Bytes != f.Bytes {
+			t.Errorf("%s: resumed %d bytes sha %s, uninterrupted %d bytes sha %s", f.Path, f.Bytes, f.SHA256[:12], g.Bytes, g.SHA256[:12])
+		}
 	}
 }
