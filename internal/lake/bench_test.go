@@ -2,6 +2,7 @@ package lake
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"testing"
 	"time"
@@ -11,13 +12,26 @@ import (
 )
 
 // benchLines makes n distinct Observation lines of about 1 KB, shaped like a
-// real server's (Synthea-like vital signs), spread over 12 months.
+// real server's (Synthea-like vital signs, random UUIDs so that compression
+// ratios are not flattered), spread over 12 months.
 func benchLines(n int) [][]byte {
+	rng := rand.New(rand.NewPCG(1, 2))
+	uuid := func() string {
+		var b [16]byte
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+	}
+	pats := make([]string, 500)
+	for i := range pats {
+		pats[i] = uuid()
+	}
 	out := make([][]byte, n)
 	for i := range out {
 		lu := time.Date(2024, time.Month(1+i%12), 1+i%28, i%24, i%60, i%60, (i%1000)*1e6, time.UTC)
-		out[i] = fmt.Appendf(nil, `{"resourceType":"Observation","id":"%08x-4b1e-4c2a-9d3f-%012d","meta":{"versionId":"%d","lastUpdated":"%s","profile":["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"85354-9","display":"Blood pressure panel with all children optional"}],"text":"Blood pressure panel with all children optional"},"subject":{"reference":"Patient/%08x-7d1f-4f6e-8a0b-%012d"},"encounter":{"reference":"Encounter/%08x-1c2d-4e5f-a6b7-%012d"},"effectiveDateTime":"%s","issued":"%s","component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8462-4","display":"Diastolic Blood Pressure"}],"text":"Diastolic Blood Pressure"},"valueQuantity":{"value":%d,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6","display":"Systolic Blood Pressure"}],"text":"Systolic Blood Pressure"},"valueQuantity":{"value":%d,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}}]}`,
-			i, i, 1+i%3, lu.Format(time.RFC3339Nano), i%5000, i%5000, i/7, i/7,
+		out[i] = fmt.Appendf(nil, `{"resourceType":"Observation","id":"%s","meta":{"versionId":"%d","lastUpdated":"%s","profile":["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"vital-signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"85354-9","display":"Blood pressure panel with all children optional"}],"text":"Blood pressure panel with all children optional"},"subject":{"reference":"Patient/%s"},"encounter":{"reference":"Encounter/%s"},"effectiveDateTime":"%s","issued":"%s","component":[{"code":{"coding":[{"system":"http://loinc.org","code":"8462-4","display":"Diastolic Blood Pressure"}],"text":"Diastolic Blood Pressure"},"valueQuantity":{"value":%d,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}},{"code":{"coding":[{"system":"http://loinc.org","code":"8480-6","display":"Systolic Blood Pressure"}],"text":"Systolic Blood Pressure"},"valueQuantity":{"value":%d,"unit":"mm[Hg]","system":"http://unitsofmeasure.org","code":"mm[Hg]"}}]}`,
+			uuid(), 1+i%3, lu.Format(time.RFC3339Nano), pats[rng.IntN(len(pats))], uuid(),
 			lu.Add(-time.Hour).Format(time.RFC3339), lu.Format(time.RFC3339Nano), 60+i%40, 100+i%60)
 	}
 	return out

@@ -577,3 +577,25 @@ func sortedCopy(s []string) []string {
 	slices.Sort(s)
 	return s
 }
+
+// TestWriteSample writes a small partitioned run into $LAKE_SAMPLE_DIR for
+// checking the output with other readers by hand (docs/lake.md, DuckDB).
+func TestWriteSample(t *testing.T) {
+	dir := os.Getenv("LAKE_SAMPLE_DIR")
+	if dir == "" {
+		t.Skip("set LAKE_SAMPLE_DIR to write a sample run")
+	}
+	s, err := sink.NewLocal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Formats: []Format{NDJSON, Parquet}, Gzip: true, PartitionBy: ByLastUpdated, TransactionTime: txTime}
+	var bench []src
+	for _, l := range benchLines(2000) {
+		bench = append(bench, src{line: l})
+	}
+	write(t, s, "sample", "Patient", "Patient-0001", o, patients(40))
+	write(t, s, "sample", "Observation", "Observation-0001", o, observations(60, true))
+	write(t, s, "sample", "Observation", "Observation-0002", o, bench)
+	t.Logf("wrote %s", commit(t, s, "sample"))
+}
