@@ -16,6 +16,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 
+	"github.com/bulkflow/bulkflow/internal/codec"
 	"github.com/bulkflow/bulkflow/internal/envflag"
 	"github.com/bulkflow/bulkflow/workflows"
 )
@@ -36,6 +37,9 @@ var commands = []struct {
 	{"status", "show an export's progress or result", runStatus},
 	{"cancel", "cancel an export (its server job is deleted, staged files removed)", runCancel},
 	{"demo", "run a complete export against a built-in test FHIR server and a local Temporal dev server", runDemo},
+	{"codec-server", "serve the payload codec to the Temporal UI so people allowed to can read encrypted histories", runCodecServer},
+	{"decrypt", "decrypt a file encrypted at rest (streams; detects tampering)", runDecrypt},
+	{"keygen", "write a new keyset file for encryption at rest", runKeygen},
 }
 
 func main() {
@@ -63,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: starter <command> [flags]\n\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun 'starter <command> --help' for a command's flags.")
 	fmt.Fprintln(w, "Exit codes: 0 success, 1 export failed, 2 usage/config error, 3 cancelled, 4 Temporal unreachable.")
@@ -72,6 +76,7 @@ func usage(w io.Writer) {
 // temporalFlags are shared by every command that talks to Temporal.
 type temporalFlags struct {
 	address, namespace, taskQueue, uiURL *string
+	codecKeyFile                         *string
 }
 
 func addTemporalFlags(fs *flag.FlagSet) temporalFlags {
@@ -80,11 +85,22 @@ func addTemporalFlags(fs *flag.FlagSet) temporalFlags {
 		namespace: envflag.String(fs, "namespace", "TEMPORAL_NAMESPACE", "default", "Temporal namespace"),
 		taskQueue: envflag.String(fs, "task-queue", "BULKFLOW_TASK_QUEUE", workflows.TaskQueue, "task queue the workers poll"),
 		uiURL:     envflag.String(fs, "ui-url", "BULKFLOW_UI_URL", "http://localhost:8233", "Temporal UI base URL, for links"),
+		codecKeyFile: envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
+			"payload encryption key file, the workers' (see docs/security.md); without it $"+codec.EnvKey+" is used if set"),
 	}
 }
 
 func (t temporalFlags) dial(stderr io.Writer) (client.Client, int) {
-	c, err := client.Dial(client.Options{HostPort: *t.address, Namespace: *t.namespace, Logger: quietLogger()})
+	opts := client.Options{HostPort: *t.address, Namespace: *t.namespace, Logger: quietLogger()}
+	// Inputs and results are encrypted with the workers' keys: without them the
+	// starter could neither write what workers read nor read what they return.
+	cdc, err := codec.Load(*t.codecKeyFile)
+	if err != nil {
+		fmt.Fprintln(stderr, "starter:", err)
+		return nil, exitUsage
+	}
+	codec.Apply(&opts, cdc)
+	c, err := client.Dial(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "starter: cannot reach Temporal at %s: %v\nStart a server (`temporal server start-dev`, or `make demo`) or set TEMPORAL_ADDRESS.\n", *t.address, err)
 		return nil, exitNoTemporal

@@ -16,6 +16,7 @@ import (
 
 	"github.com/bulkflow/bulkflow/activities"
 	"github.com/bulkflow/bulkflow/internal/bulkworker"
+	"github.com/bulkflow/bulkflow/internal/codec"
 	"github.com/bulkflow/bulkflow/internal/envflag"
 	"github.com/bulkflow/bulkflow/internal/logging"
 	"github.com/bulkflow/bulkflow/internal/servers"
@@ -33,6 +34,8 @@ func main() {
 	strict := envflag.Bool(fs, "only-configured-servers", "BULKFLOW_ONLY_CONFIGURED_SERVERS", false, "refuse base URLs that are not in the servers file")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
+		"payload encryption key file: workflow inputs, results and failures are stored encrypted in Temporal (see docs/security.md); without it $"+codec.EnvKey+" is used if set")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: worker [flags]\n\nRuns bulkflow's Temporal worker. Flags:")
 		fs.PrintDefaults()
@@ -55,7 +58,14 @@ func main() {
 	reg.AllowUnconfigured = !*strict
 	reg.UserAgent = "bulkflow"
 
-	c, err := client.Dial(client.Options{HostPort: *address, Namespace: *namespace, Logger: sdklog.NewStructuredLogger(logger)})
+	cdc, err := codec.Load(*codecKeyFile)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	opts := client.Options{HostPort: *address, Namespace: *namespace, Logger: sdklog.NewStructuredLogger(logger)}
+	codec.Apply(&opts, cdc)
+	c, err := client.Dial(opts)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "worker: cannot reach Temporal at %s (namespace %s): %v\nStart one with `temporal server start-dev` or set TEMPORAL_ADDRESS.\n", *address, *namespace, err)
 		os.Exit(1)
@@ -65,10 +75,20 @@ func main() {
 	acts := activities.New(reg, *output, logger)
 	w := bulkworker.New(c, *taskQueue, acts, *maxActivities)
 	logger.Info("worker starting", slog.String("temporal", *address), slog.String("namespace", *namespace),
-		slog.String("task_queue", *taskQueue), slog.String("output", *output), slog.Int("servers", len(reg.Names())))
+		slog.String("task_queue", *taskQueue), slog.String("output", *output), slog.Int("servers", len(reg.Names())),
+		slog.Any("codec_key_ids", codecKeyIDs(cdc)))
 	// worker.InterruptCh: SIGINT/SIGTERM stop polling and let running activities finish or hand over.
 	if err := w.Run(worker.InterruptCh()); err != nil {
 		logger.Error("worker stopped", "error", err)
 		os.Exit(1)
 	}
+}
+
+// codecKeyIDs says in the start-up log whether payloads are encrypted and
+// with which key ids (ids only: never key material).
+func codecKeyIDs(c *codec.Codec) []string {
+	if c == nil {
+		return []string{}
+	}
+	return c.KeyIDs()
 }
