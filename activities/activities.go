@@ -31,6 +31,7 @@ import (
 	"github.com/bulkflow/bulkflow/internal/ndjson"
 	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/internal/sink"
+	"github.com/bulkflow/bulkflow/internal/throttle"
 )
 
 // Activities holds what the activities need. One value is registered with
@@ -46,10 +47,11 @@ type Activities struct {
 	// (default 64 MiB; also at most every HeartbeatEvery).
 	CheckpointBytes int64
 
-	mu    sync.Mutex
-	sinks map[string]sink.Sink
-	plans map[string]*plan // small cache: plans are read by every download of a run
-	order []string
+	mu       sync.Mutex
+	sinks    map[string]sink.Sink
+	limiters map[*bulk.Client]*throttle.Limiter // one per server: its clients are shared
+	plans    map[string]*plan                   // small cache: plans are read by every download of a run
+	order    []string
 }
 
 // New returns Activities with their defaults.
@@ -305,7 +307,21 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
+	lim := a.limiter(c, in.ServerRef)
+	slot, err := acquire(ctx, lim, cmp.Or(a.HeartbeatEvery, 5*time.Second))
+	if err != nil {
+		return FileResult{}, err
+	}
 	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item)
+	switch k := bulk.KindOf(err); {
+	case err == nil:
+		slot.Release(throttle.Success)
+	case k == bulk.KindRateLimited:
+		slot.Release(throttle.Throttled)
+		a.Logger.Info("server throttled downloads", "server", serverName(in.ServerRef), "limit", lim.Limit())
+	default:
+		slot.Release(throttle.Other)
+	}
 	if err != nil {
 		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
 		return FileResult{}, temporalError(err)
@@ -482,6 +498,38 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
 	res.Resumed = offset > 0
 	return res, nil
+}
+
+// limiter returns the AIMD download limiter of c's server.
+func (a *Activities) limiter(c *bulk.Client, ref ServerRef) *throttle.Limiter {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if l, ok := a.limiters[c]; ok {
+		return l
+	}
+	if a.limiters == nil {
+		a.limiters = map[*bulk.Client]*throttle.Limiter{}
+	}
+	l := throttle.New(a.Servers.MaxConcurrentDownloads(ref.Server, ref.BaseURL))
+	a.limiters[c] = l
+	return l
+}
+
+// acquire waits for a download slot, heartbeating so that a long wait
+// behind a throttled server is not mistaken for a stalled download.
+func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration) (*throttle.Slot, error) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, every)
+		slot, err := l.Acquire(wctx)
+		cancel()
+		if err == nil {
+			return slot, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		activity.RecordHeartbeat(ctx, checkpoint{})
+	}
 }
 
 // checkpointBytes spaces durable checkpoints of a download.

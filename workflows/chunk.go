@@ -93,6 +93,11 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		})
 	}
 	conc := max(1, in.Concurrency)
+	sel.AddReceive(workflow.GetSignalChannel(ctx, setConcurrencySignal), func(c workflow.ReceiveChannel, _ bool) {
+		var n int
+		c.Receive(ctx, &n)
+		conc = max(1, n)
+	})
 	for next, end := in.First, in.First+in.Count; next < end && failed == nil; {
 		for pending < conc && next < end {
 			start(next)

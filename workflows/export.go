@@ -60,6 +60,24 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	}); err != nil {
 		return nil, err
 	}
+	// setConcurrency changes the download window of this run (and of the
+	// chunk running now) without restarting anything.
+	var runningChild string
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, SetConcurrencyUpdate, func(uctx workflow.Context, n int) (int, error) {
+		prev := opts.Concurrency
+		opts.Concurrency, in.Options.Concurrency = n, n
+		if runningChild != "" {
+			workflow.SignalExternalWorkflow(uctx, runningChild, "", setConcurrencySignal, n)
+		}
+		return prev, nil
+	}, workflow.UpdateHandlerOptions{Validator: func(_ workflow.Context, n int) error {
+		if n < 1 || n > 256 {
+			return fmt.Errorf("concurrency %d: use 1 to 256", n)
+		}
+		return nil
+	}}); err != nil {
+		return nil, err
+	}
 	progress := workflow.GetSignalChannel(ctx, chunkProgressSignal)
 	workflow.Go(ctx, func(gctx workflow.Context) {
 		for {
@@ -161,7 +179,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		count := min(opts.FilesPerChunk, st.Plan.Files-first)
 		workflow.SetCurrentDetails(ctx, fmt.Sprintf("Downloading files %d-%d of %d", first+1, first+count, st.Plan.Files))
 		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID:          fmt.Sprintf("%s/chunk-%05d", info.WorkflowExecution.ID, st.NextChunk),
+			WorkflowID:          chunkID(info.WorkflowExecution.ID, st.NextChunk),
 			StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
 			WaitForCancellation: true,
 			ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
@@ -170,7 +188,10 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count,
 			Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
 		var cr ChunkResult
-		if err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr); err != nil {
+		runningChild = chunkID(info.WorkflowExecution.ID, st.NextChunk)
+		err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr)
+		runningChild = ""
+		if err != nil {
 			return nil, fmt.Errorf("download: %w", err)
 		}
 		st.Totals.merge(cr.Totals)
@@ -209,6 +230,8 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	workflow.SetCurrentDetails(ctx, fmt.Sprintf("Committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
 	return res, nil
 }
+
+func chunkID(parent string, chunk int) string { return fmt.Sprintf("%s/chunk-%05d", parent, chunk) }
 
 func deleteJob(ctx workflow.Context, ref activities.ServerRef, statusURL string) error {
 	dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,

@@ -390,3 +390,51 @@ func activityInfo(ctx context.Context) string {
 	info := activity.GetInfo(ctx)
 	return info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID
 }
+
+func (s *exportSuite) TestSetConcurrencyUpdate() {
+	p := plan(map[string]int{"Observation": 40}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	var mu sync.Mutex
+	active, firstWave, peakAfter := 0, 0, 0
+	updated := false
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		attempt := activity.GetInfo(ctx).Attempt
+		mu.Lock()
+		active++
+		if attempt == 1 && updated {
+			peakAfter = max(peakAfter, active)
+		}
+		if attempt == 1 && !updated {
+			firstWave++
+		}
+		mu.Unlock()
+		defer func() { mu.Lock(); active--; mu.Unlock() }()
+		// The first window waits an hour (Retry-After), so the update lands mid-run.
+		if attempt == 1 && in.Index < 8 {
+			return activities.FileResult{}, temporal.NewApplicationErrorWithOptions("429", activities.ErrRateLimited, temporal.ApplicationErrorOptions{NextRetryDelay: time.Hour})
+		}
+		return fileFor(p)(ctx, in)
+	})
+	s.expectHappyEnd(p)
+	s.env.RegisterDelayedCallback(func() {
+		s.env.UpdateWorkflow(SetConcurrencyUpdate, "bad", &testsuite.TestUpdateCallback{
+			OnReject:   func(err error) { s.Contains(err.Error(), "use 1 to 256") },
+			OnAccept:   func() { s.Fail("0 must be rejected") },
+			OnComplete: func(any, error) {},
+		}, 0)
+		s.env.UpdateWorkflow(SetConcurrencyUpdate, "good", &testsuite.TestUpdateCallback{
+			OnReject:   func(err error) { s.Fail("rejected", err) },
+			OnAccept:   func() {},
+			OnComplete: func(v any, err error) { s.NoError(err); s.Equal(8, v) },
+		}, 2)
+		mu.Lock()
+		updated = true
+		mu.Unlock()
+	}, 30*time.Minute)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	s.Equal(int64(400), s.result().Totals.ResourceCount())
+	s.Equal(8, firstWave, "the default window starts 8 downloads")
+	s.Greater(peakAfter, 0, "downloads started after the update")
+	s.LessOrEqual(peakAfter, 2, "after setConcurrency 2, a new download starts only when fewer than 2 run")
+}

@@ -161,6 +161,13 @@ const (
 	PhaseFailed      = "failed"
 )
 
+// SetConcurrencyUpdate is the Update that changes a running export's
+// download window: `temporal workflow update execute --name setConcurrency
+// --input 4` or the UI. Validated: 1 to 256. Returns the previous value.
+const SetConcurrencyUpdate = "setConcurrency"
+
+const setConcurrencySignal = "set-concurrency"
+
 // ProgressQuery is the name of the query both workflows answer.
 const ProgressQuery = "progress"
 

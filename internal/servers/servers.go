@@ -31,6 +31,10 @@ type Server struct {
 	// (Go durations such as "1s", "10m"). Defaults 1s and 10m.
 	RetryAfterMin string `json:"retryAfterMin,omitempty"`
 	RetryAfterMax string `json:"retryAfterMax,omitempty"`
+	// MaxConcurrentDownloads caps this worker's downloads from the server;
+	// the worker adapts below it (AIMD) when the server answers 429/503.
+	// Default 16.
+	MaxConcurrentDownloads int `json:"maxConcurrentDownloads,omitempty"`
 }
 
 // TLSConfig holds file paths for a custom CA and a client certificate (mTLS).
@@ -96,6 +100,9 @@ func (r *Registry) Add(s Server) error {
 	if err := s.Auth.Validate(); err != nil {
 		return fmt.Errorf("server %q: %w", s.Name, err)
 	}
+	if s.MaxConcurrentDownloads < 0 || s.MaxConcurrentDownloads > 1024 {
+		return fmt.Errorf("server %q: maxConcurrentDownloads %d: use 1 to 1024 (0 = default %d)", s.Name, s.MaxConcurrentDownloads, DefaultMaxConcurrentDownloads)
+	}
 	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
 		return fmt.Errorf("server %q: tls.certFile and tls.keyFile go together", s.Name)
 	}
@@ -137,6 +144,29 @@ func sameBase(a, b string) bool {
 
 // Client returns the protocol client for a server given by name, or by base
 // URL (matched against the configured servers first).
+// DefaultMaxConcurrentDownloads is the per-server, per-worker download cap.
+const DefaultMaxConcurrentDownloads = 16
+
+// MaxConcurrentDownloads is the download cap for the server a workflow
+// names (by name or base URL).
+func (r *Registry) MaxConcurrentDownloads(name, baseURL string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.servers[name]
+	if !ok && baseURL != "" {
+		for _, c := range r.servers {
+			if sameBase(c.BaseURL, baseURL) {
+				s, ok = c, true
+				break
+			}
+		}
+	}
+	if ok && s.MaxConcurrentDownloads > 0 {
+		return s.MaxConcurrentDownloads
+	}
+	return DefaultMaxConcurrentDownloads
+}
+
 func (r *Registry) Client(name, baseURL string) (*bulk.Client, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
