@@ -65,6 +65,16 @@ func New(reg *servers.Registry, outputRoot string, logger *slog.Logger) *Activit
 // PlanObject is the staged copy of the server's manifest, in plan order.
 const PlanObject = sink.WorkPrefix + "plan.json"
 
+// planObject names version v of the plan: refreshed manifests (fresh links
+// for expired files) are staged beside the first, never over it, so a
+// download still running with the old links reads a consistent plan.
+func planObject(v int) string {
+	if v == 0 {
+		return PlanObject
+	}
+	return fmt.Sprintf("%splan-%d.json", sink.WorkPrefix, v)
+}
+
 type plan struct {
 	TransactionTime     string        `json:"transactionTime"`
 	Request             string        `json:"request,omitempty"`
@@ -174,10 +184,10 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	if err != nil {
 		return PollResult{}, err
 	}
-	if err := writeJSON(ctx, s, in.Run, PlanObject, p); err != nil {
+	if err := writeJSON(ctx, s, in.Run, planObject(in.PlanVersion), p); err != nil {
 		return PollResult{}, retryable("Sink", fmt.Errorf("stage plan: %w", err))
 	}
-	a.cachePlan(in.Target, p)
+	a.cachePlan(in.Target, in.PlanVersion, p)
 	sum := summarize(p)
 	a.Logger.Info("export ready", "server", serverName(in.ServerRef), "files", sum.Files, "transaction_time", p.TransactionTime)
 	return PollResult{Done: true, Progress: st.Progress, Plan: &sum}, nil
@@ -245,8 +255,10 @@ func summarize(p *plan) Plan {
 	return s
 }
 
-func (a *Activities) cachePlan(t Target, p *plan) {
-	key := t.Output + "\x00" + t.Run
+func planKey(t Target, v int) string { return fmt.Sprintf("%s\x00%s\x00%d", t.Output, t.Run, v) }
+
+func (a *Activities) cachePlan(t Target, v int, p *plan) {
+	key := planKey(t, v)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.plans == nil {
@@ -262,15 +274,15 @@ func (a *Activities) cachePlan(t Target, p *plan) {
 	a.plans[key] = p
 }
 
-func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target) (*plan, error) {
-	key := t.Output + "\x00" + t.Run
+func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target, v int) (*plan, error) {
+	key := planKey(t, v)
 	a.mu.Lock()
 	p := a.plans[key]
 	a.mu.Unlock()
 	if p != nil {
 		return p, nil
 	}
-	rc, err := s.Open(ctx, t.Run, PlanObject)
+	rc, err := s.Open(ctx, t.Run, planObject(v))
 	if err != nil {
 		if errors.Is(err, sink.ErrNotFound) {
 			return nil, permanent("PlanMissing", fmt.Errorf("run %s has no staged plan (was its staging area removed?): %w", t.Run, err))
@@ -282,7 +294,7 @@ func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target) (*plan
 	if err := json.NewDecoder(rc).Decode(p); err != nil {
 		return nil, permanent("PlanMissing", fmt.Errorf("run %s: staged plan unreadable: %w", t.Run, err))
 	}
-	a.cachePlan(t, p)
+	a.cachePlan(t, v, p)
 	return p, nil
 }
 
@@ -295,7 +307,7 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
-	p, err := a.loadPlan(ctx, s, in.Target)
+	p, err := a.loadPlan(ctx, s, in.Target, in.PlanVersion)
 	if err != nil {
 		return FileResult{}, err
 	}
@@ -649,7 +661,13 @@ func (a *Activities) Abort(ctx context.Context, t Target) error {
 		return err
 	}
 	a.mu.Lock()
-	delete(a.plans, t.Output+"\x00"+t.Run)
+	prefix := planKey(t, 0)
+	prefix = prefix[:len(prefix)-1]
+	for k := range a.plans {
+		if strings.HasPrefix(k, prefix) {
+			delete(a.plans, k)
+		}
+	}
 	a.mu.Unlock()
 	if err := s.Abort(ctx, t.Run); err != nil {
 		return retryable("Sink", err)

@@ -109,7 +109,7 @@ func readChunks(ctx context.Context, s sink.Sink, run string, chunks int) ([]Fil
 
 func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 	m := RunManifest{
-		Format: "bulkflow-run/1", Run: in.Run, WorkflowID: in.Workflow, Request: in.Request,
+		Format: "bulkflow-run/1", Run: in.Run, WorkflowID: in.Workflow, Request: in.Request, Warnings: append([]string(nil), in.Warnings...),
 		ServerRequest: in.Plan.Request, TransactionTime: in.Plan.TransactionTime, StartedAt: in.StartedAt,
 		Files:  make([]ManifestFile, 0, len(files)),
 		Totals: Totals{Resources: map[string]int64{}},

@@ -48,6 +48,9 @@ type PollInput struct {
 	StatusURL string `json:"statusURL"`
 	// Poll is the number of earlier polls, for backoff when the server gives no Retry-After.
 	Poll int `json:"poll"`
+	// PlanVersion > 0 re-fetches a finished manifest for fresh links and
+	// stages it as that version of the plan.
+	PlanVersion int `json:"planVersion,omitempty"`
 }
 
 // PollResult is either "wait this long" or the plan of files to download.
@@ -92,7 +95,8 @@ type Group struct {
 type DownloadInput struct {
 	ServerRef
 	Target
-	Index int `json:"index"`
+	Index       int `json:"index"`
+	PlanVersion int `json:"planVersion,omitempty"`
 }
 
 // FileResult describes one staged file. It is what the run manifest lists.
@@ -128,6 +132,7 @@ type CommitInput struct {
 	Request   map[string]any `json:"request"` // what was asked, for the run manifest
 	StartedAt time.Time      `json:"startedAt"`
 	Workflow  string         `json:"workflowId"`
+	Warnings  []string       `json:"warnings,omitempty"`
 }
 
 // CommitResult says where the run landed.

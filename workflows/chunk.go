@@ -16,6 +16,7 @@ type ChunkInput struct {
 	activities.ServerRef
 	activities.Target
 	Chunk       int `json:"chunk"`
+	PlanVersion int `json:"planVersion,omitempty"`
 	First       int `json:"first"`
 	Count       int `json:"count"`
 	Concurrency int `json:"concurrency"`
@@ -71,7 +72,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
-			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i})
+			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion})
 		pending++
 		sel.AddFuture(f, func(f workflow.Future) {
 			pending--

@@ -117,88 +117,156 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		}
 	}()
 
-	// Kick-off.
-	if st.StatusURL == "" {
-		workflow.SetCurrentDetails(ctx, "Starting the export on the FHIR server")
-		kctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-			StartToCloseTimeout: 5 * time.Minute,
-			// 429 "export already running" is waited out (NextRetryDelay from
-			// Retry-After); 5xx pages are retried a bounded number of times.
-			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 10 * time.Minute,
-				MaximumAttempts: 30, NonRetryableErrorTypes: activities.NonRetryable},
-			Summary: "kick-off",
-		})
-		var kr activities.KickoffResult
-		kin := activities.KickoffInput{ServerRef: ref, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
-			Since: in.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
-			OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
-		if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
-			return nil, fmt.Errorf("kick-off: %w", err)
-		}
-		st.StatusURL = kr.StatusURL
-	}
-
-	// Durable polling.
-	phase = PhaseWaiting
 	pctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 10 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: 20, NonRetryableErrorTypes: activities.NonRetryable},
 		Summary: "poll export status",
 	})
-	for st.Plan == nil {
-		var pr activities.PollResult
-		err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL, Poll: st.Polls}).Get(ctx, &pr)
-		st.Polls++
-		if err != nil {
-			var ae *temporal.ApplicationError
-			if errors.As(err, &ae) && ae.Type() == activities.ErrJobGone {
-				return nil, fmt.Errorf("the server no longer has this export job (deleted or expired); start the export again: %w", err)
-			}
-			return nil, fmt.Errorf("export status: %w", err)
+	// restart starts the export over when the server's job is gone: its
+	// files (and staged copies of them) belong to a job that no longer
+	// exists, so they are dropped and a new job is kicked off.
+	restart := func(why string, cause error) error {
+		if st.Restarts >= maxRestarts {
+			return fmt.Errorf("%s, and the export was already run again %d times; giving up: %w", why, st.Restarts, cause)
 		}
-		st.Progress = pr.Progress
-		if pr.Done {
-			st.Plan = pr.Plan
-			break
+		st.Restarts++
+		st.Warnings = append(st.Warnings, fmt.Sprintf("%s; the export was run again (restart %d)", why, st.Restarts))
+		workflow.GetLogger(ctx).Warn("restarting the export", "why", why)
+		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
+			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "drop staged files of the lost job"})
+		if err := workflow.ExecuteActivity(actx, a.Abort, target).Get(ctx, nil); err != nil {
+			return err
 		}
-		workflow.SetCurrentDetails(ctx, fmt.Sprintf("Waiting for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
-		if err := workflow.NewTimerWithOptions(ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(ctx, nil); err != nil {
-			return nil, err
-		}
-		if historyIsLong(ctx) {
-			return nil, continueAsNew(ctx, in, st)
-		}
+		st.StatusURL, st.Plan, st.NextChunk, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, Totals{}, 0, 0
+		live = Totals{}
+		return nil
 	}
 
-	// Downloads, a chunk of files per child workflow.
-	phase = PhaseDownloading
-	chunks := (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk
-	for st.NextChunk < chunks {
-		first := st.NextChunk * opts.FilesPerChunk
-		count := min(opts.FilesPerChunk, st.Plan.Files-first)
-		workflow.SetCurrentDetails(ctx, fmt.Sprintf("Downloading files %d-%d of %d", first+1, first+count, st.Plan.Files))
-		cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-			WorkflowID:          chunkID(info.WorkflowExecution.ID, st.NextChunk),
-			StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
-			WaitForCancellation: true,
-			ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
-		})
-		hb, _ := time.ParseDuration(opts.HeartbeatTimeout) // validated
-		cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count,
-			Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
-		var cr ChunkResult
-		runningChild = chunkID(info.WorkflowExecution.ID, st.NextChunk)
-		err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr)
-		runningChild = ""
-		if err != nil {
-			return nil, fmt.Errorf("download: %w", err)
+	for {
+		// Kick-off.
+		if st.StatusURL == "" {
+			phase = PhaseKickoff
+			workflow.SetCurrentDetails(ctx, "Starting the export on the FHIR server")
+			kctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+				StartToCloseTimeout: 5 * time.Minute,
+				// 429 "export already running" is waited out (NextRetryDelay from
+				// Retry-After); 5xx pages are retried a bounded number of times.
+				RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 10 * time.Minute,
+					MaximumAttempts: 30, NonRetryableErrorTypes: activities.NonRetryable},
+				Summary: "kick-off",
+			})
+			var kr activities.KickoffResult
+			kin := activities.KickoffInput{ServerRef: ref, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
+				Since: in.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
+				OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
+			if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
+				return nil, fmt.Errorf("kick-off: %w", err)
+			}
+			st.StatusURL = kr.StatusURL
 		}
-		st.Totals.merge(cr.Totals)
-		st.NextChunk++
-		live = Totals{}
-		if st.NextChunk < chunks && historyIsLong(ctx) {
-			return nil, continueAsNew(ctx, in, st)
+
+		// Durable polling.
+		phase = PhaseWaiting
+		restarted := false
+		for st.Plan == nil {
+			var pr activities.PollResult
+			err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL, Poll: st.Polls}).Get(ctx, &pr)
+			st.Polls++
+			if isType(err, activities.ErrJobGone) {
+				if rerr := restart("the server lost the export job while it ran (404/410 on its status URL)", err); rerr != nil {
+					return nil, rerr
+				}
+				restarted = true
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("export status: %w", err)
+			}
+			st.Progress = pr.Progress
+			if pr.Done {
+				st.Plan = pr.Plan
+				break
+			}
+			workflow.SetCurrentDetails(ctx, fmt.Sprintf("Waiting for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
+			if err := workflow.NewTimerWithOptions(ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(ctx, nil); err != nil {
+				return nil, err
+			}
+			if historyIsLong(ctx) {
+				return nil, continueAsNew(ctx, in, st)
+			}
+		}
+		if restarted {
+			continue
+		}
+
+		// Downloads, a chunk of files per child workflow.
+		phase = PhaseDownloading
+		chunks := (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk
+		chunkStarted := workflow.Now(ctx)
+		for st.NextChunk < chunks && !restarted {
+			// BD3 L695: links past Expires may be refreshed by re-fetching the manifest.
+			if exp := st.Plan.Expires; !exp.IsZero() && workflow.Now(ctx).After(exp) {
+				refreshed, err := refreshPlan(ctx, pctx, ref, target, st, restart, "the manifest's Expires time passed")
+				if err != nil {
+					return nil, err
+				}
+				if !refreshed {
+					restarted = true
+					break
+				}
+			}
+			first := st.NextChunk * opts.FilesPerChunk
+			count := min(opts.FilesPerChunk, st.Plan.Files-first)
+			workflow.SetCurrentDetails(ctx, fmt.Sprintf("Downloading files %d-%d of %d", first+1, first+count, st.Plan.Files))
+			id := chunkID(info.WorkflowExecution.ID, st.NextChunk)
+			if st.Restarts > 0 || st.PlanVersion > 0 {
+				id = fmt.Sprintf("%s-r%dv%d", id, st.Restarts, st.PlanVersion)
+			}
+			cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+				WorkflowID:          id,
+				StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
+				WaitForCancellation: true,
+				ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+			})
+			hb, _ := time.ParseDuration(opts.HeartbeatTimeout) // validated
+			cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion,
+				Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
+			var cr ChunkResult
+			runningChild = id
+			err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr)
+			runningChild = ""
+			live = Totals{}
+			if isType(err, activities.ErrFileGone) {
+				// A file's link expired (403/404/410): fresh links from the
+				// manifest, then this chunk again (finished files are
+				// replaced, never doubled).
+				refreshed, rerr := refreshPlan(ctx, pctx, ref, target, st, restart, "a file link expired")
+				if rerr != nil {
+					return nil, rerr
+				}
+				restarted = !refreshed
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("download: %w", err)
+			}
+			st.Totals.merge(cr.Totals)
+			st.NextChunk++
+			if exp := st.Plan.Expires; st.NextChunk == 1 && chunks > 1 && !exp.IsZero() {
+				// Warn early when the rest will likely outlive the links.
+				perChunk := workflow.Now(ctx).Sub(chunkStarted)
+				if eta := workflow.Now(ctx).Add(perChunk * time.Duration(chunks-1)); eta.After(exp) {
+					st.Warnings = append(st.Warnings, fmt.Sprintf("at the current pace the downloads end about %s, after the manifest expires (%s); expired links will be refreshed from the manifest",
+						eta.UTC().Format(time.RFC3339), exp.UTC().Format(time.RFC3339)))
+				}
+			}
+			if st.NextChunk < chunks && historyIsLong(ctx) {
+				return nil, continueAsNew(ctx, in, st)
+			}
+		}
+		if !restarted {
+			break
 		}
 	}
 
@@ -208,13 +276,13 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
 	var cres activities.CommitResult
-	cin := activities.CommitInput{Target: target, Chunks: chunks, Plan: *st.Plan, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
+	cin := activities.CommitInput{Target: target, Chunks: (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk, Plan: *st.Plan, Warnings: st.Warnings, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
 	if err := workflow.ExecuteActivity(cctx, a.Commit, cin).Get(ctx, &cres); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 
 	res = &ExportResult{Status: "committed", Run: st.Run, Location: cres.Location, Manifest: cres.Manifest,
-		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls}
+		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls, Restarts: st.Restarts, Warnings: st.Warnings}
 	for sev, n := range st.Totals.Issues {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
 	}
@@ -229,6 +297,66 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	phase = PhaseDone
 	workflow.SetCurrentDetails(ctx, fmt.Sprintf("Committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
 	return res, nil
+}
+
+// maxRestarts bounds how often a run kicks the export off again after the
+// server lost the job; maxRefreshes how often it re-fetches the manifest for
+// expired links before treating the job as lost.
+const (
+	maxRestarts  = 2
+	maxRefreshes = 3
+)
+
+// refreshPlan re-fetches the manifest from the same status URL for fresh
+// file links (BD3 L695). It returns false after restarting the export
+// when the job is gone or keeps handing out expired links.
+func refreshPlan(ctx, pctx workflow.Context, ref activities.ServerRef, target activities.Target, st *ResumeState,
+	restart func(string, error) error, why string) (bool, error) {
+	if st.Refreshes >= maxRefreshes {
+		return false, restart(fmt.Sprintf("%s and %d manifest refreshes did not help", why, st.Refreshes), nil)
+	}
+	st.Refreshes++
+	var pr activities.PollResult
+	err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL,
+		Poll: st.Polls, PlanVersion: st.PlanVersion + 1}).Get(ctx, &pr)
+	st.Polls++
+	switch {
+	case isType(err, activities.ErrJobGone):
+		return false, restart(why+"; the job itself is gone (404/410 on its status URL)", err)
+	case err != nil:
+		return false, fmt.Errorf("re-fetch the manifest (%s): %w", why, err)
+	case !pr.Done || pr.Plan == nil || !samePlan(st.Plan, pr.Plan):
+		// BD3 L485: a manifest may only gain refreshed links; anything else
+		// is a different job.
+		return false, restart(why+"; the re-fetched manifest lists different files", nil)
+	}
+	st.PlanVersion++
+	st.Plan = pr.Plan
+	st.Warnings = append(st.Warnings, fmt.Sprintf("%s; fresh links were fetched from the manifest (refresh %d)", why, st.Refreshes))
+	return true, nil
+}
+
+func samePlan(a, b *activities.Plan) bool {
+	if a.Files != b.Files || a.TransactionTime != b.TransactionTime || len(a.Groups) != len(b.Groups) {
+		return false
+	}
+	for i := range a.Groups {
+		if a.Groups[i] != b.Groups[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// isType reports whether any application error in err's chain has type
+// typ: a child's failure wraps the activity's (as "wrapError") on its way up.
+func isType(err error, typ string) bool {
+	for ; err != nil; err = errors.Unwrap(err) {
+		if ae, ok := err.(*temporal.ApplicationError); ok && ae.Type() == typ {
+			return true
+		}
+	}
+	return false
 }
 
 func chunkID(parent string, chunk int) string { return fmt.Sprintf("%s/chunk-%05d", parent, chunk) }

@@ -169,16 +169,75 @@ func (s *exportSuite) TestTransientStatusErrorsAreRetried() {
 	s.Equal(1, r.Polls, "activity retries are not extra polls")
 }
 
-func (s *exportSuite) TestJobGoneFailsClearly() {
-	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
-	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{},
-		temporal.NewNonRetryableApplicationError("404 Not Found", activities.ErrJobGone, nil)).Once()
-	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+func (s *exportSuite) TestJobGoneIsRunAgain() {
+	p := plan(map[string]int{"Patient": 2}, 0, 0)
+	var kicks atomic.Int32
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		return activities.KickoffResult{StatusURL: fmt.Sprintf("https://ehr.example/status/%d", kicks.Add(1))}, nil
+	})
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PollInput) (activities.PollResult, error) {
+		if in.StatusURL == "https://ehr.example/status/1" {
+			return activities.PollResult{}, temporal.NewNonRetryableApplicationError("404 Not Found", activities.ErrJobGone, nil)
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
 	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	s.env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/2"}).Return(nil).Once()
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal(1, r.Restarts)
+	s.EqualValues(2, kicks.Load())
+	s.Require().NotEmpty(r.Warnings)
+	s.Contains(strings.Join(r.Warnings, "\n"), "run again")
+}
+
+func (s *exportSuite) TestJobAlwaysGoneFailsClearly() {
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Times(3)
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{},
+		temporal.NewNonRetryableApplicationError("404 Not Found", activities.ErrJobGone, nil))
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil)
 	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
 	err := s.env.GetWorkflowError()
-	s.Error(err)
-	s.Contains(err.Error(), "no longer has this export job")
+	s.Require().Error(err)
+	s.Contains(err.Error(), "lost the export job")
+	s.Contains(err.Error(), "giving up")
+}
+
+// A file link expires mid-run: fresh links from the same job's manifest,
+// the chunk runs again, and the run completes without a second export.
+func (s *exportSuite) TestExpiredFileRefreshesManifest() {
+	p := plan(map[string]int{"Observation": 3}, 0, 0)
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	var versions []int
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PollInput) (activities.PollResult, error) {
+		versions = append(versions, in.PlanVersion)
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	var mu sync.Mutex
+	gone := true
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if in.Index == 1 && gone {
+			gone = false
+			return activities.FileResult{}, temporal.NewNonRetryableApplicationError("410 Gone", activities.ErrFileGone, nil)
+		}
+		if in.Index == 1 {
+			s.Equal(1, in.PlanVersion, "the retry must use the refreshed plan")
+		}
+		return fileFor(p)(ctx, in)
+	})
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	r := s.result()
+	s.Equal([]int{0, 1}, versions)
+	s.Equal(0, r.Restarts)
+	s.Equal(int64(30), r.Totals.ResourceCount(), "a chunk run twice counts its files once")
+	s.Contains(strings.Join(r.Warnings, "\n"), "fresh links")
 }
 
 func (s *exportSuite) TestTruncatedFileIsRetried() {

@@ -78,6 +78,11 @@ type ResumeState struct {
 	NextChunk int              `json:"nextChunk,omitempty"`
 	Totals    Totals           `json:"totals"`
 	Progress  string           `json:"serverProgress,omitempty"`
+	// PlanVersion counts manifest refreshes of this job (fresh links).
+	PlanVersion int      `json:"planVersion,omitempty"`
+	Refreshes   int      `json:"refreshes,omitempty"`
+	Restarts    int      `json:"restarts,omitempty"`
+	Warnings    []string `json:"warnings,omitempty"`
 }
 
 // Totals are the running sums of a run.
@@ -147,7 +152,10 @@ type ExportResult struct {
 	Totals          Totals   `json:"totals"`
 	Warnings        []string `json:"warnings,omitempty"`
 	Polls           int      `json:"polls"`
-	JobDeleted      bool     `json:"jobDeleted"`
+	// Restarts counts how often the export was kicked off again because the
+	// server lost the job.
+	Restarts   int  `json:"restarts,omitempty"`
+	JobDeleted bool `json:"jobDeleted"`
 }
 
 // Phases of an export, as the progress query reports them.

@@ -148,3 +148,53 @@ func TestResumeWithRange(t *testing.T) {
 		}
 	}
 }
+
+// A file answers 410 (its link expired): bulkflow re-fetches the manifest
+// for fresh links and completes with the exact set, without a second export.
+func TestExpiredFileLinkIsRefreshed(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 30, LargeAttachments: -1, Faults: "file:Observation=gone@1"})
+	queue, _ := startWorker(t, t.TempDir())
+	res := runExport(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL()})
+	want, _ := srv.Expected(testsuite.Query{Level: "system"})
+	assertExact(t, res, want)
+	if srv.Stats().Kickoffs != 1 || res.Restarts != 0 {
+		t.Errorf("kickoffs %d, restarts %d: an expired link needs no new export", srv.Stats().Kickoffs, res.Restarts)
+	}
+	if !strings.Contains(strings.Join(res.Warnings, "\n"), "fresh links") {
+		t.Errorf("warnings %q do not report the refresh", res.Warnings)
+	}
+}
+
+// The server loses the job while files are downloading (the manifest
+// re-fetch answers 404): the export is run again, the result says so, and
+// the output is the exact set.
+func TestLostJobIsRunAgain(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 30, LargeAttachments: -1, ExportDuration: 2 * time.Second, RetryAfter: 500 * time.Millisecond,
+		Faults: "file:Observation=gone@1; manifest=notfound@2-"})
+	queue, _ := startWorker(t, t.TempDir())
+	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL()})
+	// The second job must work: clear the faults once it is kicked off.
+	deadline := time.Now().Add(time.Minute)
+	for srv.Stats().Kickoffs < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv.SetFaults("")
+	var res workflows.ExportResult
+	if err := run.Get(context.Background(), &res); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := srv.Expected(testsuite.Query{Level: "system"})
+	assertExact(t, res, want)
+	if res.Restarts != 1 || srv.Stats().Kickoffs != 2 {
+		t.Errorf("restarts %d, kickoffs %d; want 1 and 2", res.Restarts, srv.Stats().Kickoffs)
+	}
+	if !strings.Contains(strings.Join(res.Warnings, "\n"), "run again") {
+		t.Errorf("warnings %q do not say the export was run again", res.Warnings)
+	}
+	rep, _ := verify.Run(res.Location, false)
+	if !strings.Contains(strings.Join(rep.Manifest.Warnings, "\n"), "run again") {
+		t.Errorf("_manifest.json warnings %q do not say so either", rep.Manifest.Warnings)
+	}
+}
