@@ -28,6 +28,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/bulkflow/bulkflow/internal/bulk"
+	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
 	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/internal/sink"
@@ -46,6 +47,8 @@ type Activities struct {
 	// CheckpointBytes spaces durable checkpoints a retry can resume from
 	// (default 64 MiB; also at most every HeartbeatEvery).
 	CheckpointBytes int64
+	// Metrics records Prometheus metrics (internal/metrics); nil records none.
+	Metrics *metrics.Recorder
 
 	mu       sync.Mutex
 	sinks    map[string]sink.Sink
@@ -324,7 +327,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
-	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item)
+	layout := in.Layout
+	layout.transactionTime = p.TransactionTime
+	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
 	switch k := bulk.KindOf(err); {
 	case err == nil:
 		slot.Release(throttle.Success)
@@ -344,20 +349,23 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	return res, nil
 }
 
-func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile) (FileResult, error) {
+func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile, layout Layout) (FileResult, error) {
 	srcURL := stripQuery(item.URL)
 	if !requiresToken {
 		srcURL = redactCapability(item.URL) // the URL itself is the credential
 	}
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	h := sha256.New()
+	if item.Kind == KindOutput && !layout.plain() {
+		return a.downloadToLake(ctx, c, s, run, requiresToken, item, layout, srcURL)
+	}
 
 	// Resume from the last durable checkpoint of an earlier attempt when the
 	// sink can reopen it and the server honours Range; otherwise start over.
 	var cp, resumedFrom checkpoint
 	var w sink.Writer
 	var offset int64
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) == nil && cp.Token != "" && cp.Offset > 0 {
+	if item.Kind == KindOutput && activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) == nil && cp.Token != "" && cp.Offset > 0 {
 		if rs, ok := s.(sink.Resumer); ok {
 			if hw, err := restoreHash(cp.Hash); err == nil {
 				if rw, err := rs.Resume(ctx, run, item.Path, cp.Token, cp.Size); err == nil {
@@ -391,6 +399,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		a.Logger.Info("resuming download", "file", item.Path, "offset", offset, "resources", res.Resources)
 	}
 	resumable, _ := w.(sink.Resumable)
+	if item.Kind != KindOutput {
+		resumable = nil // small files; their tombstones and tallies restart with them
+	}
 	keepPartial := false
 	defer func() {
 		// A retryable failure keeps the checkpointed partial file for the
@@ -402,6 +413,11 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		w.Abort() // no-op once closed
 	}()
 
+	var tombs *tombstones
+	if item.Kind == KindDeleted {
+		tombs = newTombstones(ctx, s, run, item, layout.transactionTime)
+		defer tombs.abort()
+	}
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
 	r := ndjson.NewReader(f.Body)
 	v := ndjson.Validator{WantType: item.Type}
@@ -466,7 +482,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		case KindError:
 			countSeverity(line, &res)
 		case KindDeleted:
-			countDeleted(line, &res)
+			if err := tombs.add(line, &res); err != nil {
+				return fail(bulk.KindTransient, "write tombstones", err)
+			}
 		}
 		bw.Write(line)
 		if err := bw.WriteByte('\n'); err != nil {
@@ -509,6 +527,14 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
 	res.Resumed = offset > 0
+	res.Parts = []Part{{Path: item.Path, Format: "ndjson", Rows: res.Resources, Bytes: res.Bytes, SHA256: res.SHA256}}
+	if tombs != nil {
+		parts, err := tombs.close()
+		if err != nil {
+			return fail(bulk.KindTransient, "write tombstones", err)
+		}
+		res.Parts = append(res.Parts, parts...)
+	}
 	return res, nil
 }
 
@@ -599,31 +625,6 @@ func countSeverity(line []byte, res *FileResult) {
 			sev = "unknown"
 		}
 		res.Severity[sev]++
-	}
-}
-
-// countDeleted tallies the DELETE entries of a deleted-resources Bundle by
-// type (BD2 L474-496: request.url is "Type/id").
-func countDeleted(line []byte, res *FileResult) {
-	var b struct {
-		Entry []struct {
-			Request struct {
-				Method string `json:"method"`
-				URL    string `json:"url"`
-			} `json:"request"`
-		} `json:"entry"`
-	}
-	if json.Unmarshal(line, &b) != nil {
-		return
-	}
-	if res.Deleted == nil {
-		res.Deleted = map[string]int64{}
-	}
-	for _, e := range b.Entry {
-		typ, _, _ := strings.Cut(strings.TrimPrefix(e.Request.URL, "/"), "/")
-		if resourceTypeName.MatchString(typ) {
-			res.Deleted[typ]++
-		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,14 +29,20 @@ type RunManifest struct {
 	Warnings        []string       `json:"warnings,omitempty"`
 }
 
-// ManifestFile is one file of a committed run.
+// ManifestFile is one object of a committed run.
 type ManifestFile struct {
 	Path      string `json:"path"`
-	Kind      string `json:"kind"`
+	Kind      string `json:"kind"` // output, error, deleted (the server's Bundles), tombstone
 	Type      string `json:"type"`
-	Resources int64  `json:"resources"`
+	Format    string `json:"format"` // ndjson or parquet
+	Gzip      bool   `json:"gzip,omitempty"`
+	Partition string `json:"partition,omitempty"`
+	Resources int64  `json:"resources"` // lines or rows
 	Bytes     int64  `json:"bytes"`
 	SHA256    string `json:"sha256"`
+	// Source is the position of the server file this object came from in
+	// the server's manifest order (by kind, then type).
+	Source int `json:"source"`
 }
 
 // Totals sums a run.
@@ -115,9 +122,17 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		Totals: Totals{Resources: map[string]int64{}},
 	}
 	for _, f := range files {
-		m.Files = append(m.Files, ManifestFile{Path: f.Path, Kind: f.Kind, Type: f.Type, Resources: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256})
-		m.Totals.Files++
-		m.Totals.Bytes += f.Bytes
+		parts := f.Parts
+		if len(parts) == 0 {
+			parts = []Part{{Path: f.Path, Format: "ndjson", Rows: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256}}
+		}
+		for _, p := range parts {
+			mf := ManifestFile{Path: p.Path, Kind: cmp.Or(p.Kind, f.Kind), Type: cmp.Or(p.Type, f.Type), Format: p.Format, Gzip: p.Gzip,
+				Partition: p.Partition, Resources: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Source: f.Index}
+			m.Files = append(m.Files, mf)
+			m.Totals.Files++
+			m.Totals.Bytes += p.Bytes
+		}
 		switch f.Kind {
 		case KindOutput:
 			m.Totals.Resources[f.Type] += f.Resources

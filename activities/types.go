@@ -66,6 +66,8 @@ const (
 	KindOutput  = "output"
 	KindError   = "error"
 	KindDeleted = "deleted"
+	// KindTombstone marks the per-type deletion datasets made from deleted files.
+	KindTombstone = "tombstone"
 )
 
 // Plan summarises the server's manifest, which itself is staged in the run's
@@ -95,8 +97,9 @@ type Group struct {
 type DownloadInput struct {
 	ServerRef
 	Target
-	Index       int `json:"index"`
-	PlanVersion int `json:"planVersion,omitempty"`
+	Index       int    `json:"index"`
+	PlanVersion int    `json:"planVersion,omitempty"`
+	Layout      Layout `json:"layout,omitempty"`
 }
 
 // FileResult describes one staged file. It is what the run manifest lists.
@@ -114,6 +117,8 @@ type FileResult struct {
 	Severity map[string]int64 `json:"severity,omitempty"`
 	// Deleted counts deletions by resource type (deleted files).
 	Deleted map[string]int64 `json:"deleted,omitempty"`
+	// Parts are the objects the file became in the lake.
+	Parts []Part `json:"parts,omitempty"`
 }
 
 // RecordChunkInput stores a chunk's file results in the run's work area, so

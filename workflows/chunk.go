@@ -15,12 +15,13 @@ import (
 type ChunkInput struct {
 	activities.ServerRef
 	activities.Target
-	Chunk       int `json:"chunk"`
-	PlanVersion int `json:"planVersion,omitempty"`
-	First       int `json:"first"`
-	Count       int `json:"count"`
-	Concurrency int `json:"concurrency"`
-	MaxAttempts int `json:"maxAttempts"`
+	Chunk       int               `json:"chunk"`
+	PlanVersion int               `json:"planVersion,omitempty"`
+	Layout      activities.Layout `json:"layout,omitempty"`
+	First       int               `json:"first"`
+	Count       int               `json:"count"`
+	Concurrency int               `json:"concurrency"`
+	MaxAttempts int               `json:"maxAttempts"`
 	// HeartbeatTimeout: a download silent this long is retried.
 	HeartbeatTimeout time.Duration      `json:"heartbeatTimeout"`
 	Groups           []activities.Group `json:"groups,omitempty"` // for activity summaries
@@ -72,7 +73,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
-			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion})
+			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Layout: in.Layout})
 		pending++
 		sel.AddFuture(f, func(f workflow.Future) {
 			pending--

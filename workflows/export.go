@@ -230,7 +230,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 				ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 			})
 			hb, _ := time.ParseDuration(opts.HeartbeatTimeout) // validated
-			cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion,
+			cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion, Layout: in.layout(),
 				Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
 			var cr ChunkResult
 			runningChild = id

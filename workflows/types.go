@@ -43,6 +43,12 @@ type ExportInput struct {
 	// Output is a directory (absolute, or relative to the worker's output
 	// root) or file:// URL; "" means the worker's output root.
 	Output string `json:"output,omitempty"`
+	// Format is "ndjson" (default), "parquet" or "both"; Gzip compresses
+	// NDJSON; PartitionBy is "" (none), "transactionTime" or "lastUpdated"
+	// (Hive-style <Type>/year=YYYY/month=MM/). See docs/lake.md.
+	Format      string `json:"format,omitempty"`
+	Gzip        bool   `json:"gzip,omitempty"`
+	PartitionBy string `json:"partitionBy,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -247,6 +253,9 @@ func (in *ExportInput) Validate() error {
 	if in.Run != "" && !runName.MatchString(in.Run) {
 		errs = append(errs, fmt.Errorf(`"run" %q: use letters, digits, '.', '_', '=', '-' (it names a folder)`, in.Run))
 	}
+	if err := in.layout().Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	o := in.Options
 	if o.Concurrency < 0 || o.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf(`"options.concurrency" %d: use 1 to 256`, o.Concurrency))
@@ -263,6 +272,10 @@ func (in *ExportInput) Validate() error {
 		errs = append(errs, fmt.Errorf(`"options.maxFileAttempts" %d must not be negative`, o.MaxFileAttempts))
 	}
 	return errors.Join(errs...)
+}
+
+func (in *ExportInput) layout() activities.Layout {
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy}
 }
 
 func (o Options) withDefaults() Options {
@@ -313,6 +326,9 @@ func (in *ExportInput) requestSummary() map[string]any {
 	set("typeFilters", in.TypeFilters, len(in.TypeFilters) > 0)
 	set("patientCount", len(in.Patients), len(in.Patients) > 0)
 	set("outputFormat", in.OutputFormat, in.OutputFormat != "")
+	set("format", in.Format, in.Format != "")
+	set("gzip", in.Gzip, in.Gzip)
+	set("partitionBy", in.PartitionBy, in.PartitionBy != "")
 	return m
 }
 

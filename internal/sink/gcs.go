@@ -419,7 +419,9 @@ func openGCS(location string) (Sink, error) {
 		return nil, fmt.Errorf("output %q: %s=%q is not a key name of the form projects/P/locations/L/keyRings/R/cryptoKeys/K", location, GCSKMSKeyEnv, k)
 	}
 	// The client outlives this call: the sink is used for the worker's life.
-	client, err := storage.NewClient(context.Background())
+	// JSON reads: the XML read path does not reach emulators such as
+	// fake-gcs-server, and real GCS serves both.
+	client, err := storage.NewClient(context.Background(), storage.WithJSONReads())
 	if err != nil {
 		return nil, fmt.Errorf("output %q: Google Cloud Storage client: %w (credentials come from Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`, or the metadata server; STORAGE_EMULATOR_HOST points at an emulator)", location, err)
 	}

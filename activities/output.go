@@ -1,0 +1,291 @@
+package activities
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/bulkflow/bulkflow/internal/bulk"
+	"github.com/bulkflow/bulkflow/internal/lake"
+	"github.com/bulkflow/bulkflow/internal/ndjson"
+	"github.com/bulkflow/bulkflow/internal/sink"
+)
+
+// Layout is how output files land in the lake (docs/lake.md). The zero
+// value is plain NDJSON, one object per server file, resumable with Range.
+type Layout struct {
+	// Format is "ndjson" (default), "parquet" or "both".
+	Format string `json:"format,omitempty"`
+	// Gzip compresses NDJSON output (.ndjson.gz).
+	Gzip bool `json:"gzip,omitempty"`
+	// PartitionBy is "" (none), "transactionTime" or "lastUpdated":
+	// Hive-style <Type>/year=YYYY/month=MM/ folders.
+	PartitionBy string `json:"partitionBy,omitempty"`
+
+	transactionTime string // from the plan, not the caller
+}
+
+func (l Layout) plain() bool {
+	return (l.Format == "" || l.Format == "ndjson") && !l.Gzip && l.PartitionBy == ""
+}
+
+// Validate reports a layout the lake writer cannot produce.
+func (l Layout) Validate() error {
+	switch l.Format {
+	case "", "ndjson", "parquet", "both":
+	default:
+		return fmt.Errorf(`format %q: use "ndjson", "parquet" or "both"`, l.Format)
+	}
+	switch l.PartitionBy {
+	case "", "transactionTime", "lastUpdated":
+	default:
+		return fmt.Errorf(`partitionBy %q: use "transactionTime" or "lastUpdated" (or leave it empty)`, l.PartitionBy)
+	}
+	if l.Gzip && l.Format == "parquet" {
+		return fmt.Errorf(`gzip applies to NDJSON output; with format "parquet" use the Parquet compression (zstd)`)
+	}
+	return nil
+}
+
+func (l Layout) lakeOptions() (lake.Options, error) {
+	o := lake.Options{Gzip: l.Gzip, PartitionBy: l.PartitionBy}
+	switch l.Format {
+	case "parquet":
+		o.Formats = []lake.Format{lake.Parquet}
+	case "both":
+		o.Formats = []lake.Format{lake.NDJSON, lake.Parquet}
+	default:
+		o.Formats = []lake.Format{lake.NDJSON}
+	}
+	tt, err := time.Parse(time.RFC3339Nano, l.transactionTime)
+	if err != nil {
+		return o, fmt.Errorf("the manifest's transactionTime %q is not an instant: %w", l.transactionTime, err)
+	}
+	o.TransactionTime = tt
+	return o, nil
+}
+
+// Part is one object a server file became (several with Parquet, both
+// formats or partitions; tombstones for deleted files).
+type Part struct {
+	Path      string `json:"path"`
+	Format    string `json:"format"` // "ndjson" or "parquet"
+	Gzip      bool   `json:"gzip,omitempty"`
+	Kind      string `json:"kind,omitempty"` // "" = the file's kind; "tombstone"
+	Type      string `json:"type,omitempty"` // "" = the file's type
+	Rows      int64  `json:"rows"`
+	Bytes     int64  `json:"bytes"`
+	SHA256    string `json:"sha256"`
+	Partition string `json:"partition,omitempty"`
+}
+
+// downloadToLake streams an output file through the lake writer (Parquet,
+// gzip, partitions). Such files restart from the beginning on retry: their
+// objects are written in parallel and cannot be cut back to a checkpoint.
+// Deterministic object names mean a retry overwrites, never doubles.
+func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile, layout Layout, srcURL string) (FileResult, error) {
+	opts, err := layout.lakeOptions()
+	if err != nil {
+		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindPermanent, Diagnostics: err.Error()}
+	}
+	base := strings.TrimSuffix(path.Base(item.Path), ".ndjson")
+	lw, err := lake.NewFileWriter(func(name string) (sink.Writer, error) { return s.Create(ctx, run, name) }, item.Type, base, opts)
+	if err != nil {
+		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindPermanent, Err: err}
+	}
+	defer lw.Abort() // no-op after Close
+	f, err := c.OpenFile(ctx, item.URL, requiresToken, 0)
+	if err != nil {
+		return FileResult{}, err
+	}
+	defer f.Body.Close()
+
+	var progress atomic.Int64
+	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery)
+	defer stop()
+	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
+	r := ndjson.NewReader(f.Body)
+	v := ndjson.Validator{WantType: item.Type}
+	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
+		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
+	}
+	for {
+		line, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			kind := bulk.KindOf(err)
+			if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
+				kind = bulk.KindTruncated
+			}
+			return fail(kind, fmt.Sprintf("%s: body ended after %d resources", item.Path, res.Resources), err)
+		}
+		m, err := v.Check(line)
+		if err != nil {
+			if r.MissingFinalNewline() {
+				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
+			}
+			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
+		}
+		if err := lw.Write(line, m); err != nil {
+			return fail(bulk.KindTransient, "write lake objects", err)
+		}
+		res.Resources++
+		res.Bytes += int64(len(line)) + 1
+		progress.Store(res.Bytes)
+	}
+	if item.HasCount && res.Resources != item.Count {
+		return fail(bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count), nil)
+	}
+	parts, err := lw.Close()
+	if err != nil {
+		return fail(bulk.KindTransient, "close lake objects", err)
+	}
+	for _, p := range parts {
+		res.Parts = append(res.Parts, Part{Path: p.Path, Format: string(p.Format), Gzip: p.Gzip, Rows: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Partition: p.Partition})
+	}
+	if len(parts) > 0 {
+		res.Path, res.SHA256 = parts[0].Path, parts[0].SHA256
+	}
+	return res, nil
+}
+
+// heartbeatWhileProgressing heartbeats every interval while progress moves.
+func heartbeatWhileProgressing(ctx context.Context, progress *atomic.Int64, every time.Duration) (stop func()) {
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var sent int64 = -1
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if b := progress.Load(); b != sent {
+					sent = b
+					activity.RecordHeartbeat(ctx, checkpoint{Progress: b})
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(done) }) }
+}
+
+// tombstones turns deleted[] Bundles (BD2 L474-496: transaction entries
+// with request.method DELETE and request.url Type/id) into one NDJSON
+// dataset per type under _deleted/<Type>/, so a downstream merge can apply
+// them with a join on (type, id): see README "Deletions".
+type tombstones struct {
+	ctx             context.Context
+	s               sink.Sink
+	run, base       string
+	transactionTime string
+	byType          map[string]*tombFile
+}
+
+type tombFile struct {
+	w    sink.Writer
+	bw   *bufio.Writer
+	h    hash.Hash
+	rows int64
+	n    int64
+	path string
+}
+
+func newTombstones(ctx context.Context, s sink.Sink, run string, item plannedFile, transactionTime string) *tombstones {
+	return &tombstones{ctx: ctx, s: s, run: run, base: strings.TrimSuffix(path.Base(item.Path), ".ndjson"),
+		transactionTime: transactionTime, byType: map[string]*tombFile{}}
+}
+
+type tombstone struct {
+	ResourceType    string `json:"resourceType"`
+	ID              string `json:"id"`
+	TransactionTime string `json:"transactionTime"`
+	Source          string `json:"source"`
+}
+
+func (t *tombstones) add(bundle []byte, res *FileResult) error {
+	var b struct {
+		Entry []struct {
+			Request struct {
+				Method string `json:"method"`
+				URL    string `json:"url"`
+			} `json:"request"`
+		} `json:"entry"`
+	}
+	if json.Unmarshal(bundle, &b) != nil {
+		return nil // Validator already checked it is a Bundle; a strange one adds no tombstones
+	}
+	for _, e := range b.Entry {
+		if !strings.EqualFold(e.Request.Method, "DELETE") {
+			continue
+		}
+		typ, id, _ := strings.Cut(strings.TrimPrefix(e.Request.URL, "/"), "/")
+		id, _, _ = strings.Cut(id, "/") // drop a trailing _history/...
+		if !resourceTypeName.MatchString(typ) || id == "" {
+			continue
+		}
+		f := t.byType[typ]
+		if f == nil {
+			p := fmt.Sprintf("_deleted/%s/%s.ndjson", typ, t.base)
+			w, err := t.s.Create(t.ctx, t.run, p)
+			if err != nil {
+				return err
+			}
+			f = &tombFile{w: w, h: sha256.New(), path: p}
+			f.bw = bufio.NewWriter(io.MultiWriter(w, f.h))
+			t.byType[typ] = f
+		}
+		line, _ := json.Marshal(tombstone{ResourceType: typ, ID: id, TransactionTime: t.transactionTime, Source: t.base})
+		line = append(line, '\n')
+		if _, err := f.bw.Write(line); err != nil {
+			return err
+		}
+		f.rows++
+		f.n += int64(len(line))
+		if res.Deleted == nil {
+			res.Deleted = map[string]int64{}
+		}
+		res.Deleted[typ]++
+	}
+	return nil
+}
+
+func (t *tombstones) close() ([]Part, error) {
+	var parts []Part
+	for typ, f := range t.byType {
+		if err := f.bw.Flush(); err != nil {
+			return nil, err
+		}
+		if err := f.w.Close(); err != nil {
+			return nil, err
+		}
+		parts = append(parts, Part{Path: f.path, Format: "ndjson", Kind: KindTombstone, Type: typ, Rows: f.rows, Bytes: f.n, SHA256: hex.EncodeToString(f.h.Sum(nil))})
+	}
+	t.byType = nil
+	return parts, nil
+}
+
+func (t *tombstones) abort() {
+	for _, f := range t.byType {
+		f.w.Abort()
+	}
+}
