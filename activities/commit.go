@@ -66,7 +66,9 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 		// A retried commit whose first attempt got as far as promoting the run
 		// has no work area left; the sink confirms the commit below.
 		if cerr := s.Commit(ctx, in.Run, nil); cerr == nil {
-			return CommitResult{Location: s.Location(in.Run), Manifest: s.Location(in.Run) + "/" + sink.ManifestName, Files: in.Plan.Files}, nil
+			// Committed by an earlier attempt that may have died before the
+			// watermark: advancing it again is idempotent.
+			return a.finishCommit(ctx, s, in, in.Plan.Files)
 		}
 		return CommitResult{}, permanent("Incomplete", fmt.Errorf("commit run %s: chunk records missing (%w); nothing was committed", in.Run, err))
 	}
@@ -85,9 +87,26 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err := s.Commit(ctx, in.Run, body); err != nil {
 		return CommitResult{}, retryable("Sink", err)
 	}
+	a.Logger.Info("run committed", "run", in.Run, "location", s.Location(in.Run), "files", len(files))
+	return a.finishCommit(ctx, s, in, len(files))
+}
+
+// finishCommit advances the watermark, strictly after the manifest: a crash
+// in between leaves the watermark behind (the next run overlaps, nothing is
+// skipped), never ahead.
+func (a *Activities) finishCommit(ctx context.Context, s sink.Sink, in CommitInput, files int) (CommitResult, error) {
 	loc := s.Location(in.Run)
-	a.Logger.Info("run committed", "run", in.Run, "location", loc, "files", len(files))
-	return CommitResult{Location: loc, Manifest: loc + "/" + sink.ManifestName, Files: len(files)}, nil
+	res := CommitResult{Location: loc, Manifest: loc + "/" + sink.ManifestName, Files: files}
+	if in.Watermark != nil {
+		ok, err := advanceWatermark(ctx, s, in.Watermark, in.Plan.TransactionTime, in.Run, res.Manifest)
+		if err != nil {
+			return CommitResult{}, err
+		}
+		if ok {
+			res.Watermark = in.Watermark.Key.Name()
+		}
+	}
+	return res, nil
 }
 
 func readChunks(ctx context.Context, s sink.Sink, run string, chunks int) ([]FileResult, error) {

@@ -138,6 +138,8 @@ type CommitInput struct {
 	StartedAt time.Time      `json:"startedAt"`
 	Workflow  string         `json:"workflowId"`
 	Warnings  []string       `json:"warnings,omitempty"`
+	// Watermark, when set, is advanced after the manifest is written.
+	Watermark *WatermarkUpdate `json:"watermark,omitempty"`
 }
 
 // CommitResult says where the run landed.
@@ -145,6 +147,9 @@ type CommitResult struct {
 	Location string `json:"location"`
 	Manifest string `json:"manifest"`
 	Files    int    `json:"files"`
+	// Watermark names the state object advanced to this run's
+	// transactionTime ("" if none was).
+	Watermark string `json:"watermark,omitempty"`
 }
 
 // DeleteJobInput asks the server to drop an export job.

@@ -45,6 +45,25 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	}
 	ref := activities.ServerRef{Server: in.Server, BaseURL: in.BaseURL}
 	target := activities.Target{Output: in.Output, Run: st.Run}
+	wmKey := activities.NewWatermarkKey(in.Server, in.BaseURL, in.Level, in.Group, in.Types, in.TypeFilters, in.Elements, in.Patients, in.WatermarkPerType)
+	if in.Resume == nil {
+		// Resolved once: a continued or restarted run keeps the same _since.
+		st.Since = in.Since
+		if in.Since != "" {
+			st.SinceFrom = "input"
+		}
+		if in.Incremental {
+			wctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+				RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "read watermark"})
+			var wm *activities.Watermark
+			if err := workflow.ExecuteActivity(wctx, a.ReadWatermark, activities.ReadWatermarkInput{Output: in.Output, Key: wmKey}).Get(ctx, &wm); err != nil {
+				return nil, fmt.Errorf("read the watermark: %w", err)
+			}
+			if since := wm.Since(in.Types); since != "" {
+				st.Since, st.SinceFrom = since, "watermark"
+			}
+		}
+	}
 
 	phase := PhaseKickoff
 	var live Totals // the running chunk's progress, from its signals
@@ -158,7 +177,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			})
 			var kr activities.KickoffResult
 			kin := activities.KickoffInput{ServerRef: ref, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
-				Since: in.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
+				Since: st.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
 				OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
 			if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
 				return nil, fmt.Errorf("kick-off: %w", err)
@@ -276,13 +295,19 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
 	var cres activities.CommitResult
-	cin := activities.CommitInput{Target: target, Chunks: (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk, Plan: *st.Plan, Warnings: st.Warnings, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
+	var wmUpdate *activities.WatermarkUpdate
+	if in.Until == "" {
+		// A run bounded by _until holds no promise about later changes.
+		wmUpdate = &activities.WatermarkUpdate{Key: wmKey, Since: st.Since, Types: in.Types}
+	}
+	cin := activities.CommitInput{Target: target, Chunks: (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk, Plan: *st.Plan, Warnings: st.Warnings, Watermark: wmUpdate, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
 	if err := workflow.ExecuteActivity(cctx, a.Commit, cin).Get(ctx, &cres); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 
 	res = &ExportResult{Status: "committed", Run: st.Run, Location: cres.Location, Manifest: cres.Manifest,
-		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls, Restarts: st.Restarts, Warnings: st.Warnings}
+		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls, Restarts: st.Restarts, Warnings: st.Warnings,
+		Since: st.Since, SinceFrom: st.SinceFrom, Watermark: cres.Watermark}
 	for sev, n := range st.Totals.Issues {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
 	}

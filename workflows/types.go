@@ -37,6 +37,14 @@ type ExportInput struct {
 	Patients              []string `json:"patients,omitempty"`
 	OutputFormat          string   `json:"outputFormat,omitempty"`
 	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
+	// Incremental takes _since from the watermark of the last run that
+	// fully committed for the same server, level, group, types and filters
+	// (in the output location's _state/). With none, Since seeds the first
+	// run, or it is a full export.
+	Incremental bool `json:"incremental,omitempty"`
+	// WatermarkPerType keeps one watermark per resource type (needs types):
+	// an incremental run uses the oldest of its types'.
+	WatermarkPerType bool `json:"watermarkPerType,omitempty"`
 	// Method is "GET", "POST" or "" (GET unless patients are given).
 	Method  string `json:"method,omitempty"`
 	Lenient bool   `json:"lenient,omitempty"`
@@ -76,9 +84,12 @@ type Options struct {
 // ResumeState is what one workflow run hands the next on continue-as-new:
 // small, whatever the export's size.
 type ResumeState struct {
-	StatusURL string           `json:"statusURL,omitempty"`
-	Polls     int              `json:"polls,omitempty"`
-	StartedAt time.Time        `json:"startedAt"`
+	StatusURL string    `json:"statusURL,omitempty"`
+	Polls     int       `json:"polls,omitempty"`
+	StartedAt time.Time `json:"startedAt"`
+	// Since is the _since this run uses, resolved once at its start.
+	Since     string           `json:"since,omitempty"`
+	SinceFrom string           `json:"sinceFrom,omitempty"`
 	Run       string           `json:"run"`
 	Plan      *activities.Plan `json:"plan,omitempty"`
 	NextChunk int              `json:"nextChunk,omitempty"`
@@ -150,14 +161,20 @@ func addTo(dst, src map[string]int64) map[string]int64 {
 
 // ExportResult is what a finished run returns.
 type ExportResult struct {
-	Status          string   `json:"status"` // "committed" or "cancelled"
-	Run             string   `json:"run"`
-	Location        string   `json:"location,omitempty"`
-	Manifest        string   `json:"manifest,omitempty"`
-	TransactionTime string   `json:"transactionTime,omitempty"`
-	Totals          Totals   `json:"totals"`
-	Warnings        []string `json:"warnings,omitempty"`
-	Polls           int      `json:"polls"`
+	Status          string `json:"status"` // "committed" or "cancelled"
+	Run             string `json:"run"`
+	Location        string `json:"location,omitempty"`
+	Manifest        string `json:"manifest,omitempty"`
+	TransactionTime string `json:"transactionTime,omitempty"`
+	// Since is the _since the run used; SinceFrom says where it came from:
+	// "watermark", "input" or "" (a full export).
+	Since     string `json:"since,omitempty"`
+	SinceFrom string `json:"sinceFrom,omitempty"`
+	// Watermark names the state object this run advanced, if any.
+	Watermark string   `json:"watermark,omitempty"`
+	Totals    Totals   `json:"totals"`
+	Warnings  []string `json:"warnings,omitempty"`
+	Polls     int      `json:"polls"`
 	// Restarts counts how often the export was kicked off again because the
 	// server lost the job.
 	Restarts   int  `json:"restarts,omitempty"`
@@ -221,6 +238,12 @@ func (in *ExportInput) Validate() error {
 	}
 	if !levels[in.Level] {
 		errs = append(errs, fmt.Errorf(`"level" %q: use "system", "patient" or "group"`, in.Level))
+	}
+	if in.WatermarkPerType && len(in.Types) == 0 {
+		errs = append(errs, errors.New(`"watermarkPerType" needs "types": the watermark is kept per listed type`))
+	}
+	if in.Incremental && in.Until != "" {
+		errs = append(errs, errors.New(`"incremental" and "until" do not go together: an incremental run exports everything changed since the watermark`))
 	}
 	if (in.Level == "group") != (in.Group != "") {
 		errs = append(errs, errors.New(`"group" (a Group id) goes with "level": "group", and only with it`))

@@ -177,6 +177,16 @@ func (e *encSink) Abort(ctx context.Context, run string) error { return e.s.Abor
 
 func (e *encSink) Location(run string) string { return e.s.Location(run) }
 
+// State objects hold watermarks (times and counts, no PHI) and stay in
+// clear so operators can read them.
+func (e *encSink) ReadState(ctx context.Context, name string) ([]byte, error) {
+	return e.s.ReadState(ctx, name)
+}
+
+func (e *encSink) WriteState(ctx context.Context, name string, data []byte) error {
+	return e.s.WriteState(ctx, name, data)
+}
+
 type encWriter struct {
 	w      sink.Writer
 	enc    io.WriteCloser

@@ -62,9 +62,11 @@ func (m *memSink) Open(_ context.Context, run, name string) (io.ReadCloser, erro
 	}
 	return io.NopCloser(bytes.NewReader(b)), nil
 }
-func (m *memSink) Commit(context.Context, string, []byte) error { return nil }
-func (m *memSink) Abort(context.Context, string) error          { return nil }
-func (m *memSink) Location(run string) string                   { return "mem:" + run }
+func (m *memSink) Commit(context.Context, string, []byte) error      { return nil }
+func (m *memSink) Abort(context.Context, string) error               { return nil }
+func (m *memSink) Location(run string) string                        { return "mem:" + run }
+func (m *memSink) ReadState(context.Context, string) ([]byte, error) { return nil, sink.ErrNotFound }
+func (m *memSink) WriteState(context.Context, string, []byte) error  { return nil }
 
 func put(t testing.TB, s sink.Sink, name string, data []byte) {
 	t.Helper()
@@ -309,9 +311,11 @@ func (discardSink) Create(context.Context, string, string) (sink.Writer, error) 
 func (discardSink) Open(context.Context, string, string) (io.ReadCloser, error) {
 	return nil, sink.ErrNotFound
 }
-func (discardSink) Commit(context.Context, string, []byte) error { return nil }
-func (discardSink) Abort(context.Context, string) error          { return nil }
-func (discardSink) Location(string) string                       { return "" }
+func (discardSink) Commit(context.Context, string, []byte) error      { return nil }
+func (discardSink) Abort(context.Context, string) error               { return nil }
+func (discardSink) Location(string) string                            { return "" }
+func (discardSink) ReadState(context.Context, string) ([]byte, error) { return nil, sink.ErrNotFound }
+func (discardSink) WriteState(context.Context, string, []byte) error  { return nil }
 
 func BenchmarkEncryptStream(b *testing.B) {
 	ks := newKeyset(b)

@@ -346,6 +346,41 @@ func (g *GCS) list(ctx context.Context, prefix string) (map[string]*storage.Obje
 // Location implements Sink.
 func (g *GCS) Location(run string) string { return g.url(g.finalPrefix(run)) }
 
+// ReadState implements Sink.
+func (g *GCS) ReadState(ctx context.Context, name string) ([]byte, error) {
+	if err := CheckRun(name); err != nil {
+		return nil, fmt.Errorf("state name: %w", err)
+	}
+	r, err := g.bucket.Object(g.prefix + StateDir + "/" + name).NewReader(ctx)
+	if errors.Is(err, storage.ErrObjectNotExist) {
+		return nil, fmt.Errorf("state %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state %s: %w", name, err)
+	}
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+// WriteState implements Sink: one object upload, which GCS makes visible
+// atomically.
+func (g *GCS) WriteState(ctx context.Context, name string, data []byte) error {
+	if err := CheckRun(name); err != nil {
+		return fmt.Errorf("state name: %w", err)
+	}
+	w := g.bucket.Object(g.prefix + StateDir + "/" + name).NewWriter(ctx)
+	w.KMSKeyName = g.opts.KMSKeyName
+	w.ContentType = "application/json"
+	if _, err := w.Write(data); err != nil {
+		w.Close()
+		return fmt.Errorf("write state %s: %w", name, err)
+	}
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("write state %s: %w", name, err)
+	}
+	return nil
+}
+
 func (g *GCS) url(object string) string {
 	return "gs://" + g.name + "/" + strings.TrimSuffix(object, "/")
 }

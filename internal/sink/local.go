@@ -250,6 +250,34 @@ func (l *Local) Abort(ctx context.Context, run string) error {
 // Location implements Sink.
 func (l *Local) Location(run string) string { return filepath.Join(l.Root, run) }
 
+// ReadState implements Sink.
+func (l *Local) ReadState(ctx context.Context, name string) ([]byte, error) {
+	if err := CheckRun(name); err != nil {
+		return nil, fmt.Errorf("state name: %w", err)
+	}
+	b, err := os.ReadFile(filepath.Join(l.Root, StateDir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("state %s: %w", name, ErrNotFound)
+	}
+	return b, err
+}
+
+// WriteState implements Sink.
+func (l *Local) WriteState(ctx context.Context, name string, data []byte) error {
+	if err := CheckRun(name); err != nil {
+		return fmt.Errorf("state name: %w", err)
+	}
+	dir := filepath.Join(l.Root, StateDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, name), data); err != nil {
+		return fmt.Errorf("write state %s: %w", name, err)
+	}
+	syncDir(dir)
+	return nil
+}
+
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil

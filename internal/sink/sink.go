@@ -43,7 +43,17 @@ type Sink interface {
 	Abort(ctx context.Context, run string) error
 	// Location is a human-readable address of run's committed output.
 	Location(run string) string
+	// ReadState returns the state object name (kept beside the runs under
+	// StateDir, e.g. incremental watermarks); an error wrapping ErrNotFound
+	// if there is none.
+	ReadState(ctx context.Context, name string) ([]byte, error)
+	// WriteState replaces state object name atomically: readers see the
+	// old or the new content, never a mix.
+	WriteState(ctx context.Context, name string, data []byte) error
 }
+
+// StateDir holds state objects beside the runs of an output location.
+const StateDir = "_state"
 
 // Writer is a staged object being written.
 type Writer interface {
