@@ -5,10 +5,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"time"
 
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
@@ -19,6 +24,7 @@ import (
 	"github.com/bulkflow/bulkflow/internal/codec"
 	"github.com/bulkflow/bulkflow/internal/envflag"
 	"github.com/bulkflow/bulkflow/internal/logging"
+	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/workflows"
 )
@@ -36,6 +42,8 @@ func main() {
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
 		"payload encryption key file: workflow inputs, results and failures are stored encrypted in Temporal (see docs/security.md); without it $"+codec.EnvKey+" is used if set")
+	metricsAddr := envflag.String(fs, "metrics-addr", "BULKFLOW_METRICS_ADDR", ":9464",
+		"listen address for Prometheus /metrics (bulkflow and Temporal SDK metrics) and /healthz; empty disables (see docs/metrics.md)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: worker [flags]\n\nRuns bulkflow's Temporal worker. Flags:")
 		fs.PrintDefaults()
@@ -63,25 +71,77 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}
+	// Metrics first, so /healthz is up while the worker dials Temporal. A
+	// port already taken (a second worker on the host) costs the metrics,
+	// not the worker: loudly, in the log.
+	rec, stopMetrics, err := serveMetrics(*metricsAddr, logger)
+	if err != nil {
+		logger.Error("metrics disabled", "error", err)
+		*metricsAddr = ""
+	}
 	opts := client.Options{HostPort: *address, Namespace: *namespace, Logger: sdklog.NewStructuredLogger(logger)}
+	if rec != nil {
+		opts.MetricsHandler = rec.TemporalMetricsHandler()
+	}
 	codec.Apply(&opts, cdc)
 	c, err := client.Dial(opts)
 	if err != nil {
+		stopMetrics()
 		fmt.Fprintf(os.Stderr, "worker: cannot reach Temporal at %s (namespace %s): %v\nStart one with `temporal server start-dev` or set TEMPORAL_ADDRESS.\n", *address, *namespace, err)
 		os.Exit(1)
 	}
 	defer c.Close()
 
 	acts := activities.New(reg, *output, logger)
+	acts.Metrics = rec // nil (metrics disabled) records nothing
 	w := bulkworker.New(c, *taskQueue, acts, *maxActivities)
 	logger.Info("worker starting", slog.String("temporal", *address), slog.String("namespace", *namespace),
 		slog.String("task_queue", *taskQueue), slog.String("output", *output), slog.Int("servers", len(reg.Names())),
-		slog.Any("codec_key_ids", codecKeyIDs(cdc)))
+		slog.Any("codec_key_ids", codecKeyIDs(cdc)), slog.String("metrics", metricsURL(*metricsAddr)))
 	// worker.InterruptCh: SIGINT/SIGTERM stop polling and let running activities finish or hand over.
-	if err := w.Run(worker.InterruptCh()); err != nil {
+	err = w.Run(worker.InterruptCh())
+	stopMetrics()
+	if err != nil {
 		logger.Error("worker stopped", "error", err)
 		os.Exit(1)
 	}
+}
+
+// serveMetrics listens on addr and serves /metrics and /healthz in the
+// background. An empty addr, or one it cannot listen on, disables metrics:
+// a nil Recorder, which records nothing. stop flushes the SDK metrics and closes the listener.
+func serveMetrics(addr string, logger *slog.Logger) (rec *metrics.Recorder, stop func(), err error) {
+	if addr == "" {
+		return nil, func() {}, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, func() {}, fmt.Errorf("metrics: %w (set -metrics-addr or BULKFLOW_METRICS_ADDR, or empty to disable)", err)
+	}
+	rec = metrics.New()
+	srv := &http.Server{Handler: rec.Mux(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("metrics server stopped", "error", err)
+		}
+	}()
+	return rec, func() {
+		rec.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}
+
+// metricsURL says in the start-up log where to scrape.
+func metricsURL(addr string) string {
+	if addr == "" {
+		return "disabled"
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
+		addr = net.JoinHostPort("localhost", port)
+	}
+	return "http://" + addr + "/metrics"
 }
 
 // codecKeyIDs says in the start-up log whether payloads are encrypted and
