@@ -25,6 +25,34 @@ type Client struct {
 	MinRetryAfter time.Duration // clamp range for server-supplied waits; defaults 1s
 	MaxRetryAfter time.Duration //   and 10 min
 	UserAgent     string
+	// Observe, when set, is told of every HTTP exchange this client makes
+	// (after the response headers, or the failure): the audit trail's source.
+	Observe func(ctx context.Context, ex Exchange)
+}
+
+// Exchange is one HTTP request and its outcome, without secrets: the URL
+// has no query string or user info.
+type Exchange struct {
+	Op       string // kickoff, status, manifest, download, delete
+	Method   string
+	URL      string
+	Status   int // 0 when no response arrived
+	Err      error
+	Duration time.Duration
+}
+
+// do sends req with hc and reports the exchange to Observe.
+func (c *Client) do(hc *http.Client, op string, req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := hc.Do(req)
+	if c.Observe != nil {
+		ex := Exchange{Op: op, Method: req.Method, URL: redactURL(req.URL.String()), Err: err, Duration: time.Since(start)}
+		if resp != nil {
+			ex.Status = resp.StatusCode
+		}
+		c.Observe(req.Context(), ex)
+	}
+	return resp, err
 }
 
 // Status is one poll result.
@@ -158,7 +186,7 @@ func (c *Client) Kickoff(ctx context.Context, kr KickoffRequest) (string, error)
 	}
 	req.Header.Set("Prefer", prefer)
 
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.do(c.httpClient(), opKickoff, req)
 	if err != nil {
 		return "", transportError(opKickoff, endpoint, err)
 	}
@@ -234,7 +262,7 @@ func (c *Client) statusOnce(ctx context.Context, statusURL string) (*Status, *Er
 		return nil, &Error{Op: opStatus, URL: redactURL(statusURL), Kind: KindPermanent, Err: err}, false
 	}
 	req.Header.Set("Accept", "application/json") // BD2 L316
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.do(c.httpClient(), opStatus, req)
 	if err != nil {
 		return nil, transportError(opStatus, statusURL, err), false
 	}
@@ -330,7 +358,7 @@ func (c *Client) manifestOnce(ctx context.Context, pageURL string) (*Manifest, *
 		return nil, &Error{Op: opManifest, URL: redactURL(pageURL), Kind: KindPermanent, Err: err}, false
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.do(c.httpClient(), opManifest, req)
 	if err != nil {
 		return nil, transportError(opManifest, pageURL, err), false
 	}
@@ -424,7 +452,7 @@ func (c *Client) Delete(ctx context.Context, statusURL string) error {
 		return &Error{Op: opDelete, URL: redactURL(statusURL), Kind: KindPermanent, Err: err}
 	}
 	req.Header.Set("Accept", "application/fhir+json")
-	resp, err := c.httpClient().Do(req)
+	resp, err := c.do(c.httpClient(), opDelete, req)
 	if err != nil {
 		return transportError(opDelete, statusURL, err)
 	}

@@ -120,13 +120,13 @@ const maxRedirects = 10
 // (checklist 3 #23).
 func (c *Client) doFile(req *http.Request, requiresAccessToken bool) (*http.Response, error) {
 	if !requiresAccessToken {
-		return c.fileClient(false).Do(req)
+		return c.do(c.fileClient(false), opDownload, req)
 	}
 	noFollow := *c.httpClient()
 	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	origin := req.URL
 	for hop := 0; ; hop++ {
-		resp, err := noFollow.Do(req)
+		resp, err := c.do(&noFollow, opDownload, req)
 		if err != nil {
 			return nil, err
 		}
@@ -151,7 +151,7 @@ func (c *Client) doFile(req *http.Request, requiresAccessToken bool) (*http.Resp
 		nreq.URL, nreq.Host = next, ""
 		if next.Scheme != origin.Scheme || next.Host != origin.Host {
 			nreq.Header.Del("Authorization")
-			return c.fileClient(false).Do(nreq)
+			return c.do(c.fileClient(false), opDownload, nreq)
 		}
 		req = nreq
 	}
