@@ -283,7 +283,7 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 		}
 	}
 	var gz *gzip.Writer
-	if bf.forceGzip || acceptsGzip(r) {
+	if bf.forceGzip || !s.opts.NoGzip && acceptsGzip(r) {
 		// BD3 L705: compression is marked with Content-Encoding
 		h.Set("Content-Encoding", "gzip")
 		h.Add("Vary", "Accept-Encoding")

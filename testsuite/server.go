@@ -46,6 +46,10 @@ type Options struct {
 	// Epoch is the initial data clock; zero = 2025-01-01T00:00:00Z (fixed, so
 	// runs are reproducible).
 	Epoch time.Time
+	// NoGzip serves files uncompressed even when the client asks for gzip
+	// (Accept-Encoding is a preference, RFC 9110 12.5.3): benchmarks use it
+	// to measure identity on the wire. The force-gzip fault still gzips.
+	NoGzip bool
 }
 
 // Server is the test FHIR Bulk Data server.
