@@ -40,6 +40,7 @@ var commands = []struct {
 	{"codec-server", "serve the payload codec to the Temporal UI so people allowed to can read encrypted histories", runCodecServer},
 	{"decrypt", "decrypt a file encrypted at rest (streams; detects tampering)", runDecrypt},
 	{"keygen", "write a new keyset file for encryption at rest", runKeygen},
+	{"schedule", "run exports on Temporal Schedules: create, list, describe, pause, unpause, trigger, delete", runSchedule},
 }
 
 func main() {
