@@ -2,9 +2,6 @@ package bulk
 
 import (
 	"bufio"
-	"compress/flate"
-	"compress/gzip"
-	"compress/zlib"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +9,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	// klauspost's decoders are drop-in and decode about twice as fast as
+	// the standard library's (BenchmarkGzipDecode): gzip decoding was the
+	// largest single cost of a compressed download.
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zlib"
 )
 
 // File is an open download. Read errors from Body are *Error values
@@ -180,7 +184,10 @@ func decodeBody(enc string, r io.Reader) (io.Reader, error) {
 	case "", "identity":
 		return r, nil
 	case "gzip", "x-gzip":
-		zr, err := gzip.NewReader(r)
+		// The decoder reads the wire a byte at a time through a
+		// bufio.Reader of its own (4 KiB unless given one): a larger one
+		// means fewer reads of the body (BenchmarkGzipDecode/client).
+		zr, err := gzip.NewReader(bufio.NewReaderSize(r, 64<<10))
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil, io.ErrUnexpectedEOF
@@ -247,9 +254,8 @@ func (w *wireReader) wrap(err error) error {
 		return e
 	}
 	kind := KindOf(err)
-	var (
-		ce *flate.CorruptInputError
-	)
+	// flate returns CorruptInputError by value: a pointer target never matched.
+	var ce flate.CorruptInputError
 	if errors.Is(err, gzip.ErrChecksum) || errors.Is(err, gzip.ErrHeader) || errors.Is(err, zlib.ErrChecksum) ||
 		errors.Is(err, zlib.ErrHeader) || errors.As(err, &ce) || strings.Contains(err.Error(), "Content-Length") {
 		kind = KindTruncated // corrupt or short: download the whole file again
