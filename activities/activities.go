@@ -49,6 +49,9 @@ type Activities struct {
 	CheckpointBytes int64
 	// Metrics records Prometheus metrics (internal/metrics); nil records none.
 	Metrics *metrics.Recorder
+	// AuditLive, when set, gets a live copy of every audit event (e.g.
+	// stdout); the audit log in the output location is always written.
+	AuditLive io.Writer
 
 	mu       sync.Mutex
 	sinks    map[string]sink.Sink
@@ -133,6 +136,8 @@ func (a *Activities) client(ref ServerRef) (*bulk.Client, error) {
 // detected by the protocol; servers that allow one export per client answer
 // the retry with 429, which we wait out.
 func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResult, error) {
+	ctx, _, finish := a.begin(ctx, in.ServerRef, in.Target)
+	defer finish()
 	c, err := a.client(in.ServerRef)
 	if err != nil {
 		return KickoffResult{}, err
@@ -150,6 +155,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	}
 	statusURL, err := c.Kickoff(ctx, req)
 	if err != nil {
+		a.observeOutcome(in.ServerRef, "kickoff", err)
 		return KickoffResult{}, temporalError(err)
 	}
 	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", redactURL(statusURL))
@@ -159,12 +165,15 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 // PollStatus asks for the export's status once. When the export is done it
 // follows every manifest page, stages the plan and returns its summary.
 func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, error) {
+	ctx, rec, finish := a.begin(ctx, in.ServerRef, in.Target)
+	defer finish()
 	c, err := a.client(in.ServerRef)
 	if err != nil {
 		return PollResult{}, err
 	}
 	st, err := c.Status(ctx, in.StatusURL)
 	if err != nil {
+		a.observeOutcome(in.ServerRef, "status", err)
 		return PollResult{}, temporalError(err)
 	}
 	if !st.Done {
@@ -192,6 +201,8 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	a.cachePlan(in.Target, in.PlanVersion, p)
 	sum := summarize(p)
+	rec.Emit("manifest", map[string]any{"transactionTime": p.TransactionTime, "requiresAccessToken": p.RequiresAccessToken,
+		"outputFileCount": len(m.Output), "errorFileCount": len(m.Error), "deletedFileCount": len(m.Deleted), "expectedResources": sum.ExpectedResources})
 	a.Logger.Info("export ready", "server", serverName(in.ServerRef), "files", sum.Files, "transaction_time", p.TransactionTime)
 	return PollResult{Done: true, Progress: st.Progress, Plan: &sum}, nil
 }
@@ -306,6 +317,8 @@ func (a *Activities) loadPlan(ctx context.Context, s sink.Sink, t Target, v int)
 // short or cut file is a retryable TruncatedFile error, and a retry replaces
 // the staged copy: it never appends.
 func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileResult, error) {
+	ctx, rec, finish := a.begin(ctx, in.ServerRef, in.Target)
+	defer finish()
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
 		return FileResult{}, err
@@ -327,6 +340,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
+	server := serverName(in.ServerRef)
+	a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
+	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
 	layout := in.Layout
 	layout.transactionTime = p.TransactionTime
 	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
@@ -341,7 +357,22 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	}
 	if err != nil {
 		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
-		return FileResult{}, temporalError(err)
+		te := temporalError(err)
+		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+			"errorType": errorType(te), "message": err.Error()})
+		a.observeOutcome(in.ServerRef, "file", err)
+		if reason := validationReason(err); reason != "" {
+			a.Metrics.ValidationFailed(server, reason)
+		}
+		if bulk.IsRetryable(err) {
+			a.Metrics.FileRetried(server, errorType(te))
+		}
+		return FileResult{}, te
+	}
+	rec.Emit("download_complete", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+		"resourceCount": res.Resources, "fileSize": res.Bytes, "objects": len(res.Parts), "resumed": res.Resumed})
+	if item.Kind == KindOutput {
+		a.Metrics.FileDownloaded(server, item.Type, res.Resources, res.Bytes)
 	}
 	res.Index = in.Index
 	res.Attempt = activity.GetInfo(ctx).Attempt
@@ -645,6 +676,8 @@ func chunkObject(i int) string { return fmt.Sprintf("%schunks/%06d.json", sink.W
 // DeleteJob tells the server the job is finished or cancelled (BD2 L287).
 // A job that is already gone is success.
 func (a *Activities) DeleteJob(ctx context.Context, in DeleteJobInput) error {
+	ctx, _, finish := a.begin(ctx, in.ServerRef, in.Target)
+	defer finish()
 	c, err := a.client(in.ServerRef)
 	if err != nil {
 		return err

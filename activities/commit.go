@@ -88,7 +88,17 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 		return CommitResult{}, retryable("Sink", err)
 	}
 	a.Logger.Info("run committed", "run", in.Run, "location", s.Location(in.Run), "files", len(files))
-	return a.finishCommit(ctx, s, in, len(files))
+	res, err := a.finishCommit(ctx, s, in, len(files))
+	if err == nil {
+		_, rec, finish := a.begin(ctx, ServerRef{Server: stringOf(in.Request["server"]), BaseURL: stringOf(in.Request["baseURL"])}, in.Target)
+		secs := time.Since(in.StartedAt).Seconds()
+		rec.Emit("export_complete", map[string]any{"transactionTime": in.Plan.TransactionTime, "files": m.Totals.Files,
+			"resources": m.Totals.Resources, "bytes": m.Totals.Bytes, "deleted": m.Totals.Deleted, "issues": m.Totals.Issues,
+			"duration": secs, "manifest": res.Manifest, "watermark": res.Watermark})
+		finish()
+		a.Metrics.ExportFinished(rec.Server(), "committed", secs)
+	}
+	return res, err
 }
 
 // finishCommit advances the watermark, strictly after the manifest: a crash
@@ -107,6 +117,11 @@ func (a *Activities) finishCommit(ctx context.Context, s sink.Sink, in CommitInp
 		}
 	}
 	return res, nil
+}
+
+func stringOf(v any) string {
+	s, _ := v.(string)
+	return s
 }
 
 func readChunks(ctx context.Context, s sink.Sink, run string, chunks int) ([]FileResult, error) {

@@ -66,6 +66,15 @@ func temporalError(err error) error {
 	})
 }
 
+// errorType is the Temporal type of an activity error, for audit and metrics.
+func errorType(err error) string {
+	var ae *temporal.ApplicationError
+	if errors.As(err, &ae) {
+		return ae.Type()
+	}
+	return "Unknown"
+}
+
 func permanent(typ string, err error) error {
 	return temporal.NewApplicationErrorWithOptions(err.Error(), typ, temporal.ApplicationErrorOptions{NonRetryable: true})
 }

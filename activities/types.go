@@ -22,6 +22,7 @@ type Target struct {
 // KickoffInput starts an export on the server.
 type KickoffInput struct {
 	ServerRef
+	Target
 	Level                 string   `json:"level,omitempty"`
 	Group                 string   `json:"group,omitempty"`
 	Types                 []string `json:"types,omitempty"`
@@ -155,5 +156,6 @@ type CommitResult struct {
 // DeleteJobInput asks the server to drop an export job.
 type DeleteJobInput struct {
 	ServerRef
+	Target
 	StatusURL string `json:"statusURL"`
 }

@@ -9,10 +9,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"go.temporal.io/sdk/client"
@@ -38,6 +40,7 @@ func main() {
 	output := envflag.String(fs, "output", "BULKFLOW_OUTPUT", "./bulkflow-output", "output root: where runs with no or a relative output location go")
 	maxActivities := envflag.Int(fs, "max-activities", "BULKFLOW_MAX_ACTIVITIES", 16, "concurrent activities (downloads) in this worker")
 	strict := envflag.Bool(fs, "only-configured-servers", "BULKFLOW_ONLY_CONFIGURED_SERVERS", false, "refuse base URLs that are not in the servers file")
+	auditStdout := envflag.Bool(fs, "audit-stdout", "BULKFLOW_AUDIT_STDOUT", false, "also print every audit event to stdout as NDJSON (the audit log in the output location is always written)")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
@@ -94,6 +97,9 @@ func main() {
 
 	acts := activities.New(reg, *output, logger)
 	acts.Metrics = rec // nil (metrics disabled) records nothing
+	if *auditStdout {
+		acts.AuditLive = &lockedWriter{w: os.Stdout}
+	}
 	w := bulkworker.New(c, *taskQueue, acts, *maxActivities)
 	logger.Info("worker starting", slog.String("temporal", *address), slog.String("namespace", *namespace),
 		slog.String("task_queue", *taskQueue), slog.String("output", *output), slog.Int("servers", len(reg.Names())),
@@ -151,4 +157,16 @@ func codecKeyIDs(c *codec.Codec) []string {
 		return []string{}
 	}
 	return c.KeyIDs()
+}
+
+// lockedWriter serialises audit lines from concurrent activities.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

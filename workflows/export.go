@@ -124,7 +124,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		dctx, _ := workflow.NewDisconnectedContext(ctx)
 		jobDeleted := false
 		if st.StatusURL != "" && !opts.KeepJob {
-			jobDeleted = deleteJob(dctx, ref, st.StatusURL) == nil
+			jobDeleted = deleteJob(dctx, ref, target, st.StatusURL) == nil
 		}
 		actx := workflow.WithActivityOptions(dctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
 			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "remove staged files"})
@@ -176,7 +176,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 				Summary: "kick-off",
 			})
 			var kr activities.KickoffResult
-			kin := activities.KickoffInput{ServerRef: ref, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
+			kin := activities.KickoffInput{ServerRef: ref, Target: target, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
 				Since: st.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
 				OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
 			if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
@@ -313,7 +313,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	}
 	if !opts.KeepJob {
 		// BD2 L287: DELETE signals the client is done; a failure here loses no data.
-		if derr := deleteJob(ctx, ref, st.StatusURL); derr != nil {
+		if derr := deleteJob(ctx, ref, target, st.StatusURL); derr != nil {
 			res.Warnings = append(res.Warnings, "could not delete the export job on the server: "+derr.Error())
 		} else {
 			res.JobDeleted = true
@@ -386,10 +386,10 @@ func isType(err error, typ string) bool {
 
 func chunkID(parent string, chunk int) string { return fmt.Sprintf("%s/chunk-%05d", parent, chunk) }
 
-func deleteJob(ctx workflow.Context, ref activities.ServerRef, statusURL string) error {
+func deleteJob(ctx workflow.Context, ref activities.ServerRef, target activities.Target, statusURL string) error {
 	dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "delete server job"})
-	err := workflow.ExecuteActivity(dctx, a.DeleteJob, activities.DeleteJobInput{ServerRef: ref, StatusURL: statusURL}).Get(ctx, nil)
+	err := workflow.ExecuteActivity(dctx, a.DeleteJob, activities.DeleteJobInput{ServerRef: ref, Target: target, StatusURL: statusURL}).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("could not delete the export job on the server", "error", err)
 	}

@@ -83,7 +83,9 @@ func (s *exportSuite) expectHappyEnd(p *activities.Plan) {
 		s.Equal(p.Files, in.Plan.Files)
 		return activities.CommitResult{Location: "/out/" + in.Run, Manifest: "/out/" + in.Run + "/_manifest.json", Files: in.Plan.Files}, nil
 	}).Once()
-	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/1"}).Return(nil).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.MatchedBy(func(in activities.DeleteJobInput) bool {
+		return in.StatusURL == "https://ehr.example/status/1" && in.BaseURL == input.BaseURL && in.Run != ""
+	})).Return(nil).Once()
 }
 
 func (s *exportSuite) result() ExportResult {
@@ -185,7 +187,9 @@ func (s *exportSuite) TestJobGoneIsRunAgain() {
 	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
 	s.env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
 	s.env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil).Once()
-	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/2"}).Return(nil).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.MatchedBy(func(in activities.DeleteJobInput) bool {
+		return in.StatusURL == "https://ehr.example/status/2" && in.BaseURL == input.BaseURL && in.Run != ""
+	})).Return(nil).Once()
 	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
 	r := s.result()
 	s.Equal(1, r.Restarts)
@@ -289,7 +293,9 @@ func (s *exportSuite) TestPermanentFileFailureCommitsNothing() {
 func (s *exportSuite) TestCancellationDeletesJobAndCleansStaging() {
 	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
 	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Wait: time.Hour}, nil)
-	s.env.OnActivity(a.DeleteJob, mock.Anything, activities.DeleteJobInput{ServerRef: activities.ServerRef{BaseURL: input.BaseURL}, StatusURL: "https://ehr.example/status/1"}).Return(nil).Once()
+	s.env.OnActivity(a.DeleteJob, mock.Anything, mock.MatchedBy(func(in activities.DeleteJobInput) bool {
+		return in.StatusURL == "https://ehr.example/status/1" && in.BaseURL == input.BaseURL && in.Run != ""
+	})).Return(nil).Once()
 	s.env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
 	s.env.RegisterDelayedCallback(s.env.CancelWorkflow, 3*time.Hour)
 	s.env.ExecuteWorkflow(BulkExportWorkflow, input)

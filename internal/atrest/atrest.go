@@ -187,6 +187,12 @@ func (e *encSink) WriteState(ctx context.Context, name string, data []byte) erro
 	return e.s.WriteState(ctx, name, data)
 }
 
+// Aux objects (audit logs) hold URLs without queries, counts and outcomes:
+// no PHI, and auditors must read them without the data key.
+func (e *encSink) CreateAux(ctx context.Context, name string) (sink.Writer, error) {
+	return e.s.CreateAux(ctx, name)
+}
+
 type encWriter struct {
 	w      sink.Writer
 	enc    io.WriteCloser

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bulkflow/bulkflow/internal/audit"
 	"github.com/bulkflow/bulkflow/internal/auth"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 )
@@ -144,6 +145,26 @@ func sameBase(a, b string) bool {
 
 // Client returns the protocol client for a server given by name, or by base
 // URL (matched against the configured servers first).
+// ClientID is the OAuth client_id the worker uses for the server (for audit
+// events; never a secret), "" without client credentials.
+func (r *Registry) ClientID(name, baseURL string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.servers[name]
+	if !ok && baseURL != "" {
+		for _, c := range r.servers {
+			if sameBase(c.BaseURL, baseURL) {
+				s, ok = c, true
+				break
+			}
+		}
+	}
+	if !ok {
+		return ""
+	}
+	return s.Auth.ClientID
+}
+
 // DefaultMaxConcurrentDownloads is the per-server, per-worker download cap.
 const DefaultMaxConcurrentDownloads = 16
 
@@ -245,6 +266,7 @@ func (r *Registry) build(s Server) (*bulk.Client, error) {
 		HTTP:      auth.Client(plain, ts),
 		FileHTTP:  plain,
 		UserAgent: r.UserAgent,
+		Observe:   audit.Observe, // every exchange lands in the calling activity's audit trail
 	}
 	if s.RetryAfterMin != "" {
 		c.MinRetryAfter, _ = time.ParseDuration(s.RetryAfterMin)

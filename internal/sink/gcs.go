@@ -346,6 +346,18 @@ func (g *GCS) list(ctx context.Context, prefix string) (map[string]*storage.Obje
 // Location implements Sink.
 func (g *GCS) Location(run string) string { return g.url(g.finalPrefix(run)) }
 
+// CreateAux implements Sink.
+func (g *GCS) CreateAux(ctx context.Context, name string) (Writer, error) {
+	if err := CheckAux(name); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	w := g.bucket.Object(g.prefix + name).NewWriter(wctx)
+	w.ChunkSize = g.opts.ChunkSize
+	w.KMSKeyName = g.opts.KMSKeyName
+	return &gcsWriter{w: w, cancel: cancel, loc: g.url(g.prefix + name)}, nil
+}
+
 // ReadState implements Sink.
 func (g *GCS) ReadState(ctx context.Context, name string) ([]byte, error) {
 	if err := CheckRun(name); err != nil {

@@ -250,6 +250,25 @@ func (l *Local) Abort(ctx context.Context, run string) error {
 // Location implements Sink.
 func (l *Local) Location(run string) string { return filepath.Join(l.Root, run) }
 
+// CreateAux implements Sink.
+func (l *Local) CreateAux(ctx context.Context, name string) (Writer, error) {
+	if err := CheckAux(name); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(l.Root, filepath.FromSlash(name))
+	tmpDir := filepath.Join(l.Root, ".staging", "_aux")
+	for _, d := range []string{filepath.Dir(final), tmpDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("create %s: %w", name, err)
+		}
+	}
+	f, err := os.CreateTemp(tmpDir, "aux-")
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w", name, err)
+	}
+	return &localWriter{f: f, tmp: f.Name(), final: final}, nil
+}
+
 // ReadState implements Sink.
 func (l *Local) ReadState(ctx context.Context, name string) ([]byte, error) {
 	if err := CheckRun(name); err != nil {

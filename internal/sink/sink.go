@@ -50,6 +50,21 @@ type Sink interface {
 	// WriteState replaces state object name atomically: readers see the
 	// old or the new content, never a mix.
 	WriteState(ctx context.Context, name string, data []byte) error
+	// CreateAux opens an object beside the runs, such as an audit log
+	// fragment "_audit/<run>/<part>.ndjson"; it appears when closed. Names
+	// must start with "_".
+	CreateAux(ctx context.Context, name string) (Writer, error)
+}
+
+// CheckAux rejects aux object names that could collide with runs.
+func CheckAux(name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(name, "_") || strings.HasPrefix(name, WorkPrefix) {
+		return fmt.Errorf("aux object %q must start with '_' (and not %s)", name, WorkPrefix)
+	}
+	return nil
 }
 
 // StateDir holds state objects beside the runs of an output location.
