@@ -147,7 +147,11 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	// exists, so they are dropped and a new job is kicked off.
 	restart := func(why string, cause error) error {
 		if st.Restarts >= maxRestarts {
-			return fmt.Errorf("%s, and the export was already run again %d times; giving up: %w", why, st.Restarts, cause)
+			msg := fmt.Sprintf("%s, and the export was already run again %d times; giving up", why, st.Restarts)
+			if cause == nil {
+				return temporal.NewNonRetryableApplicationError(msg, "ExportLost", nil)
+			}
+			return temporal.NewNonRetryableApplicationError(msg+": "+cause.Error(), "ExportLost", cause)
 		}
 		st.Restarts++
 		st.Warnings = append(st.Warnings, fmt.Sprintf("%s; the export was run again (restart %d)", why, st.Restarts))

@@ -50,6 +50,12 @@ type TokenError struct {
 	URI         string // "error_uri"
 }
 
+// Permanent reports that retrying cannot help: the server rejected the
+// credentials or the request (4xx). The protocol client classifies by it.
+func (e *TokenError) Permanent() bool {
+	return e.StatusCode >= 400 && e.StatusCode < 500 && e.StatusCode != 429
+}
+
 func (e *TokenError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "token endpoint %s: HTTP %d", e.TokenURL, e.StatusCode)

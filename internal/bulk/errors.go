@@ -2,6 +2,8 @@ package bulk
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -124,6 +126,20 @@ func KindOf(err error) ErrorKind {
 		return KindTransient
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return KindTruncated
+	}
+	// Checked before net.Error: http.Client wraps everything in *url.Error,
+	// which is a net.Error, and a rejected login or a certificate the
+	// server refuses will not fix itself on retry.
+	var perm interface{ Permanent() bool }
+	if errors.As(err, &perm) && perm.Permanent() {
+		return KindPermanent
+	}
+	var certErr *tls.CertificateVerificationError
+	var alert tls.AlertError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	if errors.As(err, &certErr) || errors.As(err, &alert) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) {
+		return KindPermanent
 	}
 	var ne net.Error
 	if errors.As(err, &ne) {

@@ -2,10 +2,14 @@ package bulk
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -64,6 +68,30 @@ func TestObserveSeesEveryExchange(t *testing.T) {
 		}
 		if strings.Contains(got[i].URL, "s3cret") {
 			t.Errorf("query string reached Observe: %s", got[i].URL)
+		}
+	}
+}
+
+type permanentErr struct{}
+
+func (permanentErr) Error() string   { return "invalid_client" }
+func (permanentErr) Permanent() bool { return true }
+
+// A rejected login surfaces through http.Client as a *url.Error (a
+// net.Error); it must still be permanent, and a TLS refusal too.
+func TestKindOfLooksInsideTransportErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want ErrorKind
+	}{
+		{"token rejected", &url.Error{Op: "Get", URL: "u", Err: permanentErr{}}, KindPermanent},
+		{"tls alert", &url.Error{Op: "Get", URL: "u", Err: tls.AlertError(116)}, KindPermanent},
+		{"unknown CA", &url.Error{Op: "Get", URL: "u", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}, KindPermanent},
+		{"reset", &url.Error{Op: "Get", URL: "u", Err: syscall.ECONNRESET}, KindTransient},
+	} {
+		if got := KindOf(transportError("kickoff", "u", tc.err)); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -80,4 +80,3 @@ func firstPatient(t *testing.T, srv *testsuite.Server) string {
 	t.Fatal("no patients")
 	return ""
 }
-

@@ -77,7 +77,7 @@ func TestExportToGCS(t *testing.T) {
 	prefix := strings.TrimPrefix(res.Location, "gs://lake/") + "/"
 	bucket := client.Bucket("lake")
 	open := verify.OpenFunc(func(name string) (io.ReadCloser, error) {
-		return bucket.Object(prefix+name).NewReader(context.Background())
+		return bucket.Object(prefix + name).NewReader(context.Background())
 	})
 	rep, err := verify.FS(open, true)
 	if err != nil {
