@@ -9,7 +9,7 @@ TEMPORAL_CLI := $(BIN)/temporal
 # that `go install` refuses.
 TEMPORAL_CLI_VERSION := v1.5.1
 
-.PHONY: demo test test-short vet bench temporal-cli clean
+.PHONY: demo test test-short vet bench bench-smoke scale temporal-cli clean
 
 $(TEMPORAL_CLI):
 	@echo "Installing the Temporal CLI $(TEMPORAL_CLI_VERSION) into $(BIN) (first run only; builds from source, a few minutes)..."
@@ -27,6 +27,19 @@ test: $(TEMPORAL_CLI)
 # Unit tests only: no Temporal dev server needed.
 test-short:
 	$(GO) test -short ./...
+
+# End-to-end benchmark: Temporal dev server + test FHIR server + the real
+# worker as a subprocess; every run verified (docs/benchmarks.md).
+bench: $(TEMPORAL_CLI)
+	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) $(GO) run ./testsuite/bench
+
+# The same scenarios, tiny (< 1 minute).
+bench-smoke: $(TEMPORAL_CLI)
+	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) $(GO) run ./testsuite/bench -scale 0.02 -runs 1
+
+# ~1,000,000 resources end to end, exact counts verified (docs/scale.md). Not for CI.
+scale: $(TEMPORAL_CLI)
+	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) $(GO) run ./testsuite/bench -scenarios scale -runs 1
 
 clean:
 	rm -rf bulkflow-demo bulkflow-output
