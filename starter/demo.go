@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	sdktest "go.temporal.io/sdk/testsuite"
 
 	"github.com/bulkflow/bulkflow/activities"
@@ -86,7 +87,8 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	// 4. The export.
 	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405Z")
 	in := workflows.ExportInput{BaseURL: srv.BaseURL(), Output: outAbs}
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue, StaticSummary: "bulkflow demo export"}, workflows.BulkExportWorkflow, in)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue, StaticSummary: "bulkflow demo export",
+		StaticDetails: staticDetails(in), TypedSearchAttributes: startAttributes(ctx, c, "default", in, stdout)}, workflows.BulkExportWorkflow, in)
 	if err != nil {
 		fmt.Fprintln(stderr, "starter demo: start workflow:", err)
 		return exitFailed
@@ -181,9 +183,11 @@ func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Wr
 		ClientOptions: &client.Options{HostPort: address, Logger: quietLogger()},
 		EnableUI:      true,
 		UIPort:        uiPort,
-		LogLevel:      "error",
-		Stdout:        logf,
-		Stderr:        logf,
+		// So exports are searchable by server, level, phase and types in the UI.
+		SearchAttributes: demoSearchAttributes(),
+		LogLevel:         "error",
+		Stdout:           logf,
+		Stderr:           logf,
 	})
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("start the Temporal dev server (log: %s): %w", logf.Name(), err)
@@ -207,4 +211,8 @@ func findTemporalCLI(explicit string) (string, error) {
 		return p, nil
 	}
 	return "", errors.New("no Temporal CLI found: run `make demo` (it installs one into ./bin), or set BULKFLOW_TEMPORAL_CLI")
+}
+
+func demoSearchAttributes() temporal.SearchAttributes {
+	return workflows.StartSearchAttributes(workflows.ExportInput{Server: "demo", Types: []string{"Patient"}})
 }

@@ -72,7 +72,9 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: *id, TaskQueue: *tf.taskQueue,
-		StaticSummary: fmt.Sprintf("FHIR %s export from %s", in.Level, serverLabel(in)),
+		StaticSummary:         fmt.Sprintf("FHIR %s export from %s", in.Level, serverLabel(in)),
+		StaticDetails:         staticDetails(in),
+		TypedSearchAttributes: startAttributes(ctx, c, *tf.namespace, in, stderr),
 	}, workflows.BulkExportWorkflow, in)
 	if err != nil {
 		fmt.Fprintf(stderr, "starter export: start workflow: %v\n", err)

@@ -122,6 +122,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		}
 		// Cleanup must run even though ctx may be cancelled.
 		dctx, _ := workflow.NewDisconnectedContext(ctx)
+		setPhase(dctx, phase, fmt.Sprintf("**%s**; staged files are being removed, nothing was committed", phase))
 		jobDeleted := false
 		if st.StatusURL != "" && !opts.KeepJob {
 			jobDeleted = deleteJob(dctx, ref, target, st.StatusURL) == nil
@@ -170,7 +171,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		// Kick-off.
 		if st.StatusURL == "" {
 			phase = PhaseKickoff
-			workflow.SetCurrentDetails(ctx, "Starting the export on the FHIR server")
+			setPhase(ctx, phase, "**Kick-off**: starting the export on the FHIR server")
 			kctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 				StartToCloseTimeout: 5 * time.Minute,
 				// 429 "export already running" is waited out (NextRetryDelay from
@@ -211,7 +212,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 				st.Plan = pr.Plan
 				break
 			}
-			workflow.SetCurrentDetails(ctx, fmt.Sprintf("Waiting for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
+			setPhase(ctx, phase, fmt.Sprintf("**Waiting** for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
 			if err := workflow.NewTimerWithOptions(ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(ctx, nil); err != nil {
 				return nil, err
 			}
@@ -241,7 +242,8 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			}
 			first := st.NextChunk * opts.FilesPerChunk
 			count := min(opts.FilesPerChunk, st.Plan.Files-first)
-			workflow.SetCurrentDetails(ctx, fmt.Sprintf("Downloading files %d-%d of %d", first+1, first+count, st.Plan.Files))
+			setPhase(ctx, phase, fmt.Sprintf("**Downloading** files %d-%d of %d; so far %d files, %d resources, %d bytes, %d retries",
+				first+1, first+count, st.Plan.Files, st.Totals.Files, st.Totals.ResourceCount(), st.Totals.Bytes, st.Totals.Retries))
 			id := chunkID(info.WorkflowExecution.ID, st.NextChunk)
 			if st.Restarts > 0 || st.PlanVersion > 0 {
 				id = fmt.Sprintf("%s-r%dv%d", id, st.Restarts, st.PlanVersion)
@@ -295,7 +297,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 
 	// Commit: the run becomes visible, with _manifest.json last.
 	phase = PhaseCommitting
-	workflow.SetCurrentDetails(ctx, "Committing the run")
+	setPhase(ctx, phase, "**Committing** the run: promoting staged files, then _manifest.json")
 	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
 	var cres activities.CommitResult
@@ -324,7 +326,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		}
 	}
 	phase = PhaseDone
-	workflow.SetCurrentDetails(ctx, fmt.Sprintf("Committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
+	setPhase(ctx, phase, fmt.Sprintf("**Done**: committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
 	return res, nil
 }
 

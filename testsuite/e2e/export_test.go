@@ -122,8 +122,12 @@ func TestCancelDeletesJobAndCommitsNothing(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(out)
 	for _, e := range entries {
-		if e.Name() != ".staging" {
+		if e.Name() != ".staging" && e.Name() != "_audit" {
 			t.Errorf("cancelled run left %s in the output", e.Name())
 		}
+	}
+	// The audit trail of a cancelled run is kept: kick-off, polls, DELETE.
+	if trail, _ := filepath.Glob(filepath.Join(out, "_audit", "*", "*.ndjson")); len(trail) == 0 {
+		t.Error("no audit trail for the cancelled run")
 	}
 }

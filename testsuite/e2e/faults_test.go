@@ -427,8 +427,6 @@ func TestFaultExpiredLinksAndLostJobs(t *testing.T) {
 		opts:    testsuite.Options{Faults: "file:Patient=gone"},
 		wantErr: []string{"a file link expired", "manifest refreshes did not help", "giving up"},
 		check:   wantKickoffs(3),
-		bug: `workflows/export.go: refreshPlan calls restart(..., nil) and restart formats the cause with %w, so the run fails with ` +
-			`"a file link expired and 3 manifest refreshes did not help, and the export was already run again 2 times; giving up: %!w(<nil>)"`,
 	}, {
 		name:   "job-lost-mid-download",
 		opts:   testsuite.Options{ExportDuration: time.Second, RetryAfter: 500 * time.Millisecond, Faults: "file:Observation=gone@1; manifest=notfound@2-"},

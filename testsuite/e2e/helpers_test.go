@@ -61,7 +61,8 @@ func startWorker(t *testing.T, output string) (string, worker.Worker) {
 func start(t *testing.T, queue string, in workflows.ExportInput) client.WorkflowRun {
 	t.Helper()
 	id := fmt.Sprintf("%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), time.Now().UnixNano())
-	run, err := tclient.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: id, TaskQueue: queue}, workflows.BulkExportWorkflow, in)
+	run, err := tclient.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: id, TaskQueue: queue,
+		TypedSearchAttributes: workflows.StartSearchAttributes(in)}, workflows.BulkExportWorkflow, in)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
 	sdktest "go.temporal.io/sdk/testsuite"
+
+	"github.com/bulkflow/bulkflow/workflows"
 )
 
 var (
@@ -39,8 +41,10 @@ func TestMain(m *testing.M) {
 		ExistingPath:  cli,
 		ClientOptions: &client.Options{Logger: sdklog.NewStructuredLogger(slog.New(slog.DiscardHandler))},
 		LogLevel:      "error",
-		Stdout:        logf,
-		Stderr:        logf,
+		// bulkflow's search attributes, so exports exercise the ExportPhase upserts.
+		SearchAttributes: workflows.StartSearchAttributes(workflows.ExportInput{Server: "x", Types: []string{"Patient"}}),
+		Stdout:           logf,
+		Stderr:           logf,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: start the Temporal dev server (%s; log %s): %v\n", cli, logf.Name(), err)
