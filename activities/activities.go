@@ -5,6 +5,7 @@ package activities
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -27,6 +28,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 
+	"github.com/bulkflow/bulkflow/internal/atrest"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
@@ -49,6 +51,10 @@ type Activities struct {
 	CheckpointBytes int64
 	// Metrics records Prometheus metrics (internal/metrics); nil records none.
 	Metrics *metrics.Recorder
+	// Keyset, when set, encrypts every staged and committed object at rest
+	// (Tink streaming AEAD; internal/atrest). Manifests, watermarks and
+	// audit logs stay readable: they hold no PHI.
+	Keyset *atrest.Keyset
 	// AuditLive, when set, gets a live copy of every audit event (e.g.
 	// stdout); the audit log in the output location is always written.
 	AuditLive io.Writer
@@ -114,6 +120,9 @@ func (a *Activities) sinkFor(output string) (sink.Sink, error) {
 	s, err := sink.Open(loc)
 	if err != nil {
 		return nil, permanent("Config", err)
+	}
+	if a.Keyset != nil {
+		s = atrest.Wrap(s, a.Keyset)
 	}
 	if a.sinks == nil {
 		a.sinks = map[string]sink.Sink{}
@@ -508,6 +517,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
 			}
 			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
+		}
+		if layout.CheckSubsetted && item.Kind == KindOutput && !bytes.Contains(line, subsetted) {
+			res.Unsubsetted++
 		}
 		switch item.Kind {
 		case KindError:

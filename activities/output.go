@@ -2,6 +2,7 @@ package activities
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -34,8 +35,15 @@ type Layout struct {
 	// Hive-style <Type>/year=YYYY/month=MM/ folders.
 	PartitionBy string `json:"partitionBy,omitempty"`
 
+	// CheckSubsetted counts resources without the SUBSETTED tag: with
+	// _elements, a lenient server may have ignored the parameter and sent
+	// more data than asked (data minimisation).
+	CheckSubsetted bool `json:"checkSubsetted,omitempty"`
+
 	transactionTime string // from the plan, not the caller
 }
+
+var subsetted = []byte(`"SUBSETTED"`)
 
 func (l Layout) plain() bool {
 	return (l.Format == "" || l.Format == "ndjson") && !l.Gzip && l.PartitionBy == ""
@@ -139,6 +147,9 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
 			}
 			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
+		}
+		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
+			res.Unsubsetted++
 		}
 		if err := lw.Write(line, m); err != nil {
 			return fail(bulk.KindTransient, "write lake objects", err)

@@ -118,6 +118,8 @@ type FileResult struct {
 	Severity map[string]int64 `json:"severity,omitempty"`
 	// Deleted counts deletions by resource type (deleted files).
 	Deleted map[string]int64 `json:"deleted,omitempty"`
+	// Unsubsetted counts resources without the SUBSETTED tag (with _elements).
+	Unsubsetted int64 `json:"unsubsetted,omitempty"`
 	// Parts are the objects the file became in the lake.
 	Parts []Part `json:"parts,omitempty"`
 }

@@ -22,6 +22,7 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/atrest"
 	"github.com/bulkflow/bulkflow/internal/bulkworker"
 	"github.com/bulkflow/bulkflow/internal/codec"
 	"github.com/bulkflow/bulkflow/internal/envflag"
@@ -40,6 +41,7 @@ func main() {
 	output := envflag.String(fs, "output", "BULKFLOW_OUTPUT", "./bulkflow-output", "output root: where runs with no or a relative output location go")
 	maxActivities := envflag.Int(fs, "max-activities", "BULKFLOW_MAX_ACTIVITIES", 16, "concurrent activities (downloads) in this worker")
 	strict := envflag.Bool(fs, "only-configured-servers", "BULKFLOW_ONLY_CONFIGURED_SERVERS", false, "refuse base URLs that are not in the servers file")
+	keysetFile := envflag.String(fs, "encrypt-keyset", "BULKFLOW_ENCRYPT_KEYSET", "", "Tink keyset file (starter keygen): encrypt every output file at rest; read them back with starter decrypt")
 	auditStdout := envflag.Bool(fs, "audit-stdout", "BULKFLOW_AUDIT_STDOUT", false, "also print every audit event to stdout as NDJSON (the audit log in the output location is always written)")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
@@ -97,6 +99,14 @@ func main() {
 
 	acts := activities.New(reg, *output, logger)
 	acts.Metrics = rec // nil (metrics disabled) records nothing
+	if *keysetFile != "" {
+		ks, err := atrest.LoadKeyset(*keysetFile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(2)
+		}
+		acts.Keyset = ks
+	}
 	if *auditStdout {
 		acts.AuditLive = &lockedWriter{w: os.Stdout}
 	}

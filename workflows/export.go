@@ -3,6 +3,8 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"time"
 
 	"go.temporal.io/api/enums/v1"
@@ -314,9 +316,12 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 	res = &ExportResult{Status: "committed", Run: st.Run, Location: cres.Location, Manifest: cres.Manifest,
 		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls, Restarts: st.Restarts, Warnings: st.Warnings,
 		Since: st.Since, SinceFrom: st.SinceFrom, Watermark: cres.Watermark}
-	for sev, n := range st.Totals.Issues {
-		res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
+	for _, sev := range []string{"fatal", "error", "warning", "information"} {
+		if n := st.Totals.Issues[sev]; n > 0 {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
+		}
 	}
+	res.Warnings = append(res.Warnings, minimisationWarnings(in, st)...)
 	if !opts.KeepJob {
 		// BD2 L287: DELETE signals the client is done; a failure here loses no data.
 		if derr := deleteJob(ctx, ref, target, st.StatusURL); derr != nil {
@@ -388,6 +393,33 @@ func isType(err error, typ string) bool {
 		}
 	}
 	return false
+}
+
+// minimisationWarnings flags data the request did not ask for: types
+// outside _type, and resources without the SUBSETTED tag despite _elements
+// (BD2 L177: the server SHOULD mark subsetted resources).
+func minimisationWarnings(in ExportInput, st *ResumeState) []string {
+	var out []string
+	if len(in.Types) > 0 {
+		asked := map[string]bool{}
+		for _, t := range in.Types {
+			asked[t] = true
+		}
+		var extra []string
+		for typ := range st.Totals.Resources {
+			if !asked[typ] && st.Totals.Resources[typ] > 0 {
+				extra = append(extra, typ)
+			}
+		}
+		if len(extra) > 0 {
+			sort.Strings(extra)
+			out = append(out, fmt.Sprintf("the server returned resource types that were not requested (_type): %s", strings.Join(extra, ", ")))
+		}
+	}
+	if n := st.Totals.Unsubsetted; len(in.Elements) > 0 && n > 0 {
+		out = append(out, fmt.Sprintf("%d resources lack the SUBSETTED tag although _elements was sent: the server may have ignored _elements and returned more data than asked", n))
+	}
+	return out
 }
 
 func chunkID(parent string, chunk int) string { return fmt.Sprintf("%s/chunk-%05d", parent, chunk) }

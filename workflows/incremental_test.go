@@ -121,3 +121,26 @@ func TestIncrementalSeedAndValidation(t *testing.T) {
 		require.Error(t, bad.Validate(), fmt.Sprintf("%+v", bad))
 	}
 }
+
+func TestMinimisationWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   ExportInput
+		tot  Totals
+		want []string
+	}{
+		{"as asked", ExportInput{Types: []string{"Patient"}}, Totals{Resources: map[string]int64{"Patient": 3}}, nil},
+		{"extra type", ExportInput{Types: []string{"Patient"}}, Totals{Resources: map[string]int64{"Patient": 3, "Observation": 2}}, []string{"not requested (_type): Observation"}},
+		{"no _type asks for all", ExportInput{}, Totals{Resources: map[string]int64{"Observation": 2}}, nil},
+		{"elements ignored", ExportInput{Elements: []string{"id"}}, Totals{Unsubsetted: 7}, []string{"7 resources lack the SUBSETTED tag"}},
+		{"elements honoured", ExportInput{Elements: []string{"id"}}, Totals{}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := minimisationWarnings(tc.in, &ResumeState{Totals: tc.tot})
+			require.Len(t, got, len(tc.want))
+			for i, w := range tc.want {
+				require.Contains(t, got[i], w)
+			}
+		})
+	}
+}

@@ -104,16 +104,20 @@ type ResumeState struct {
 
 // Totals are the running sums of a run.
 type Totals struct {
-	Files     int              `json:"files"`
-	Bytes     int64            `json:"bytes"`
-	Retries   int              `json:"retries"`
-	Resources map[string]int64 `json:"resources,omitempty"`
-	Deleted   map[string]int64 `json:"deleted,omitempty"`
-	Issues    map[string]int64 `json:"issues,omitempty"`
+	Files int `json:"files"`
+	// Unsubsetted counts resources that lack the SUBSETTED tag although
+	// _elements was asked (a lenient server ignored it).
+	Unsubsetted int64            `json:"unsubsetted,omitempty"`
+	Bytes       int64            `json:"bytes"`
+	Retries     int              `json:"retries"`
+	Resources   map[string]int64 `json:"resources,omitempty"`
+	Deleted     map[string]int64 `json:"deleted,omitempty"`
+	Issues      map[string]int64 `json:"issues,omitempty"`
 }
 
 func (t *Totals) add(f activities.FileResult) {
 	t.Files++
+	t.Unsubsetted += f.Unsubsetted
 	t.Bytes += f.Bytes
 	if f.Attempt > 1 {
 		t.Retries += int(f.Attempt - 1)
@@ -130,6 +134,7 @@ func (t *Totals) add(f activities.FileResult) {
 
 func (t *Totals) merge(o Totals) {
 	t.Files += o.Files
+	t.Unsubsetted += o.Unsubsetted
 	t.Bytes += o.Bytes
 	t.Retries += o.Retries
 	t.Resources = addTo(t.Resources, o.Resources)
@@ -298,7 +303,7 @@ func (in *ExportInput) Validate() error {
 }
 
 func (in *ExportInput) layout() activities.Layout {
-	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy}
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0}
 }
 
 func (o Options) withDefaults() Options {

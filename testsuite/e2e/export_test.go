@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,5 +130,22 @@ func TestCancelDeletesJobAndCommitsNothing(t *testing.T) {
 	// The audit trail of a cancelled run is kept: kick-off, polls, DELETE.
 	if trail, _ := filepath.Glob(filepath.Join(out, "_audit", "*", "*.ndjson")); len(trail) == 0 {
 		t.Error("no audit trail for the cancelled run")
+	}
+}
+
+// _elements flows to the server; its resources come back tagged SUBSETTED,
+// so the run carries no data-minimisation warning.
+func TestElementsAreSubsetted(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 10, LargeAttachments: -1})
+	queue, _ := startWorker(t, t.TempDir())
+	res := runExport(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Types: []string{"Observation"}, Elements: []string{"status"}})
+	if res.Totals.ResourceCount() == 0 || res.Totals.Unsubsetted != 0 {
+		t.Fatalf("%d resources, %d without SUBSETTED", res.Totals.ResourceCount(), res.Totals.Unsubsetted)
+	}
+	for _, w := range res.Warnings {
+		if strings.Contains(w, "SUBSETTED") || strings.Contains(w, "not requested") {
+			t.Errorf("unexpected warning: %s", w)
+		}
 	}
 }
