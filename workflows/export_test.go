@@ -13,8 +13,10 @@ import (
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/suite"
 	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/bulkflow/bulkflow/activities"
 )
@@ -502,4 +504,39 @@ func (s *exportSuite) TestSetConcurrencyUpdate() {
 	s.Equal(8, firstWave, "the default window starts 8 downloads")
 	s.Greater(peakAfter, 0, "downloads started after the update")
 	s.LessOrEqual(peakAfter, 2, "after setConcurrency 2, a new download starts only when fewer than 2 run")
+}
+
+// A long wait continues as new before history grows: the next run carries
+// the status URL and the poll count, so it polls the same job and never
+// kicks off a second export.
+func (s *exportSuite) TestLongWaitContinuesAsNewWithTheSameJob() {
+	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Progress: "10%", Wait: time.Hour}, nil).Once()
+	s.env.SetContinueAsNewSuggested(true)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := s.env.GetWorkflowError()
+	var can *workflow.ContinueAsNewError
+	s.Require().True(errors.As(err, &can), "want continue-as-new, got %v", err)
+	var next ExportInput
+	s.Require().NoError(converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+	s.Require().NotNil(next.Resume)
+	s.Equal("https://ehr.example/status/1", next.Resume.StatusURL)
+	s.Equal(1, next.Resume.Polls)
+	s.Equal("10%", next.Resume.Progress)
+	s.Equal(input.Types, next.Types, "the request travels unchanged")
+}
+
+func (s *exportSuite) TestResumedRunPollsTheSameJob() {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	in := input
+	in.Resume = &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 500, Run: "r1"}
+	s.env.OnActivity(a.PollStatus, mock.Anything, mock.MatchedBy(func(pi activities.PollInput) bool {
+		return pi.StatusURL == "https://ehr.example/status/1" && pi.Run == "r1"
+	})).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, in)
+	r := s.result()
+	s.Equal(501, r.Polls)
+	s.env.AssertNotCalled(s.T(), "Kickoff", mock.Anything, mock.Anything)
 }
