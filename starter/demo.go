@@ -37,6 +37,8 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	patients := fs.Int("patients", 1000, "synthetic patients on the test FHIR server")
 	out := fs.String("out", "./bulkflow-demo", "output directory")
+	format := fs.String("format", "ndjson", "output format: ndjson, parquet or both")
+	partitionBy := fs.String("partition-by", "", "Hive partitions: transactionTime or lastUpdated (default none)")
 	keep := fs.Bool("keep", false, "leave Temporal, the FHIR server and the worker running until Ctrl-C")
 	address := fs.String("temporal-address", "127.0.0.1:7233", "Temporal dev server address (reused if one is already running there)")
 	uiPort := fs.String("ui-port", "8233", "Temporal UI port of a dev server started by the demo")
@@ -86,7 +88,11 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 
 	// 4. The export.
 	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405Z")
-	in := workflows.ExportInput{BaseURL: srv.BaseURL(), Output: outAbs}
+	in := workflows.ExportInput{BaseURL: srv.BaseURL(), Output: outAbs, Format: *format, PartitionBy: *partitionBy}
+	if err := in.Validate(); err != nil {
+		fmt.Fprintln(stderr, "starter demo:", err)
+		return exitUsage
+	}
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: queue, StaticSummary: "bulkflow demo export",
 		StaticDetails: staticDetails(in), TypedSearchAttributes: startAttributes(ctx, c, "default", in, stdout)}, workflows.BulkExportWorkflow, in)
 	if err != nil {
