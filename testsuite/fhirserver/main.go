@@ -97,6 +97,9 @@ func run() error {
 		o.Auth.Clients = []authserver.Client{{ID: *clientID, Secret: *clientSecret}}
 	}
 
+	// Catch signals before announcing the URL: whoever reads it may signal at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	srv, err := testsuite.NewServer(o)
 	if err != nil {
 		return err
@@ -113,8 +116,6 @@ func run() error {
 		fmt.Printf("CA certificate: %s\n", paths[authserver.FileCACert])
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	stop()
 	o.Logger.Info("shutting down")
