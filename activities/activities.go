@@ -500,23 +500,13 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
 	for {
-		line, err := r.Next()
+		line, _, err := nextResource(r, v, item, res.Resources)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			kind := bulk.KindOf(err)
-			if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
-				kind = bulk.KindTruncated
-			}
-			return fail(kind, fmt.Sprintf("%s: body ended after %d resources", item.Path, res.Resources), err)
-		}
-		if _, err := v.Check(line); err != nil {
-			if r.MissingFinalNewline() {
-				// A cut last line: the body stopped mid-resource.
-				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
-			}
-			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
+			keepPartial = bulk.KindOf(err) == bulk.KindTruncated || bulk.KindOf(err) == bulk.KindTransient
+			return FileResult{}, withURL(err, srcURL)
 		}
 		if layout.CheckSubsetted && item.Kind == KindOutput && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
@@ -611,6 +601,43 @@ func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration) (*th
 		}
 		activity.RecordHeartbeat(ctx, checkpoint{})
 	}
+}
+
+// nextResource reads and validates the next line of a file. Errors say
+// what was wrong and where: a body that ends early or a cut last line is
+// KindTruncated (fetch again), an invalid line KindInvalidContent (the
+// server's fault, naming the line), a transport failure keeps its kind.
+func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar int64) ([]byte, ndjson.Meta, error) {
+	line, err := r.Next()
+	if err == io.EOF {
+		return nil, ndjson.Meta{}, io.EOF
+	}
+	if err != nil {
+		kind := bulk.KindOf(err)
+		if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
+			kind = bulk.KindTruncated
+		}
+		return nil, ndjson.Meta{}, &bulk.Error{Op: "download", Kind: kind, Diagnostics: fmt.Sprintf("%s: body ended after %d resources", item.Path, sofar), Err: err}
+	}
+	m, err := v.Check(line)
+	if err != nil {
+		if r.MissingFinalNewline() {
+			// A cut last line: the body stopped mid-resource.
+			return nil, m, &bulk.Error{Op: "download", Kind: bulk.KindTruncated, Diagnostics: fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err)}
+		}
+		return nil, m, &bulk.Error{Op: "download", Kind: bulk.KindInvalidContent,
+			Diagnostics: fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err)}
+	}
+	return line, m, nil
+}
+
+// withURL names the source in a download error (the URL is redacted by the caller).
+func withURL(err error, srcURL string) error {
+	var be *bulk.Error
+	if errors.As(err, &be) && be.URL == "" {
+		be.URL = srcURL
+	}
+	return err
 }
 
 // checkpointBytes spaces durable checkpoints of a download.

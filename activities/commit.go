@@ -171,9 +171,9 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		case KindOutput:
 			m.Totals.Resources[f.Type] += f.Resources
 		case KindDeleted:
-			m.Totals.Deleted = addCounts(m.Totals.Deleted, f.Deleted)
+			m.Totals.Deleted = AddCounts(m.Totals.Deleted, f.Deleted)
 		case KindError:
-			m.Totals.Issues = addCounts(m.Totals.Issues, f.Severity)
+			m.Totals.Issues = AddCounts(m.Totals.Issues, f.Severity)
 		}
 	}
 	for _, sev := range []string{"fatal", "error", "warning", "information"} {
@@ -184,7 +184,8 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 	return m
 }
 
-func addCounts(dst, src map[string]int64) map[string]int64 {
+// AddCounts adds src into dst (allocated on first use) and returns it.
+func AddCounts(dst, src map[string]int64) map[string]int64 {
 	if len(src) == 0 {
 		return dst
 	}

@@ -130,23 +130,12 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
 	for {
-		line, err := r.Next()
+		line, m, err := nextResource(r, v, item, res.Resources)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			kind := bulk.KindOf(err)
-			if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
-				kind = bulk.KindTruncated
-			}
-			return fail(kind, fmt.Sprintf("%s: body ended after %d resources", item.Path, res.Resources), err)
-		}
-		m, err := v.Check(line)
-		if err != nil {
-			if r.MissingFinalNewline() {
-				return fail(bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err), nil)
-			}
-			return fail(bulk.KindInvalidContent, fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err), nil)
+			return FileResult{}, withURL(err, srcURL)
 		}
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++

@@ -124,11 +124,11 @@ func (t *Totals) add(f activities.FileResult) {
 	}
 	switch f.Kind {
 	case activities.KindOutput:
-		t.Resources = addTo(t.Resources, map[string]int64{f.Type: f.Resources})
+		t.Resources = activities.AddCounts(t.Resources, map[string]int64{f.Type: f.Resources})
 	case activities.KindDeleted:
-		t.Deleted = addTo(t.Deleted, f.Deleted)
+		t.Deleted = activities.AddCounts(t.Deleted, f.Deleted)
 	case activities.KindError:
-		t.Issues = addTo(t.Issues, f.Severity)
+		t.Issues = activities.AddCounts(t.Issues, f.Severity)
 	}
 }
 
@@ -137,9 +137,9 @@ func (t *Totals) merge(o Totals) {
 	t.Unsubsetted += o.Unsubsetted
 	t.Bytes += o.Bytes
 	t.Retries += o.Retries
-	t.Resources = addTo(t.Resources, o.Resources)
-	t.Deleted = addTo(t.Deleted, o.Deleted)
-	t.Issues = addTo(t.Issues, o.Issues)
+	t.Resources = activities.AddCounts(t.Resources, o.Resources)
+	t.Deleted = activities.AddCounts(t.Deleted, o.Deleted)
+	t.Issues = activities.AddCounts(t.Issues, o.Issues)
 }
 
 // ResourceCount sums resources over types.
@@ -149,19 +149,6 @@ func (t Totals) ResourceCount() int64 {
 		n += v
 	}
 	return n
-}
-
-func addTo(dst, src map[string]int64) map[string]int64 {
-	if len(src) == 0 {
-		return dst
-	}
-	if dst == nil {
-		dst = map[string]int64{}
-	}
-	for k, v := range src {
-		dst[k] += v
-	}
-	return dst
 }
 
 // ExportResult is what a finished run returns.

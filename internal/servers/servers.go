@@ -148,21 +148,25 @@ func sameBase(a, b string) bool {
 // ClientID is the OAuth client_id the worker uses for the server (for audit
 // events; never a secret), "" without client credentials.
 func (r *Registry) ClientID(name, baseURL string) string {
+	s, _ := r.lookup(name, baseURL)
+	return s.Auth.ClientID
+}
+
+// lookup finds a configured server by name, else by base URL.
+func (r *Registry) lookup(name, baseURL string) (Server, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.servers[name]
-	if !ok && baseURL != "" {
+	if s, ok := r.servers[name]; ok {
+		return s, true
+	}
+	if baseURL != "" {
 		for _, c := range r.servers {
 			if sameBase(c.BaseURL, baseURL) {
-				s, ok = c, true
-				break
+				return c, true
 			}
 		}
 	}
-	if !ok {
-		return ""
-	}
-	return s.Auth.ClientID
+	return Server{}, false
 }
 
 // DefaultMaxConcurrentDownloads is the per-server, per-worker download cap.
@@ -171,18 +175,7 @@ const DefaultMaxConcurrentDownloads = 16
 // MaxConcurrentDownloads is the download cap for the server a workflow
 // names (by name or base URL).
 func (r *Registry) MaxConcurrentDownloads(name, baseURL string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s, ok := r.servers[name]
-	if !ok && baseURL != "" {
-		for _, c := range r.servers {
-			if sameBase(c.BaseURL, baseURL) {
-				s, ok = c, true
-				break
-			}
-		}
-	}
-	if ok && s.MaxConcurrentDownloads > 0 {
+	if s, ok := r.lookup(name, baseURL); ok && s.MaxConcurrentDownloads > 0 {
 		return s.MaxConcurrentDownloads
 	}
 	return DefaultMaxConcurrentDownloads
