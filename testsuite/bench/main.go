@@ -95,6 +95,11 @@ func scenarios() []scenario {
 				return testsuite.Options{Patients: patients(2e9/obsBytesPerPatient, s), ResourcesPerFile: 1 << 30, LargeAttachments: -1, NoGzip: true}
 			},
 			types: []string{"Observation"}},
+		{Name: "large-file-parquet", About: "one ~2 GB Observation file, Parquet (zstd) out, identity on the wire",
+			opts: func(s float64) testsuite.Options {
+				return testsuite.Options{Patients: patients(2e9/obsBytesPerPatient, s), ResourcesPerFile: 1 << 30, LargeAttachments: -1, NoGzip: true}
+			},
+			types: []string{"Observation"}, input: workflows.ExportInput{Format: "parquet"}},
 		{Name: "small-files", About: "2,000 Observation files of 50 resources, NDJSON out, identity on the wire",
 			opts: func(s float64) testsuite.Options {
 				files := max(20, math.Round(2000*s))
