@@ -106,8 +106,11 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			if !progress.Receive(gctx, &p) {
 				return
 			}
-			if p.Chunk == st.NextChunk {
+			if p.Chunk == st.NextChunk && st.Plan != nil {
 				live = p.Totals
+				// Not a command: the UI's current details follow the downloads.
+				workflow.SetCurrentDetails(gctx, fmt.Sprintf("**Downloading**: %d of %d files; %d resources, %d bytes, %d retries",
+					st.Totals.Files+live.Files, st.Plan.Files, st.Totals.ResourceCount()+live.ResourceCount(), st.Totals.Bytes+live.Bytes, st.Totals.Retries+live.Retries))
 			}
 		}
 	})
