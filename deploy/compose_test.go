@@ -143,6 +143,7 @@ func TestComposeEnvironment(t *testing.T) {
 		{"worker", "BULKFLOW_TASK_QUEUE", "fhir-bulk-export"},
 		{"worker", "BULKFLOW_OUTPUT", "/data/out"},
 		{"worker", "BULKFLOW_SERVERS", "/etc/bulkflow/servers.json"},
+		{"worker", "BULKFLOW_METRICS_ADDR", ":9464"},
 		{"temporal", "DB", "postgres12"},
 		{"temporal", "DB_PORT", "5432"},
 		{"temporal", "POSTGRES_SEEDS", "postgresql"},
@@ -172,6 +173,7 @@ func TestComposePorts(t *testing.T) {
 		{"temporal", "7233", 7233},
 		{"temporal-ui", "8080", 8080},
 		{"fhirserver", "9090", 9090},
+		{"worker", "9464", 9464}, // Prometheus /metrics (BULKFLOW_METRICS_ADDR)
 	}
 	for _, tc := range tests {
 		t.Run(tc.service, func(t *testing.T) {
