@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -77,6 +78,22 @@ func New(reg *servers.Registry, outputRoot string, logger *slog.Logger) *Activit
 // PlanObject is the staged copy of the server's manifest, in plan order.
 const PlanObject = sink.WorkPrefix + "plan.json"
 
+// resolveOutput places a run's output location: "" is the worker's root, a
+// relative path goes under it (joined as a URL path for an object-storage
+// root: filepath.Join would fold "gs://" into "gs:/"), anything absolute
+// stands as given.
+func resolveOutput(root, output string) string {
+	switch {
+	case output == "":
+		return root
+	case strings.Contains(output, "://") || filepath.IsAbs(output):
+		return output
+	case strings.Contains(root, "://"):
+		return strings.TrimRight(root, "/") + "/" + path.Clean(output)
+	}
+	return filepath.Join(root, output)
+}
+
 // planObject names version v of the plan: refreshed manifests (fresh links
 // for expired files) are staged beside the first, never over it, so a
 // download still running with the old links reads a consistent plan.
@@ -105,13 +122,7 @@ type plannedFile struct {
 }
 
 func (a *Activities) sinkFor(output string) (sink.Sink, error) {
-	loc := output
-	switch {
-	case loc == "":
-		loc = a.OutputRoot
-	case !strings.Contains(loc, "://") && !filepath.IsAbs(loc):
-		loc = filepath.Join(a.OutputRoot, loc)
-	}
+	loc := resolveOutput(a.OutputRoot, output)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if s, ok := a.sinks[loc]; ok {
@@ -459,7 +470,10 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		defer tombs.abort()
 	}
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
-	r := ndjson.NewReader(f.Body)
+	// progress counts bytes off the wire, not whole lines: a 20 MB line on
+	// a slow link still shows it is alive.
+	var progress atomic.Int64
+	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 
 	// Heartbeats come from a ticker, not per line: one 20 MB line on a slow
@@ -468,7 +482,6 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	// heartbeat timeout.
 	var mu sync.Mutex
 	last := resumedFrom // until the next checkpoint, a retry resumes where this attempt did
-	var progress atomic.Int64
 	stop := make(chan struct{})
 	defer close(stop)
 	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
@@ -525,7 +538,6 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		}
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
-		progress.Store(res.Bytes)
 		if resumable != nil && !r.MissingFinalNewline() && (res.Bytes >= nextCheckpoint || time.Since(lastCheckpoint) >= every) {
 			// Durable before it is announced: a later attempt trusts it.
 			if err := bw.Flush(); err != nil {
@@ -640,6 +652,18 @@ func withURL(err error, srcURL string) error {
 	return err
 }
 
+// wireCounter counts the bytes read from a body, for heartbeats.
+type wireCounter struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (w *wireCounter) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	w.n.Add(int64(n))
+	return n, err
+}
+
 // checkpointBytes spaces durable checkpoints of a download.
 const checkpointBytes = 64 << 20
 
@@ -653,7 +677,7 @@ type checkpoint struct {
 	Hash      []byte           `json:"hash,omitempty"` // SHA-256 state of the staged bytes
 	Severity  map[string]int64 `json:"severity,omitempty"`
 	Deleted   map[string]int64 `json:"deleted,omitempty"`
-	Progress  int64            `json:"progress"` // staged bytes so far
+	Progress  int64            `json:"progress"` // bytes read from the server so far
 }
 
 func restoreHash(state []byte) (hash.Hash, error) {

@@ -276,3 +276,18 @@ func TestCommitWritesManifestFromChunkRecords(t *testing.T) {
 		t.Fatalf("retried commit: %v", err)
 	}
 }
+
+func TestResolveOutput(t *testing.T) {
+	for _, tc := range []struct{ root, out, want string }{
+		{"/data/lake", "", "/data/lake"},
+		{"/data/lake", "nightly", "/data/lake/nightly"},
+		{"/data/lake", "/abs/elsewhere", "/abs/elsewhere"},
+		{"/data/lake", "gs://b/p", "gs://b/p"},
+		{"gs://bucket/lake/", "nightly/epic", "gs://bucket/lake/nightly/epic"},
+		{"gs://bucket/lake", "", "gs://bucket/lake"},
+	} {
+		if got := resolveOutput(tc.root, tc.out); got != tc.want {
+			t.Errorf("resolveOutput(%q, %q) = %q, want %q", tc.root, tc.out, got, tc.want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -25,7 +26,7 @@ const (
 )
 
 // NonRetryable lists the error types no retry can fix.
-var NonRetryable = []string{ErrJobGone, ErrFileGone, ErrInvalidContent, ErrPermanent,
+var NonRetryable = []string{ErrJobGone, ErrFileGone, ErrInvalidContent, ErrPermanent, ErrUnauthorized,
 	"Config", "InvalidInput", "InvalidManifest", "PlanMissing"}
 
 // temporalError turns a protocol or sink error into a Temporal application
@@ -52,7 +53,10 @@ func temporalError(err error) error {
 	case bulk.KindFileGone:
 		typ, nonRetryable = ErrFileGone, true
 	case bulk.KindUnauthorized:
-		typ = ErrUnauthorized
+		// The auth transport already retried with a fresh token (or has none
+		// to refresh: a static bearer token), so the credentials are wrong.
+		typ, nonRetryable = ErrUnauthorized, true
+		err = fmt.Errorf("%w; the server refused the credentials even with a fresh token: check this server's auth in the worker's servers file", err)
 	case bulk.KindTruncated:
 		typ = ErrTruncatedFile
 	case bulk.KindInvalidContent:

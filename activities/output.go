@@ -124,7 +124,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery)
 	defer stop()
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
-	r := ndjson.NewReader(f.Body)
+	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
@@ -145,7 +145,6 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		}
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
-		progress.Store(res.Bytes)
 	}
 	if item.HasCount && res.Resources != item.Count {
 		return fail(bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count), nil)

@@ -28,7 +28,7 @@ non-zero exit what was printed is authentic but incomplete; discard it.`
 
 func runDecrypt(args []string, stdout, stderr io.Writer) int {
 	fs := newFS("decrypt", stderr)
-	ksPath := envflag.String(fs, "keyset", "BULKFLOW_KEYSET", "", "JSON keyset file (from `starter keygen`)")
+	ksPath := envflag.String(fs, "keyset", "BULKFLOW_KEYSET", "", "JSON keyset file (from starter keygen)")
 	name := fs.String("name", "", "object name the file was encrypted under (default: IN's last two path elements)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: starter decrypt -keyset FILE [-name OBJECT-NAME] IN [OUT]\n\n%s\n\nFlags:\n", decryptHelp)

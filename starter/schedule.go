@@ -252,7 +252,7 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 	tz := fs.String("time-zone", "", "IANA time zone for --cron, e.g. America/New_York (default UTC)")
 	overlap := fs.String("overlap", "skip", "when a run is due while the last one still runs: "+overlapNames)
 	catchup := fs.String("catchup-window", "1h", "how late a run missed while Temporal was unavailable may still start (at least 10s)")
-	pauseOnFailure := fs.Bool("pause-on-failure", false, "pause the schedule when a run fails, until `starter schedule unpause`")
+	pauseOnFailure := fs.Bool("pause-on-failure", false, "pause the schedule when a run fails, until starter schedule unpause")
 	note := fs.String("note", "", "a note shown with the schedule")
 	paused := fs.Bool("paused", false, "create the schedule paused")
 	incremental := fs.Bool("incremental", true, `set "incremental": true: each run takes _since from the committed watermark`)

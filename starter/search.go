@@ -28,7 +28,7 @@ func startAttributes(ctx context.Context, c client.Client, namespace string, in 
 		}
 	}
 	if len(missing) > 0 {
-		fmt.Fprintf(stderr, "note: search attributes %s are not registered in namespace %s; exports are not searchable by them (see README, \"Temporal UI\")\n",
+		fmt.Fprintf(stderr, "note: search attributes %s are not registered in namespace %s; exports are not searchable by them (see README, \"Temporal UI\", or docs/operations.md)\n",
 			strings.Join(missing, ", "), namespace)
 		return temporal.SearchAttributes{}
 	}

@@ -141,6 +141,13 @@ func KindOf(err error) ErrorKind {
 	if errors.As(err, &certErr) || errors.As(err, &alert) || errors.As(err, &unknownCA) || errors.As(err, &hostErr) {
 		return KindPermanent
 	}
+	// A TLS alert from the server ("remote error: tls: certificate
+	// required", "bad certificate", ...) arrives as a *net.OpError around an
+	// unexported type: the handshake was refused, a retry cannot fix it.
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "remote error" && strings.Contains(opErr.Error(), "tls:") {
+		return KindPermanent
+	}
 	var ne net.Error
 	if errors.As(err, &ne) {
 		return KindTransient

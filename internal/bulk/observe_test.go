@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -88,6 +90,7 @@ func TestKindOfLooksInsideTransportErrors(t *testing.T) {
 		{"token rejected", &url.Error{Op: "Get", URL: "u", Err: permanentErr{}}, KindPermanent},
 		{"tls alert", &url.Error{Op: "Get", URL: "u", Err: tls.AlertError(116)}, KindPermanent},
 		{"unknown CA", &url.Error{Op: "Get", URL: "u", Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}}, KindPermanent},
+		{"client certificate required", &url.Error{Op: "Get", URL: "u", Err: &net.OpError{Op: "remote error", Err: errors.New("tls: certificate required")}}, KindPermanent},
 		{"reset", &url.Error{Op: "Get", URL: "u", Err: syscall.ECONNRESET}, KindTransient},
 	} {
 		if got := KindOf(transportError("kickoff", "u", tc.err)); got != tc.want {
