@@ -119,7 +119,7 @@ func finish(stdout, stderr io.Writer, id string, res workflows.ExportResult, err
 	}
 	switch code {
 	case exitFailed:
-		fmt.Fprintf(stderr, "Export %s failed: %v\nNothing was committed; earlier runs are untouched.\n", id, err)
+		fmt.Fprintf(stderr, "Export %s failed: %s\nNothing was committed; earlier runs are untouched.\n", id, rootCause(err))
 		return code
 	case exitCancelled:
 		fmt.Fprintf(stdout, "Export %s was cancelled after %d files; nothing was committed (server job deleted: %v).\n", id, res.Totals.Files, res.JobDeleted)
@@ -249,4 +249,17 @@ func runCancel(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "Cancellation requested for %s: the server job will be deleted and staged files removed.\n", fs.Arg(0))
 	return exitOK
+}
+
+// rootCause is the innermost application error's message: Temporal wraps a
+// failure once per layer (activity, child, workflow) and repeats the text.
+func rootCause(err error) string {
+	msg := err.Error()
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		var ae *temporal.ApplicationError
+		if errors.As(e, &ae) && ae.Message() != "" && ae.Type() != "wrapError" {
+			msg = ae.Message()
+		}
+	}
+	return msg
 }
