@@ -178,7 +178,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 		a.observeOutcome(in.ServerRef, "kickoff", err)
 		return KickoffResult{}, temporalError(err)
 	}
-	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", redactURL(statusURL))
+	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", stripQuery(statusURL))
 	return KickoffResult{StatusURL: statusURL}, nil
 }
 
@@ -248,7 +248,7 @@ func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
 				typ = fixedType
 			}
 			if !resourceTypeName.MatchString(typ) {
-				return fmt.Errorf("manifest %s entry %q has type %q, which is not a FHIR resource type", kind, redactURL(it.URL), typ)
+				return fmt.Errorf("manifest %s entry %q has type %q, which is not a FHIR resource type", kind, stripQuery(it.URL), typ)
 			}
 			seq[typ]++
 			d := dir
@@ -275,7 +275,7 @@ func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
 }
 
 func summarize(p *plan) Plan {
-	s := Plan{TransactionTime: p.TransactionTime, Request: redactURL(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
+	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
 	for i, f := range p.Files {
 		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
 			s.Groups[n-1].Count++
@@ -476,35 +476,16 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 
-	// Heartbeats come from a ticker, not per line: one 20 MB line on a slow
-	// link must not look like a stall. They carry the last checkpoint, and a
-	// tick with no new bytes sends nothing, so a stalled body still trips the
-	// heartbeat timeout.
+	// Heartbeats carry the last checkpoint, so a retry resumes from it.
 	var mu sync.Mutex
 	last := resumedFrom // until the next checkpoint, a retry resumes where this attempt did
-	stop := make(chan struct{})
-	defer close(stop)
+	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery, func() checkpoint {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	})
+	defer stop()
 	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		var sent int64 = -1
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				if b := progress.Load(); b != sent {
-					sent = b
-					mu.Lock()
-					hb := last
-					mu.Unlock()
-					hb.Progress = b
-					activity.RecordHeartbeat(ctx, hb)
-				}
-			}
-		}
-	}()
 	cpEvery := cmp.Or(a.CheckpointBytes, checkpointBytes)
 	nextCheckpoint := res.Bytes + cpEvery
 	lastCheckpoint := time.Now()
@@ -799,9 +780,6 @@ func stripQuery(u string) string {
 	}
 	return u
 }
-
-// redactURL is stripQuery for logs and history.
-func redactURL(u string) string { return stripQuery(u) }
 
 // redactCapability keeps only the origin of a capability URL
 // (requiresAccessToken false, BD3 L701): its path may be the secret.

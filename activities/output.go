@@ -121,7 +121,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	defer f.Body.Close()
 
 	var progress atomic.Int64
-	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery)
+	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery, nil)
 	defer stop()
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
@@ -162,8 +162,12 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	return res, nil
 }
 
-// heartbeatWhileProgressing heartbeats every interval while progress moves.
-func heartbeatWhileProgressing(ctx context.Context, progress *atomic.Int64, every time.Duration) (stop func()) {
+// heartbeatWhileProgressing heartbeats from a ticker, not per line: one
+// 20 MB line on a slow link must not look like a stall, so progress counts
+// bytes off the wire. A tick with no new bytes sends nothing, so a body that
+// really stalls still trips the heartbeat timeout. details, when given,
+// supplies the checkpoint a retry can resume from.
+func heartbeatWhileProgressing(ctx context.Context, progress *atomic.Int64, every time.Duration, details func() checkpoint) (stop func()) {
 	if every <= 0 {
 		every = 5 * time.Second
 	}
@@ -179,7 +183,12 @@ func heartbeatWhileProgressing(ctx context.Context, progress *atomic.Int64, ever
 			case <-t.C:
 				if b := progress.Load(); b != sent {
 					sent = b
-					activity.RecordHeartbeat(ctx, checkpoint{Progress: b})
+					var hb checkpoint
+					if details != nil {
+						hb = details()
+					}
+					hb.Progress = b
+					activity.RecordHeartbeat(ctx, hb)
 				}
 			}
 		}

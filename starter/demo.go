@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/temporal"
 	sdktest "go.temporal.io/sdk/testsuite"
 
 	"github.com/bulkflow/bulkflow/activities"
@@ -190,7 +189,7 @@ func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Wr
 		EnableUI:      true,
 		UIPort:        uiPort,
 		// So exports are searchable by server, level, phase and types in the UI.
-		SearchAttributes: demoSearchAttributes(),
+		SearchAttributes: workflows.SearchAttributesToRegister(),
 		LogLevel:         "error",
 		Stdout:           logf,
 		Stderr:           logf,
@@ -217,8 +216,4 @@ func findTemporalCLI(explicit string) (string, error) {
 		return p, nil
 	}
 	return "", errors.New("no Temporal CLI found: run `make demo` (it installs one into ./bin), or set BULKFLOW_TEMPORAL_CLI")
-}
-
-func demoSearchAttributes() temporal.SearchAttributes {
-	return workflows.StartSearchAttributes(workflows.ExportInput{Server: "demo", Types: []string{"Patient"}})
 }

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
@@ -72,7 +71,7 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
 		ID: *id, TaskQueue: *tf.taskQueue,
-		StaticSummary:         fmt.Sprintf("FHIR %s export from %s", in.Level, serverLabel(in)),
+		StaticSummary:         fmt.Sprintf("FHIR %s export from %s", in.Level, workflows.ServerLabel(in)),
 		StaticDetails:         staticDetails(in),
 		TypedSearchAttributes: startAttributes(ctx, c, *tf.namespace, in, stderr),
 	}, workflows.BulkExportWorkflow, in)
@@ -93,17 +92,7 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	return watch(ctx, c, run.GetID(), stdout, stderr, *asJSON)
 }
 
-func serverLabel(in workflows.ExportInput) string {
-	if in.Server != "" {
-		return in.Server
-	}
-	if u, err := url.Parse(in.BaseURL); err == nil && u.Host != "" {
-		return u.Host
-	}
-	return "server"
-}
-
 func defaultWorkflowID(in workflows.ExportInput) string {
-	label := workflows.RunName(strings.ReplaceAll(serverLabel(in), ":", "-"))
+	label := workflows.RunName(strings.ReplaceAll(workflows.ServerLabel(in), ":", "-"))
 	return fmt.Sprintf("bulk-export-%s-%s", label, time.Now().UTC().Format("20060102T150405Z"))
 }

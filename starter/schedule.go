@@ -316,7 +316,7 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 			Workflow:      scheduleWorkflowType,
 			Args:          []any{in},
 			TaskQueue:     *tf.taskQueue,
-			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), serverLabel(in.ExportInput), *id),
+			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), workflows.ServerLabel(in.ExportInput), *id),
 		},
 		Overlap:        policy,
 		CatchupWindow:  cw,

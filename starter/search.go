@@ -38,7 +38,7 @@ func startAttributes(ctx context.Context, c client.Client, namespace string, in 
 // staticDetails describes an export for the Temporal UI (markdown).
 func staticDetails(in workflows.ExportInput) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "**Server**: %s  \n**Level**: %s", serverLabel(in), in.Level)
+	fmt.Fprintf(&b, "**Server**: %s  \n**Level**: %s", workflows.ServerLabel(in), in.Level)
 	if in.Group != "" {
 		fmt.Fprintf(&b, " (Group %s)", in.Group)
 	}

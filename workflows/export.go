@@ -231,7 +231,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 
 		// Downloads, a chunk of files per child workflow.
 		phase = PhaseDownloading
-		chunks := (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk
+		chunks := opts.chunks(st.Plan.Files)
 		chunkStarted := workflow.Now(ctx)
 		for st.NextChunk < chunks && !restarted {
 			// BD3 L695: links past Expires may be refreshed by re-fetching the manifest.
@@ -311,7 +311,7 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		// A run bounded by _until holds no promise about later changes.
 		wmUpdate = &activities.WatermarkUpdate{Key: wmKey, Since: st.Since, Types: in.Types}
 	}
-	cin := activities.CommitInput{Target: target, Chunks: (st.Plan.Files + opts.FilesPerChunk - 1) / opts.FilesPerChunk, Plan: *st.Plan, Warnings: st.Warnings, Watermark: wmUpdate, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
+	cin := activities.CommitInput{Target: target, Chunks: opts.chunks(st.Plan.Files), Plan: *st.Plan, Warnings: st.Warnings, Watermark: wmUpdate, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
 	if err := workflow.ExecuteActivity(cctx, a.Commit, cin).Get(ctx, &cres); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}

@@ -144,3 +144,17 @@ func TestMinimisationWarnings(t *testing.T) {
 		})
 	}
 }
+
+func TestServerLabel(t *testing.T) {
+	for _, tc := range []struct {
+		in   ExportInput
+		want string
+	}{
+		{ExportInput{Server: "epic-prod", BaseURL: "https://x/fhir"}, "epic-prod"},
+		{ExportInput{BaseURL: "https://user:pw@ehr.example.org/fhir/R4/?a=b"}, "ehr.example.org/fhir/R4"},
+		{ExportInput{BaseURL: "http://127.0.0.1:9090/fhir"}, "127.0.0.1:9090/fhir"},
+		{ExportInput{}, "server"},
+	} {
+		require.Equal(t, tc.want, ServerLabel(tc.in))
+	}
+}

@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"net/url"
 	"strings"
 
 	"go.temporal.io/sdk/temporal"
@@ -23,6 +24,12 @@ func SearchAttributeTypes() []temporal.SearchAttributeKey {
 	return []temporal.SearchAttributeKey{FhirServerKey, ExportLevelKey, ExportPhaseKey, ResourceTypesKey}
 }
 
+// SearchAttributesToRegister lists bulkflow's attributes with their types,
+// in the form the Temporal dev server options take.
+func SearchAttributesToRegister() temporal.SearchAttributes {
+	return StartSearchAttributes(ExportInput{Server: "-"})
+}
+
 // StartSearchAttributes are the attributes a starter sets on a new export.
 func StartSearchAttributes(in ExportInput) temporal.SearchAttributes {
 	types := in.Types
@@ -30,22 +37,23 @@ func StartSearchAttributes(in ExportInput) temporal.SearchAttributes {
 		types = []string{"*"}
 	}
 	return temporal.NewSearchAttributes(
-		FhirServerKey.ValueSet(serverLabel(in)),
+		FhirServerKey.ValueSet(ServerLabel(in)),
 		ExportLevelKey.ValueSet(orDefault(in.Level, "system")),
 		ExportPhaseKey.ValueSet(PhaseKickoff),
 		ResourceTypesKey.ValueSet(types),
 	)
 }
 
-func serverLabel(in ExportInput) string {
+// ServerLabel names an export's server for people: the configured name, or
+// the base URL's host and path (no scheme, query or credentials).
+func ServerLabel(in ExportInput) string {
 	if in.Server != "" {
 		return in.Server
 	}
-	s := strings.TrimPrefix(strings.TrimPrefix(in.BaseURL, "https://"), "http://")
-	if i := strings.IndexAny(s, "?#"); i >= 0 {
-		s = s[:i]
+	if u, err := url.Parse(in.BaseURL); err == nil && u.Host != "" {
+		return strings.TrimRight(u.Host+u.Path, "/")
 	}
-	return s
+	return "server"
 }
 
 // setPhase shows the phase in the UI: current details always, and the

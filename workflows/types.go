@@ -293,6 +293,9 @@ func (in *ExportInput) layout() activities.Layout {
 	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0}
 }
 
+// chunks is the number of child workflows for a plan of files.
+func (o Options) chunks(files int) int { return (files + o.FilesPerChunk - 1) / o.FilesPerChunk }
+
 func (o Options) withDefaults() Options {
 	if o.Concurrency == 0 {
 		o.Concurrency = 8

@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 		ClientOptions: &client.Options{Logger: sdklog.NewStructuredLogger(slog.New(slog.DiscardHandler))},
 		LogLevel:      "error",
 		// bulkflow's search attributes, so exports exercise the ExportPhase upserts.
-		SearchAttributes: workflows.StartSearchAttributes(workflows.ExportInput{Server: "x", Types: []string{"Patient"}}),
+		SearchAttributes: workflows.SearchAttributesToRegister(),
 		Stdout:           logf,
 		Stderr:           logf,
 	})
