@@ -540,10 +540,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 			lastCheckpoint = time.Now()
 		}
 	}
-	// The manifest count is optional (BD2 L430); when given, it is the check
-	// that catches a file cut at a line boundary behind an HTTP 200.
-	if item.HasCount && res.Resources != item.Count {
-		return fail(bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count), nil)
+	if err := checkCount(item, res.Resources); err != nil {
+		keepPartial = true
+		return FileResult{}, withURL(err, srcURL)
 	}
 	if err := bw.Flush(); err != nil {
 		return fail(bulk.KindTransient, "write staged file", err)
@@ -616,12 +615,40 @@ func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar 
 	if err != nil {
 		if r.MissingFinalNewline() {
 			// A cut last line: the body stopped mid-resource.
-			return nil, m, &bulk.Error{Op: "download", Kind: bulk.KindTruncated, Diagnostics: fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err)}
+			return nil, m, invalid("truncated", bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err))
 		}
-		return nil, m, &bulk.Error{Op: "download", Kind: bulk.KindInvalidContent,
-			Diagnostics: fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err)}
+		reason := "wrong_type"
+		if ne := (*ndjson.Error)(nil); errors.As(err, &ne) && ne.Syntax {
+			reason = "invalid_json"
+		}
+		return nil, m, invalid(reason, bulk.KindInvalidContent,
+			fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err))
 	}
 	return line, m, nil
+}
+
+// checkCount compares a finished file with its manifest count, which is
+// optional (BD2 L430); when given, it is the check that catches a file cut
+// at a line boundary behind an HTTP 200.
+func checkCount(item plannedFile, got int64) error {
+	if item.HasCount && got != item.Count {
+		return invalid("count_mismatch", bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, got, item.Count))
+	}
+	return nil
+}
+
+// validationError is a file that failed validation; Reason labels it for
+// metrics, the wrapped *bulk.Error decides retries.
+type validationError struct {
+	Reason string
+	Err    *bulk.Error
+}
+
+func (e *validationError) Error() string { return e.Err.Error() }
+func (e *validationError) Unwrap() error { return e.Err }
+
+func invalid(reason string, kind bulk.ErrorKind, diag string) error {
+	return &validationError{Reason: reason, Err: &bulk.Error{Op: "download", Kind: kind, Diagnostics: diag}}
 }
 
 // withURL names the source in a download error (the URL is redacted by the caller).

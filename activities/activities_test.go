@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/bulkflow/bulkflow/internal/bulk"
+	"github.com/bulkflow/bulkflow/internal/ndjson"
 	"github.com/bulkflow/bulkflow/internal/servers"
 )
 
@@ -289,5 +291,39 @@ func TestResolveOutput(t *testing.T) {
 		if got := resolveOutput(tc.root, tc.out); got != tc.want {
 			t.Errorf("resolveOutput(%q, %q) = %q, want %q", tc.root, tc.out, got, tc.want)
 		}
+	}
+}
+
+func TestValidationReasons(t *testing.T) {
+	item := plannedFile{Type: "Observation", Path: "Observation/Observation-0001.ndjson", Count: 3, HasCount: true}
+	read := func(body string) error {
+		r := ndjson.NewReader(strings.NewReader(body))
+		for {
+			_, _, err := nextResource(r, ndjson.Validator{WantType: "Observation"}, item, 0)
+			if err != nil {
+				if err == io.EOF {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+	for _, tc := range []struct {
+		err  error
+		want string
+		kind bulk.ErrorKind
+	}{
+		{read(obs("1") + "\nnot json\n"), "invalid_json", bulk.KindInvalidContent},
+		{read(`{"resourceType":"Patient","id":"p"}` + "\n"), "wrong_type", bulk.KindInvalidContent},
+		{read(obs("1") + "\n" + obs("2")[:15]), "truncated", bulk.KindTruncated},
+		{checkCount(item, 2), "count_mismatch", bulk.KindTruncated},
+		{errors.New("other"), "", bulk.KindPermanent},
+	} {
+		if got := validationReason(tc.err); got != tc.want || bulk.KindOf(tc.err) != tc.kind {
+			t.Errorf("%v: reason %q kind %v, want %q %v", tc.err, got, bulk.KindOf(tc.err), tc.want, tc.kind)
+		}
+	}
+	if checkCount(item, 3) != nil {
+		t.Error("a complete file failed the count check")
 	}
 }

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -80,19 +81,12 @@ func (a *Activities) observeOutcome(ref ServerRef, endpoint string, err error) {
 	}
 }
 
-// validationReason names a download failure for metrics.
+// validationReason names a download's validation failure for metrics, ""
+// for other failures.
 func validationReason(err error) string {
-	switch bulk.KindOf(err) {
-	case bulk.KindTruncated:
-		if strings.Contains(err.Error(), "manifest says") {
-			return "count_mismatch"
-		}
-		return "truncated"
-	case bulk.KindInvalidContent:
-		if strings.Contains(err.Error(), "resourceType") {
-			return "wrong_type"
-		}
-		return "invalid_json"
+	var ve *validationError
+	if errors.As(err, &ve) {
+		return ve.Reason
 	}
 	return ""
 }

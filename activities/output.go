@@ -146,8 +146,8 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
 	}
-	if item.HasCount && res.Resources != item.Count {
-		return fail(bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, res.Resources, item.Count), nil)
+	if err := checkCount(item, res.Resources); err != nil {
+		return FileResult{}, withURL(err, srcURL)
 	}
 	parts, err := lw.Close()
 	if err != nil {
