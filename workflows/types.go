@@ -208,6 +208,17 @@ type Progress struct {
 	Retries           int    `json:"retries"`
 	TransactionTime   string `json:"transactionTime,omitempty"`
 	Error             string `json:"error,omitempty"`
+	// Retrying is set while a step is being retried, so a wait caused by a
+	// failing server is visible as such (attempt, last error, next try).
+	Retrying *RetryInfo `json:"retrying,omitempty"`
+}
+
+// RetryInfo describes the step of an export that is being retried now.
+type RetryInfo struct {
+	Step      string    `json:"step"` // e.g. "kick-off", "status", "Observation file 12 of 300"
+	Attempt   int       `json:"attempt"`
+	LastError string    `json:"lastError"`
+	NextRetry time.Time `json:"nextRetry,omitempty"`
 }
 
 var (
