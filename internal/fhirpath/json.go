@@ -1,0 +1,434 @@
+package fhirpath
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// Kind is the JSON kind of a Node.
+type Kind uint8
+
+const (
+	Null Kind = iota
+	Bool
+	Number
+	String
+	Object
+	Array
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Null:
+		return "null"
+	case Bool:
+		return "boolean"
+	case Number:
+		return "number"
+	case String:
+		return "string"
+	case Object:
+		return "object"
+	case Array:
+		return "array"
+	}
+	return "?"
+}
+
+// Node is one decoded JSON value. A resource is decoded once into a tree of
+// Nodes and every expression of every view walks that tree: objects keep their
+// keys in document order (FHIR objects are small, so a linear scan beats a
+// map), numbers keep their literal text (decimal precision is significant in
+// FHIR: 1.0 and 1.00 have different boundaries).
+type Node struct {
+	Kind Kind
+	Bool bool
+	Str  string   // String: the value; Number: the literal text
+	Keys []string // Object: keys, parallel to Kids
+	Kids []Node   // Object: values; Array: elements
+}
+
+// Get returns the value of key in an object, or nil.
+func (n *Node) Get(key string) *Node {
+	if n == nil || n.Kind != Object {
+		return nil
+	}
+	for i, k := range n.Keys {
+		if k == key {
+			return &n.Kids[i]
+		}
+	}
+	return nil
+}
+
+// MaxDepth bounds the nesting of a decoded document. FHIR resources nest a
+// few dozen levels at most (deep Questionnaire items included); anything
+// deeper is hostile and is refused before it can exhaust the stack.
+const MaxDepth = 200
+
+// ErrTooDeep reports a document nested deeper than MaxDepth.
+var ErrTooDeep = errors.New("JSON nested deeper than the limit")
+
+// ParseJSON decodes one JSON document (one NDJSON line). The input is copied
+// once; strings without escapes share that copy, so a resource costs about
+// one allocation per object or array.
+func ParseJSON(data []byte) (*Node, error) {
+	p := jsonParser{s: string(data)}
+	var n Node
+	p.skipWS()
+	if err := p.value(&n, 0); err != nil {
+		return nil, err
+	}
+	p.skipWS()
+	if p.i != len(p.s) {
+		return nil, p.errf("unexpected data after the JSON value")
+	}
+	return &n, nil
+}
+
+type jsonParser struct {
+	s     string
+	i     int
+	stack []Node
+	keys  []string
+}
+
+func (p *jsonParser) errf(format string, a ...any) error {
+	return fmt.Errorf("json: offset %d: %s", p.i, fmt.Sprintf(format, a...))
+}
+
+func (p *jsonParser) skipWS() {
+	for p.i < len(p.s) {
+		switch p.s[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *jsonParser) value(n *Node, depth int) error {
+	if depth > MaxDepth {
+		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+	}
+	if p.i >= len(p.s) {
+		return p.errf("unexpected end of input")
+	}
+	switch c := p.s[p.i]; {
+	case c == '{':
+		return p.object(n, depth)
+	case c == '[':
+		return p.array(n, depth)
+	case c == '"':
+		s, err := p.str()
+		if err != nil {
+			return err
+		}
+		n.Kind, n.Str = String, s
+		return nil
+	case c == 't':
+		return p.lit(n, "true", Bool, true)
+	case c == 'f':
+		return p.lit(n, "false", Bool, false)
+	case c == 'n':
+		return p.lit(n, "null", Null, false)
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number(n)
+	default:
+		return p.errf("unexpected character %q", c)
+	}
+}
+
+func (p *jsonParser) lit(n *Node, word string, k Kind, b bool) error {
+	if !strings.HasPrefix(p.s[p.i:], word) {
+		return p.errf("invalid literal")
+	}
+	p.i += len(word)
+	n.Kind, n.Bool = k, b
+	return nil
+}
+
+func (p *jsonParser) number(n *Node) error {
+	start := p.i
+	s := p.s
+	if s[p.i] == '-' {
+		p.i++
+	}
+	digits := func() int {
+		j := p.i
+		for p.i < len(s) && s[p.i] >= '0' && s[p.i] <= '9' {
+			p.i++
+		}
+		return p.i - j
+	}
+	if p.i < len(s) && s[p.i] == '0' {
+		p.i++
+	} else if digits() == 0 {
+		return p.errf("invalid number")
+	}
+	if p.i < len(s) && s[p.i] == '.' {
+		p.i++
+		if digits() == 0 {
+			return p.errf("invalid number")
+		}
+	}
+	if p.i < len(s) && (s[p.i] == 'e' || s[p.i] == 'E') {
+		p.i++
+		if p.i < len(s) && (s[p.i] == '+' || s[p.i] == '-') {
+			p.i++
+		}
+		if digits() == 0 {
+			return p.errf("invalid number")
+		}
+	}
+	n.Kind, n.Str = Number, s[start:p.i]
+	return nil
+}
+
+func (p *jsonParser) str() (string, error) {
+	p.i++ // opening quote
+	start := p.i
+	s := p.s
+	for p.i < len(s) {
+		c := s[p.i]
+		if c == '"' {
+			out := s[start:p.i]
+			p.i++
+			return out, nil
+		}
+		if c == '\\' {
+			return p.strSlow(start)
+		}
+		if c < 0x20 {
+			return "", p.errf("control character in string")
+		}
+		p.i++
+	}
+	return "", p.errf("unterminated string")
+}
+
+func (p *jsonParser) strSlow(start int) (string, error) {
+	var b strings.Builder
+	b.WriteString(p.s[start:p.i])
+	s := p.s
+	for p.i < len(s) {
+		c := s[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			return b.String(), nil
+		case c < 0x20:
+			return "", p.errf("control character in string")
+		case c != '\\':
+			b.WriteByte(c)
+			p.i++
+			continue
+		}
+		p.i++
+		if p.i >= len(s) {
+			break
+		}
+		e := s[p.i]
+		p.i++
+		switch e {
+		case '"', '\\', '/':
+			b.WriteByte(e)
+		case 'b':
+			b.WriteByte('\b')
+		case 'f':
+			b.WriteByte('\f')
+		case 'n':
+			b.WriteByte('\n')
+		case 'r':
+			b.WriteByte('\r')
+		case 't':
+			b.WriteByte('\t')
+		case 'u':
+			r, ok := p.hex4()
+			if !ok {
+				return "", p.errf("invalid \\u escape")
+			}
+			if utf16.IsSurrogate(r) {
+				r2 := utf8.RuneError
+				if strings.HasPrefix(s[p.i:], `\u`) {
+					save := p.i
+					p.i += 2
+					if x, ok := p.hex4(); ok {
+						r2 = x
+					} else {
+						p.i = save
+					}
+				}
+				r = utf16.DecodeRune(r, r2)
+			}
+			b.WriteRune(r)
+		default:
+			return "", p.errf("invalid escape \\%c", e)
+		}
+	}
+	return "", p.errf("unterminated string")
+}
+
+func (p *jsonParser) hex4() (rune, bool) {
+	if p.i+4 > len(p.s) {
+		return 0, false
+	}
+	v, err := strconv.ParseUint(p.s[p.i:p.i+4], 16, 32)
+	if err != nil {
+		return 0, false
+	}
+	p.i += 4
+	return rune(v), true
+}
+
+func (p *jsonParser) object(n *Node, depth int) error {
+	p.i++ // {
+	base, kbase := len(p.stack), len(p.keys)
+	p.skipWS()
+	if p.i < len(p.s) && p.s[p.i] == '}' {
+		p.i++
+		n.Kind = Object
+		return nil
+	}
+	for {
+		p.skipWS()
+		if p.i >= len(p.s) || p.s[p.i] != '"' {
+			return p.errf("expected object key")
+		}
+		k, err := p.str()
+		if err != nil {
+			return err
+		}
+		p.skipWS()
+		if p.i >= len(p.s) || p.s[p.i] != ':' {
+			return p.errf("expected ':'")
+		}
+		p.i++
+		p.skipWS()
+		p.stack = append(p.stack, Node{})
+		p.keys = append(p.keys, k)
+		var v Node
+		if err := p.value(&v, depth+1); err != nil {
+			return err
+		}
+		p.stack[len(p.stack)-1] = v
+		p.skipWS()
+		if p.i >= len(p.s) {
+			return p.errf("unterminated object")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == '}' {
+			p.i++
+			break
+		}
+		return p.errf("expected ',' or '}'")
+	}
+	n.Kind = Object
+	n.Kids = append([]Node(nil), p.stack[base:]...)
+	n.Keys = append([]string(nil), p.keys[kbase:]...)
+	clear(p.stack[base:])
+	p.stack = p.stack[:base]
+	p.keys = p.keys[:kbase]
+	return nil
+}
+
+func (p *jsonParser) array(n *Node, depth int) error {
+	p.i++ // [
+	base := len(p.stack)
+	p.skipWS()
+	if p.i < len(p.s) && p.s[p.i] == ']' {
+		p.i++
+		n.Kind = Array
+		return nil
+	}
+	for {
+		p.skipWS()
+		p.stack = append(p.stack, Node{})
+		var v Node
+		if err := p.value(&v, depth+1); err != nil {
+			return err
+		}
+		p.stack[len(p.stack)-1] = v
+		p.skipWS()
+		if p.i >= len(p.s) {
+			return p.errf("unterminated array")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == ']' {
+			p.i++
+			break
+		}
+		return p.errf("expected ',' or ']'")
+	}
+	n.Kind = Array
+	n.Kids = append([]Node(nil), p.stack[base:]...)
+	clear(p.stack[base:])
+	p.stack = p.stack[:base]
+	return nil
+}
+
+// FromAny converts a value decoded by encoding/json (with or without
+// UseNumber) into a Node, for callers that already hold one.
+func FromAny(v any) (*Node, error) {
+	var n Node
+	if err := fromAny(&n, v, 0); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+func fromAny(n *Node, v any, depth int) error {
+	if depth > MaxDepth {
+		return fmt.Errorf("json: %w (%d)", ErrTooDeep, MaxDepth)
+	}
+	switch x := v.(type) {
+	case nil:
+		n.Kind = Null
+	case bool:
+		n.Kind, n.Bool = Bool, x
+	case string:
+		n.Kind, n.Str = String, x
+	case float64:
+		n.Kind, n.Str = Number, strconv.FormatFloat(x, 'f', -1, 64)
+	case interface{ String() string }: // json.Number
+		n.Kind, n.Str = Number, x.String()
+	case []any:
+		n.Kind = Array
+		n.Kids = make([]Node, len(x))
+		for i := range x {
+			if err := fromAny(&n.Kids[i], x[i], depth+1); err != nil {
+				return err
+			}
+		}
+	case map[string]any:
+		n.Kind = Object
+		// Sorted keys: a Go map has no order, and output must not depend on chance.
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		n.Keys = keys
+		n.Kids = make([]Node, len(keys))
+		for i, k := range keys {
+			if err := fromAny(&n.Kids[i], x[k], depth+1); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("json: unsupported Go value %T", v)
+	}
+	return nil
+}
