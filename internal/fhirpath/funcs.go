@@ -1010,7 +1010,7 @@ func boundaryFn(high bool) func(v *ev, in []Item, e *expr, sc *scope) ([]Item, e
 func decimalBoundary(text string, prec *int64, high bool) ([]Item, error) {
 	r, ok := new(big.Rat).SetString(text)
 	if !ok {
-		return nil, fmt.Errorf("invalid number %q", text)
+		return nil, fmt.Errorf("invalid number")
 	}
 	scale := scaleOf(text)
 	half := new(big.Rat).SetFrac(big.NewInt(5), new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(scale+1)), nil))

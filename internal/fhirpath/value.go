@@ -284,7 +284,7 @@ func compareTemporalItems(a, b Item) (int, bool, error) {
 	ta, ok1 := asTemporal(a)
 	tb, ok2 := asTemporal(b)
 	if !ok1 || !ok2 || (ta.kind == "time") != (tb.kind == "time") {
-		return 0, false, fmt.Errorf("cannot compare %q with %q as dates or times", a.N.Str, b.N.Str)
+		return 0, false, fmt.Errorf("cannot compare %s with %s as dates or times", kindName(a), kindName(b))
 	}
 	c, ok := compareTemporal(ta, tb)
 	return c, ok, nil

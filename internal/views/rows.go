@@ -1,0 +1,388 @@
+package views
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/bulkflow/bulkflow/internal/fhirpath"
+)
+
+// Row is one output row: Row[i] is the value of View.Columns[i], one of
+//
+//	nil                      no value
+//	string                   string-like and date/time types (dates keep their precision)
+//	bool                     boolean
+//	int64                    integer, unsignedInt, positiveInt, integer64
+//	Decimal                  decimal, exact as written
+//	map[string]any / []any   a complex type (Coding, Period, ...), as JSON
+//	[]any                    a collection column: a list of the above
+type Row []any
+
+// Decimal is an exact decimal as written in the resource ("1.50" keeps its
+// trailing zero). It marshals to JSON as a number.
+type Decimal string
+
+// MarshalJSON writes the decimal as a JSON number.
+func (d Decimal) MarshalJSON() ([]byte, error) { return []byte(d), nil }
+
+// Limits on the repeat directive: a tree cannot cycle, but an expression that
+// yields computed values (repeat: ["'x'"]) or climbs back to the resource
+// (repeat: ["%resource"]) could go on forever.
+const (
+	maxRepeatDepth = fhirpath.MaxDepth
+	maxRepeatItems = 100_000
+)
+
+// ErrRow is wrapped by every error Rows returns for a resource the view
+// cannot flatten (as opposed to an invalid view, which Compile refuses).
+var ErrRow = errors.New("view cannot flatten resource")
+
+func (v *View) rowErr(format string, a ...any) error {
+	return fmt.Errorf("%w: view %q on %s: %s", ErrRow, v.Name, v.Resource, fmt.Sprintf(format, a...))
+}
+
+// Rows flattens one decoded resource. A resource of another type gives no
+// rows. Errors name the view and the column, never a value of the resource
+// (no PHI in logs).
+func (v *View) Rows(res *fhirpath.Node) ([]Row, error) {
+	rt := res.Get("resourceType")
+	if rt == nil || rt.Kind != fhirpath.String || rt.Str != v.Resource {
+		return nil, nil
+	}
+	ctx := &fhirpath.Context{Resource: res, Constants: v.constants}
+	root := fhirpath.Item{N: res}
+	for i, w := range v.where {
+		out, err := w.Evaluate(ctx, []fhirpath.Item{root})
+		if err != nil {
+			return nil, v.rowErr("where[%d]: %v", i, err)
+		}
+		if len(out) == 0 {
+			return nil, nil
+		}
+		if len(out) > 1 || out[0].N.Kind != fhirpath.Bool {
+			return nil, v.rowErr("where[%d]: the path %q must evaluate to a boolean, but gave %s", i, w.String(), describe(out))
+		}
+		if !out[0].N.Bool {
+			return nil, nil
+		}
+	}
+	return v.process(v.sel, root, ctx, 0)
+}
+
+func describe(items []fhirpath.Item) string {
+	if len(items) == 1 {
+		if t := items[0].Type(); t != "" {
+			return "a " + t
+		}
+		return "a " + items[0].N.Kind.String()
+	}
+	return fmt.Sprintf("%d items", len(items))
+}
+
+func (v *View) blank() Row { return make(Row, len(v.Columns)) }
+
+// process is the spec's Process(S, N): rows of selection s for focus n.
+func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int) ([]Row, error) {
+	foci := []fhirpath.Item{n}
+	iterating := s.forEach != nil || s.repeat != nil
+	var err error
+	switch {
+	case s.forEach != nil:
+		ctx.RowIndex = rowIndex
+		if foci, err = s.forEach.Evaluate(ctx, foci); err != nil {
+			return nil, v.rowErr("%s: %v", s.path, err)
+		}
+	case s.repeat != nil:
+		if foci, err = v.repeat(s, n, ctx, rowIndex); err != nil {
+			return nil, err
+		}
+	}
+	var out []Row
+	for i, f := range foci {
+		idx := rowIndex
+		if iterating {
+			idx = i
+		}
+		rows := []Row{v.blank()}
+		ctx.RowIndex = idx
+		for _, c := range s.columns {
+			val, err := v.columnValue(c, f, ctx)
+			if err != nil {
+				return nil, err
+			}
+			rows[0][c.idx] = val
+		}
+		for _, sub := range s.selects {
+			part, err := v.process(sub, f, ctx, idx)
+			if err != nil {
+				return nil, err
+			}
+			rows = v.product(rows, part, sub.allCols)
+		}
+		if len(s.unionAll) > 0 {
+			var urows []Row
+			for _, u := range s.unionAll {
+				part, err := v.process(u, f, ctx, idx)
+				if err != nil {
+					return nil, err
+				}
+				urows = append(urows, part...)
+			}
+			rows = v.product(rows, urows, s.unionAll[0].allCols)
+		}
+		out = append(out, rows...)
+	}
+	if len(foci) == 0 && s.orNull {
+		// The null row: its own columns see an empty focus (so %rowIndex
+		// is still 0 and a constant is still itself); nested ones are null.
+		r := v.blank()
+		ctx.RowIndex = 0
+		for _, c := range s.columns {
+			val, err := v.columnValueOf(c, nil, ctx)
+			if err != nil {
+				return nil, err
+			}
+			if l, ok := val.([]any); ok && len(l) == 0 {
+				val = nil // the spec's null row binds null, not an empty list
+			}
+			r[c.idx] = val
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// product is the Cartesian product of rows with the partial rows of part,
+// which bind the columns cols.
+func (v *View) product(rows, part []Row, cols []int) []Row {
+	switch len(part) {
+	case 0:
+		return nil
+	case 1:
+		for _, r := range rows {
+			for _, c := range cols {
+				r[c] = part[0][c]
+			}
+		}
+		return rows
+	}
+	out := make([]Row, 0, len(rows)*len(part))
+	for _, r := range rows {
+		for _, p := range part {
+			nr := make(Row, len(r))
+			copy(nr, r)
+			for _, c := range cols {
+				nr[c] = p[c]
+			}
+			out = append(out, nr)
+		}
+	}
+	return out
+}
+
+// repeat collects the repeat directive's foci depth first: each node, then
+// what the expressions reach from it, in order.
+func (v *View) repeat(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int) ([]fhirpath.Item, error) {
+	var out []fhirpath.Item
+	seen := map[*fhirpath.Node]bool{n.N: true}
+	var walk func(it fhirpath.Item, depth int) error
+	walk = func(it fhirpath.Item, depth int) error {
+		if depth > maxRepeatDepth {
+			return v.rowErr("%s.repeat: nested deeper than %d levels", s.path, maxRepeatDepth)
+		}
+		for j, e := range s.repeat {
+			ctx.RowIndex = rowIndex
+			kids, err := e.Evaluate(ctx, []fhirpath.Item{it})
+			if err != nil {
+				return v.rowErr("%s.repeat[%d]: %v", s.path, j, err)
+			}
+			for _, k := range kids {
+				if seen[k.N] {
+					continue
+				}
+				seen[k.N] = true
+				out = append(out, k)
+				if len(out) > maxRepeatItems {
+					return v.rowErr("%s.repeat: more than %d items", s.path, maxRepeatItems)
+				}
+				if err := walk(k, depth+1); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return out, walk(n, 0)
+}
+
+func (v *View) columnValue(c compiledColumn, f fhirpath.Item, ctx *fhirpath.Context) (any, error) {
+	return v.columnValueOf(c, []fhirpath.Item{f}, ctx)
+}
+
+func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context) (any, error) {
+	vals, err := c.expr.Evaluate(ctx, focus)
+	if err != nil {
+		return nil, v.rowErr("column %q: %v", c.name, err)
+	}
+	if c.collection {
+		list := make([]any, 0, len(vals))
+		for _, it := range vals {
+			x, err := convert(it, c.typ)
+			if err != nil {
+				return nil, v.rowErr("column %q: %v", c.name, err)
+			}
+			list = append(list, x)
+		}
+		return list, nil
+	}
+	switch len(vals) {
+	case 0:
+		return nil, nil
+	case 1:
+		x, err := convert(vals[0], c.typ)
+		if err != nil {
+			return nil, v.rowErr("column %q: %v", c.name, err)
+		}
+		return x, nil
+	}
+	return nil, v.rowErr("column %q: Multiple values found but not expected for column (%d values; set collection: true to keep them all)", c.name, len(vals))
+}
+
+// convert maps a FHIRPath item to the Go value of a column of FHIR type typ
+// ("" = as the value comes).
+func convert(it fhirpath.Item, typ string) (any, error) {
+	n := it.N
+	mismatch := func() error {
+		return fmt.Errorf("a %s value in a column of type %s", describe([]fhirpath.Item{it}), typ)
+	}
+	switch typ {
+	case "":
+		switch n.Kind {
+		case fhirpath.Bool:
+			return n.Bool, nil
+		case fhirpath.String:
+			return n.Str, nil
+		case fhirpath.Number:
+			if i, err := strconv.ParseInt(n.Str, 10, 64); err == nil {
+				return i, nil
+			}
+			return Decimal(n.Str), nil
+		}
+		return toAny(n), nil
+	case "boolean":
+		if n.Kind != fhirpath.Bool {
+			return nil, mismatch()
+		}
+		return n.Bool, nil
+	case "integer", "unsignedInt", "positiveInt", "integer64":
+		if n.Kind != fhirpath.Number && !(typ == "integer64" && n.Kind == fhirpath.String) {
+			return nil, mismatch()
+		}
+		i, err := strconv.ParseInt(n.Str, 10, 64)
+		if err != nil {
+			return nil, mismatch()
+		}
+		return i, nil
+	case "decimal":
+		if n.Kind != fhirpath.Number {
+			return nil, mismatch()
+		}
+		return Decimal(n.Str), nil
+	case "string", "code", "id", "markdown", "uri", "url", "canonical", "oid", "uuid",
+		"base64Binary", "date", "dateTime", "instant", "time", "xhtml":
+		switch n.Kind {
+		case fhirpath.String:
+			return n.Str, nil
+		case fhirpath.Number: // e.g. a computed %rowIndex into a string column
+			return n.Str, nil
+		}
+		return nil, mismatch()
+	}
+	// A complex type (Coding, Period, a backbone element): the value as JSON.
+	if n.Kind != fhirpath.Object && n.Kind != fhirpath.Array {
+		return nil, mismatch()
+	}
+	return toAny(n), nil
+}
+
+// toAny converts a node to plain Go values (numbers as Decimal).
+func toAny(n *fhirpath.Node) any {
+	switch n.Kind {
+	case fhirpath.Bool:
+		return n.Bool
+	case fhirpath.String:
+		return n.Str
+	case fhirpath.Number:
+		return Decimal(n.Str)
+	case fhirpath.Array:
+		out := make([]any, len(n.Kids))
+		for i := range n.Kids {
+			out[i] = toAny(&n.Kids[i])
+		}
+		return out
+	case fhirpath.Object:
+		out := make(map[string]any, len(n.Keys))
+		for i, k := range n.Keys {
+			out[k] = toAny(&n.Kids[i])
+		}
+		return out
+	}
+	return nil
+}
+
+// Map returns the row as column name -> value.
+func (v *View) Map(r Row) map[string]any {
+	m := make(map[string]any, len(r))
+	for i, c := range v.Columns {
+		m[c.Name] = r[i]
+	}
+	return m
+}
+
+// Runner flattens resources through a set of views, decoding each resource
+// once for all of them.
+type Runner struct {
+	byType map[string][]*View
+}
+
+// NewRunner groups views by resource type.
+func NewRunner(vs ...*View) *Runner {
+	r := &Runner{byType: map[string][]*View{}}
+	for _, v := range vs {
+		r.byType[v.Resource] = append(r.byType[v.Resource], v)
+	}
+	return r
+}
+
+// Wants reports whether any view reads resources of this type, so a caller
+// can skip decoding the others.
+func (r *Runner) Wants(resourceType string) bool { return len(r.byType[resourceType]) > 0 }
+
+// Process decodes one NDJSON line and hands each view of its type the rows
+// it yields.
+func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) error {
+	n, err := fhirpath.ParseJSON(line)
+	if err != nil {
+		return err
+	}
+	return r.ProcessNode(n, emit)
+}
+
+// ProcessNode is Process for an already decoded resource.
+func (r *Runner) ProcessNode(n *fhirpath.Node, emit func(v *View, rows []Row) error) error {
+	rt := n.Get("resourceType")
+	if rt == nil || rt.Kind != fhirpath.String {
+		return fmt.Errorf("%w: resource has no resourceType", ErrRow)
+	}
+	for _, v := range r.byType[rt.Str] {
+		rows, err := v.Rows(n)
+		if err != nil {
+			return err
+		}
+		if err := emit(v, rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
