@@ -325,7 +325,8 @@ func (v *ev) binary(e *expr, input []Item, sc *scope) ([]Item, error) {
 	}
 	switch e.op {
 	case "|":
-		if err := v.spend(len(left) + len(right)); err != nil {
+		// Dedupe compares pairs: charge for them.
+		if err := v.spend(len(left) + len(right) + (len(left)+len(right))*(len(left)+len(right))/16); err != nil {
 			return nil, err
 		}
 		return union(left, right), nil
@@ -389,7 +390,7 @@ func (v *ev) binary(e *expr, input []Item, sc *scope) ([]Item, error) {
 		if len(right) == 1 {
 			rs = stringOf(right[0])
 		}
-		if err := v.spend((len(ls) + len(rs)) / 64); err != nil {
+		if err := v.spend((len(ls) + len(rs)) / 8); err != nil {
 			return nil, err
 		}
 		return []Item{stringItem(ls+rs, "string")}, nil
@@ -402,7 +403,7 @@ func (v *ev) binary(e *expr, input []Item, sc *scope) ([]Item, error) {
 		}
 		if e.op == "+" && left[0].N.Kind == String && right[0].N.Kind == String {
 			s := left[0].N.Str + right[0].N.Str
-			if err := v.spend(len(s) / 64); err != nil {
+			if err := v.spend(len(s) / 8); err != nil {
 				return nil, err
 			}
 			return []Item{stringItem(s, "string")}, nil

@@ -302,7 +302,7 @@ func init() {
 				parts = append(parts, stringOf(it))
 			}
 			s := strings.Join(parts, sep)
-			if err := v.spend(len(s) / 64); err != nil {
+			if err := v.spend(len(s) / 8); err != nil {
 				return nil, err
 			}
 			return []Item{stringItem(s, "string")}, nil
@@ -414,15 +414,18 @@ func fnAll(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 // can produce values forever (repeat($this & 'x')); the work budget stops it.
 func fnRepeat(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 	var out []Item
+	seen := map[any]bool{}
 	queue := in
 	for len(queue) > 0 {
 		var next []Item
 		err := v.lambda(queue, e.args[0], sc, func(_ int, _ Item, r []Item) (bool, error) {
-			if err := v.spend(len(r) * (1 + len(out)/64)); err != nil {
+			if err := v.spend(len(r)); err != nil {
 				return true, err
 			}
 			for _, it := range r {
-				if !containsItem(out, it) {
+				k := itemKey(it)
+				if !seen[k] {
+					seen[k] = true
 					out = append(out, it)
 					next = append(next, it)
 				}
@@ -435,6 +438,25 @@ func fnRepeat(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 		queue = next
 	}
 	return out, nil
+}
+
+// itemKey identifies an item for repeat()'s "already seen": a node of the
+// resource by identity, a primitive by its value.
+func itemKey(it Item) any {
+	switch it.N.Kind {
+	case Object, Array:
+		return it.N
+	case Number:
+		if r, ok := toRat(it.N); ok {
+			return "n" + r.RatString()
+		}
+	case Bool:
+		if it.N.Bool {
+			return "btrue"
+		}
+		return "bfalse"
+	}
+	return "s" + it.N.Str
 }
 
 func boolsAll(in []Item, want bool) ([]Item, error) {
@@ -671,7 +693,7 @@ func fnReplace(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 	if *pat == "" {
 		n = len(*s) + 1
 	}
-	if err := v.spend(n * (len(*rep) + 1) / 64); err != nil {
+	if err := v.spend(n * (len(*rep) + 1) / 8); err != nil {
 		return nil, err
 	}
 	return []Item{stringItem(strings.ReplaceAll(*s, *pat, *rep), "string")}, nil
@@ -744,7 +766,7 @@ func fnReplaceMatches(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 		return nil, err
 	}
 	out := re.ReplaceAllString(*s, *rep)
-	if err := v.spend(len(out) / 64); err != nil {
+	if err := v.spend(len(out) / 8); err != nil {
 		return nil, err
 	}
 	return []Item{stringItem(out, "string")}, nil

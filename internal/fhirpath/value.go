@@ -302,12 +302,7 @@ func deepEqual(a, b *Node) bool {
 	case String:
 		return a.Str == b.Str
 	case Number:
-		if a.Str == b.Str {
-			return true
-		}
-		ra, ok1 := toRat(a)
-		rb, ok2 := toRat(b)
-		return ok1 && ok2 && ra.Cmp(rb) == 0
+		return a.Str == b.Str || cmpNumbers(a.Str, b.Str) == 0
 	case Array:
 		if len(a.Kids) != len(b.Kids) {
 			return false
@@ -365,12 +360,11 @@ func compareItems(a, b Item) (c int, ok bool, err error) {
 	at, bt := a.Type(), b.Type()
 	switch {
 	case a.N.Kind == Number && b.N.Kind == Number:
-		ra, ok1 := toRat(a.N)
-		rb, ok2 := toRat(b.N)
-		if !ok1 || !ok2 {
+		c := cmpNumbers(a.N.Str, b.N.Str)
+		if c == 2 {
 			return 0, false, fmt.Errorf("invalid number")
 		}
-		return ra.Cmp(rb), true, nil
+		return c, true, nil
 	case a.N.Kind == String && b.N.Kind == String:
 		if isTemporalType(at) || isTemporalType(bt) {
 			return compareTemporalItems(a, b)
@@ -385,4 +379,29 @@ func kindName(it Item) string {
 		return t
 	}
 	return it.N.Kind.String()
+}
+
+// cmpNumbers orders two number literals exactly: -1, 0, 1, or 2 when one
+// is not a number. Integers that fit in 64 bits, the common case, avoid
+// big.Rat.
+func cmpNumbers(a, b string) int {
+	if len(a) < 19 && len(b) < 19 && isIntegerText(a) && isIntegerText(b) {
+		x, err1 := strconv.ParseInt(a, 10, 64)
+		y, err2 := strconv.ParseInt(b, 10, 64)
+		if err1 == nil && err2 == nil {
+			switch {
+			case x < y:
+				return -1
+			case x > y:
+				return 1
+			}
+			return 0
+		}
+	}
+	ra, ok1 := new(big.Rat).SetString(a)
+	rb, ok2 := new(big.Rat).SetString(b)
+	if !ok1 || !ok2 {
+		return 2
+	}
+	return ra.Cmp(rb)
 }
