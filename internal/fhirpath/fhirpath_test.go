@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 const patientJSON = `{
@@ -112,6 +113,7 @@ func TestEvaluate(t *testing.T) {
 		{"id.upper()", "['P1']"},
 		{"'Hello'.lower().length()", "[5]"},
 		{"'hello'.substring(1, 3)", "['ell']"},
+		{"'hello'.substring(1, 9223372036854775807)", "['ello']"},
 		{"'hello'.startsWith('he') and 'hello'.endsWith('lo')", "[true]"},
 		{"'hello'.contains('ll')", "[true]"},
 		{"'hello'.indexOf('l')", "[2]"},
@@ -299,6 +301,17 @@ func TestLimits(t *testing.T) {
 		_, err := Evaluate(p, src)
 		if !errors.Is(err, ErrBudget) {
 			t.Errorf("Evaluate(%.50q) = %v, want ErrBudget", src, err)
+		}
+	}
+	// A number no decimal has: refused, not computed as a billion-digit power of ten.
+	huge := mustNode(t, `{"v":1e999999999,"w":1.5,"x":1e999999999}`)
+	for _, src := range []string{"v > w", "v.lowBoundary()", "v = x + 0", "v * 2"} {
+		start := time.Now()
+		if _, err := Evaluate(huge, src); err == nil {
+			t.Errorf("Evaluate(%q) on a huge exponent succeeded", src)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("Evaluate(%q) on a huge exponent took %v", src, d)
 		}
 	}
 	deep := strings.Repeat(`{"a":`, MaxDepth+5) + "1" + strings.Repeat("}", MaxDepth+5)

@@ -670,7 +670,9 @@ func fnSubstring(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 			if *n <= 0 {
 				return []Item{stringItem("", "string")}, nil
 			}
-			end = min(end, *start+*n)
+			if *n < end-*start {
+				end = *start + *n
+			}
 		}
 	}
 	return []Item{stringItem(string(runes[*start:end]), "string")}, nil
@@ -1030,7 +1032,7 @@ func boundaryFn(high bool) func(v *ev, in []Item, e *expr, sc *scope) ([]Item, e
 // decimalBoundary: a decimal written with s digits after the point stands
 // for everything within half a unit of its last digit (1.0 -> 0.95..1.05).
 func decimalBoundary(text string, prec *int64, high bool) ([]Item, error) {
-	r, ok := new(big.Rat).SetString(text)
+	r, ok := parseRat(text)
 	if !ok {
 		return nil, fmt.Errorf("invalid number")
 	}

@@ -191,15 +191,34 @@ func isTemporalType(t string) bool {
 	return t == "date" || t == "dateTime" || t == "instant" || t == "time"
 }
 
-func toRat(n *Node) (*big.Rat, bool) {
-	r, ok := new(big.Rat).SetString(n.Str)
-	return r, ok
+func toRat(n *Node) (*big.Rat, bool) { return parseRat(n.Str) }
+
+// Bounds on a number's text before big.Rat sees it: 1e999999999 in a
+// hostile resource would otherwise cost a billion-digit power of ten.
+const (
+	maxNumberLen = 400
+	maxExponent  = 400
+)
+
+// parseRat parses a JSON or FHIRPath number exactly, refusing texts whose
+// size or exponent no real decimal has.
+func parseRat(s string) (*big.Rat, bool) {
+	if len(s) > maxNumberLen {
+		return nil, false
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		exp, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
+		if err != nil || exp > maxExponent || exp < -maxExponent {
+			return nil, false
+		}
+	}
+	return new(big.Rat).SetString(s)
 }
 
 // scaleOf returns the number of digits after the decimal point of a literal.
 func scaleOf(s string) int {
 	if strings.ContainsAny(s, "eE") {
-		r, ok := new(big.Rat).SetString(s)
+		r, ok := parseRat(s)
 		if !ok {
 			return 0
 		}
@@ -398,8 +417,8 @@ func cmpNumbers(a, b string) int {
 			return 0
 		}
 	}
-	ra, ok1 := new(big.Rat).SetString(a)
-	rb, ok2 := new(big.Rat).SetString(b)
+	ra, ok1 := parseRat(a)
+	rb, ok2 := parseRat(b)
 	if !ok1 || !ok2 {
 		return 2
 	}
