@@ -254,7 +254,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 func convert(it fhirpath.Item, typ string) (any, error) {
 	n := it.N
 	mismatch := func() error {
-		return fmt.Errorf("a %s value in a column of type %s", describe([]fhirpath.Item{it}), typ)
+		return fmt.Errorf("%s value in a column of type %s", describe([]fhirpath.Item{it}), typ)
 	}
 	switch typ {
 	case "":
