@@ -32,6 +32,10 @@ func (d Decimal) MarshalJSON() ([]byte, error) { return []byte(d), nil }
 const (
 	maxRepeatDepth = fhirpath.MaxDepth
 	maxRepeatItems = 100_000
+	// MaxRows bounds the rows one resource may yield through one view:
+	// sibling forEach are a Cartesian product, and a hostile resource with
+	// large arrays could otherwise multiply them without limit.
+	MaxRows = 100_000
 )
 
 // ErrRow is wrapped by every error Rows returns for a resource the view
@@ -118,7 +122,9 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 			if err != nil {
 				return nil, err
 			}
-			rows = v.product(rows, part, sub.allCols)
+			if rows, err = v.product(s, rows, part, sub.allCols); err != nil {
+				return nil, err
+			}
 		}
 		if len(s.unionAll) > 0 {
 			var urows []Row
@@ -129,9 +135,14 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 				}
 				urows = append(urows, part...)
 			}
-			rows = v.product(rows, urows, s.unionAll[0].allCols)
+			if rows, err = v.product(s, rows, urows, s.unionAll[0].allCols); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, rows...)
+		if len(out) > MaxRows {
+			return nil, v.rowErr("%s: more than %d rows from one resource", s.path, MaxRows)
+		}
 	}
 	if len(foci) == 0 && s.orNull {
 		// The null row: its own columns see an empty focus (so %rowIndex
@@ -155,17 +166,20 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 
 // product is the Cartesian product of rows with the partial rows of part,
 // which bind the columns cols.
-func (v *View) product(rows, part []Row, cols []int) []Row {
+func (v *View) product(s *selection, rows, part []Row, cols []int) ([]Row, error) {
 	switch len(part) {
 	case 0:
-		return nil
+		return nil, nil
 	case 1:
 		for _, r := range rows {
 			for _, c := range cols {
 				r[c] = part[0][c]
 			}
 		}
-		return rows
+		return rows, nil
+	}
+	if len(rows)*len(part) > MaxRows {
+		return nil, v.rowErr("%s: more than %d rows from one resource", s.path, MaxRows)
 	}
 	out := make([]Row, 0, len(rows)*len(part))
 	for _, r := range rows {
@@ -178,7 +192,7 @@ func (v *View) product(rows, part []Row, cols []int) []Row {
 			out = append(out, nr)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // repeat collects the repeat directive's foci depth first: each node, then

@@ -184,6 +184,33 @@ func TestRepeatBounded(t *testing.T) {
 	}
 }
 
+func TestRowsBounded(t *testing.T) {
+	v, err := Compile([]byte(`{"resource":"Patient","select":[{"forEach":"name","column":[{"name":"a","path":"family"}]},{"forEach":"telecom","column":[{"name":"b","path":"value"}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	b.WriteString(`{"resourceType":"Patient","name":[`)
+	for i := 0; i < 400; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"family":"f"}`)
+	}
+	b.WriteString(`],"telecom":[`)
+	for i := 0; i < 400; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"value":"v"}`)
+	}
+	b.WriteString(`]}`)
+	// 400 x 400 = 160,000 rows from one resource: refused.
+	if _, err := v.Rows(node(t, b.String())); !errors.Is(err, ErrRow) || !strings.Contains(err.Error(), "rows from one resource") {
+		t.Errorf("cross product of 160,000 rows: %v, want the row bound", err)
+	}
+}
+
 func TestRunnerDecodesOnceForAllViews(t *testing.T) {
 	pv, err := Compile([]byte(`{"name":"p","resource":"Patient","select":[{"column":[{"name":"id","path":"id"}]}]}`))
 	if err != nil {
