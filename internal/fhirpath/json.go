@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -78,24 +79,62 @@ var ErrTooDeep = errors.New("JSON nested deeper than the limit")
 // once; strings without escapes share that copy, so a resource costs about
 // one allocation per object or array.
 func ParseJSON(data []byte) (*Node, error) {
-	p := jsonParser{s: string(data)}
-	var n Node
+	p := parserPool.Get().(*jsonParser)
+	defer p.release()
+	p.s, p.i = string(data), 0
 	p.skipWS()
-	if err := p.value(&n, 0); err != nil {
+	v, err := p.value(0)
+	if err != nil {
 		return nil, err
 	}
+	n := &v
 	p.skipWS()
 	if p.i != len(p.s) {
 		return nil, p.errf("unexpected data after the JSON value")
 	}
-	return &n, nil
+	return n, nil
 }
 
+// jsonParser keeps its scratch stacks between documents (sync.Pool), and
+// carves the children of every container out of a few large arenas instead
+// of one allocation per object and array.
 type jsonParser struct {
-	s     string
-	i     int
-	stack []Node
-	keys  []string
+	s         string
+	i         int
+	stack     []Node
+	keys      []string
+	nodeArena []Node
+	keyArena  []string
+}
+
+var parserPool = sync.Pool{New: func() any { return &jsonParser{} }}
+
+func (p *jsonParser) release() {
+	clear(p.stack[:cap(p.stack)])
+	clear(p.keys[:cap(p.keys)])
+	p.stack, p.keys = p.stack[:0], p.keys[:0]
+	p.s, p.nodeArena, p.keyArena = "", nil, nil
+	parserPool.Put(p)
+}
+
+// allocNodes returns k nodes from the arena; the three-index slice keeps an
+// append by a caller from spilling into a neighbour.
+func (p *jsonParser) allocNodes(k int) []Node {
+	if cap(p.nodeArena)-len(p.nodeArena) < k {
+		p.nodeArena = make([]Node, 0, max(k, len(p.s)/24, 32))
+	}
+	l := len(p.nodeArena)
+	p.nodeArena = p.nodeArena[:l+k]
+	return p.nodeArena[l : l+k : l+k]
+}
+
+func (p *jsonParser) allocKeys(k int) []string {
+	if cap(p.keyArena)-len(p.keyArena) < k {
+		p.keyArena = make([]string, 0, max(k, len(p.s)/48, 32))
+	}
+	l := len(p.keyArena)
+	p.keyArena = p.keyArena[:l+k]
+	return p.keyArena[l : l+k : l+k]
 }
 
 func (p *jsonParser) errf(format string, a ...any) error {
@@ -113,36 +152,35 @@ func (p *jsonParser) skipWS() {
 	}
 }
 
-func (p *jsonParser) value(n *Node, depth int) error {
+func (p *jsonParser) value(depth int) (Node, error) {
+	var n Node
 	if depth > MaxDepth {
-		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+		return n, fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
 	}
 	if p.i >= len(p.s) {
-		return p.errf("unexpected end of input")
+		return n, p.errf("unexpected end of input")
 	}
+	var err error
 	switch c := p.s[p.i]; {
 	case c == '{':
-		return p.object(n, depth)
+		err = p.object(&n, depth)
 	case c == '[':
-		return p.array(n, depth)
+		err = p.array(&n, depth)
 	case c == '"':
-		s, err := p.str()
-		if err != nil {
-			return err
-		}
-		n.Kind, n.Str = String, s
-		return nil
+		n.Kind = String
+		n.Str, err = p.str()
 	case c == 't':
-		return p.lit(n, "true", Bool, true)
+		err = p.lit(&n, "true", Bool, true)
 	case c == 'f':
-		return p.lit(n, "false", Bool, false)
+		err = p.lit(&n, "false", Bool, false)
 	case c == 'n':
-		return p.lit(n, "null", Null, false)
+		err = p.lit(&n, "null", Null, false)
 	case c == '-' || (c >= '0' && c <= '9'):
-		return p.number(n)
+		err = p.number(&n)
 	default:
-		return p.errf("unexpected character %q", c)
+		err = p.errf("unexpected character %q", c)
 	}
+	return n, err
 }
 
 func (p *jsonParser) lit(n *Node, word string, k Kind, b bool) error {
@@ -311,13 +349,12 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		p.i++
 		p.skipWS()
-		p.stack = append(p.stack, Node{})
 		p.keys = append(p.keys, k)
-		var v Node
-		if err := p.value(&v, depth+1); err != nil {
+		v, err := p.value(depth + 1)
+		if err != nil {
 			return err
 		}
-		p.stack[len(p.stack)-1] = v
+		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated object")
@@ -333,8 +370,10 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		return p.errf("expected ',' or '}'")
 	}
 	n.Kind = Object
-	n.Kids = append([]Node(nil), p.stack[base:]...)
-	n.Keys = append([]string(nil), p.keys[kbase:]...)
+	n.Kids = p.allocNodes(len(p.stack) - base)
+	copy(n.Kids, p.stack[base:])
+	n.Keys = p.allocKeys(len(p.keys) - kbase)
+	copy(n.Keys, p.keys[kbase:])
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	p.keys = p.keys[:kbase]
@@ -352,12 +391,11 @@ func (p *jsonParser) array(n *Node, depth int) error {
 	}
 	for {
 		p.skipWS()
-		p.stack = append(p.stack, Node{})
-		var v Node
-		if err := p.value(&v, depth+1); err != nil {
+		v, err := p.value(depth + 1)
+		if err != nil {
 			return err
 		}
-		p.stack[len(p.stack)-1] = v
+		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated array")
@@ -373,7 +411,8 @@ func (p *jsonParser) array(n *Node, depth int) error {
 		return p.errf("expected ',' or ']'")
 	}
 	n.Kind = Array
-	n.Kids = append([]Node(nil), p.stack[base:]...)
+	n.Kids = p.allocNodes(len(p.stack) - base)
+	copy(n.Kids, p.stack[base:])
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	return nil
