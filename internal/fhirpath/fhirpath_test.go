@@ -304,7 +304,7 @@ func TestLimits(t *testing.T) {
 		}
 	}
 	// A number no decimal has: refused, not computed as a billion-digit power of ten.
-	huge := mustNode(t, `{"v":1e999999999,"w":1.5,"x":1e999999999}`)
+	huge := mustNode(t, `{"v":1e999999,"w":1.5,"x":1e999999}`) // math/big itself refuses only from about 1e1000000
 	for _, src := range []string{"v > w", "v.lowBoundary()", "v = x + 0", "v * 2"} {
 		start := time.Now()
 		if _, err := Evaluate(huge, src); err == nil {
