@@ -28,12 +28,11 @@ type Context struct {
 
 // Evaluate runs the expression with input as its focus ($this at the root).
 func (e *Expr) Evaluate(ctx *Context, input []Item) ([]Item, error) {
-	v := ev{ctx: ctx, budget: MaxItems}
-	sc := scope{}
+	v := &ev{ctx: ctx, budget: MaxItems}
 	if len(input) == 1 {
-		sc.this = input[0]
+		v.root.this = input[0]
 	}
-	out, err := v.eval(e.root, input, &sc)
+	out, err := v.eval(e.root, input, &v.root)
 	if err != nil {
 		return nil, fmt.Errorf("fhirpath: %q: %w", e.src, err)
 	}
@@ -57,6 +56,7 @@ func Evaluate(resource *Node, expression string) ([]Item, error) {
 type ev struct {
 	ctx    *Context
 	budget int
+	root   scope // in ev so that one allocation serves both
 }
 
 type scope struct {
@@ -76,7 +76,7 @@ func (v *ev) spend(n int) error {
 func (v *ev) eval(e *expr, input []Item, sc *scope) ([]Item, error) {
 	switch e.kind {
 	case eLiteral:
-		return []Item{e.lit}, nil
+		return e.litColl, nil
 	case eEmpty:
 		return nil, nil
 	case eThis:
@@ -181,18 +181,19 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 				continue
 			}
 		}
-		found := false
-		for i, k := range n.Keys {
-			if k == name {
-				var err error
-				if out, err = v.appendValue(out, &n.Kids[i], ""); err != nil {
-					return nil, err
+		if c := n.Get(name); c != nil {
+			if out == nil && len(input) == 1 {
+				// The common case: size the result exactly.
+				size := 1
+				if c.Kind == Array {
+					size = len(c.Kids)
 				}
-				found = true
-				break
+				out = make([]Item, 0, size)
 			}
-		}
-		if found {
+			var err error
+			if out, err = v.appendValue(out, c, ""); err != nil {
+				return nil, err
+			}
 			continue
 		}
 		for i, k := range n.Keys {

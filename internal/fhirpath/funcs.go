@@ -342,9 +342,13 @@ func typeAfterCast(it Item, spec string) string {
 // lambda evaluates an expression argument once per input item, with $this
 // and $index bound.
 func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []Item) (stop bool, err error)) error {
+	// One focus slice and one scope serve every item: each result is
+	// consumed by f before the next evaluation.
+	focus := make([]Item, 1)
+	s := &scope{total: sc.total}
 	for i, it := range in {
-		s := scope{this: it, index: i, total: sc.total}
-		r, err := v.eval(a, []Item{it}, &s)
+		focus[0], s.this, s.index = it, it, i
+		r, err := v.eval(a, focus, s)
 		if err != nil {
 			return err
 		}

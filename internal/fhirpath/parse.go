@@ -229,14 +229,15 @@ const (
 )
 
 type expr struct {
-	kind exprKind
-	op   string
-	name string // member, function or constant name
-	typ  string // type specifier of is/as/ofType/getReferenceKey
-	lit  Item
-	args []*expr
-	l, r *expr
-	fn   *funcDef
+	kind    exprKind
+	op      string
+	name    string // member, function or constant name
+	typ     string // type specifier of is/as/ofType/getReferenceKey
+	lit     Item
+	litColl []Item // {lit}, built once
+	args    []*expr
+	l, r    *expr
+	fn      *funcDef
 }
 
 // Expr is a parsed FHIRPath expression, safe for concurrent use.
@@ -275,6 +276,7 @@ func Parse(src string) (*Expr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fhirpath: %q: %w", src, err)
 	}
+	fillLiterals(root)
 	e := &Expr{src: src, root: root}
 	for name := range p.consts {
 		e.constants = append(e.constants, name)
@@ -594,4 +596,18 @@ func (p *parser) invocation(depth int) (*expr, error) {
 		return nil, fmt.Errorf("position %d: %s() takes %s", t.pos, t.text, fn.arity())
 	}
 	return e, nil
+}
+
+func fillLiterals(e *expr) {
+	if e == nil {
+		return
+	}
+	if e.kind == eLiteral {
+		e.litColl = []Item{e.lit}
+	}
+	fillLiterals(e.l)
+	fillLiterals(e.r)
+	for _, a := range e.args {
+		fillLiterals(a)
+	}
 }

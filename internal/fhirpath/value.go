@@ -63,7 +63,20 @@ func intItem(v int64) Item {
 	return Item{N: &Node{Kind: Number, Str: strconv.FormatInt(v, 10)}, T: "integer"}
 }
 
-func boolColl(b bool) []Item { return []Item{boolItem(b)} }
+// Shared single-item results. Collections returned by the evaluator are
+// read-only: every function builds a new slice rather than writing into its
+// input.
+var (
+	collTrue  = []Item{boolItem(true)}
+	collFalse = []Item{boolItem(false)}
+)
+
+func boolColl(b bool) []Item {
+	if b {
+		return collTrue
+	}
+	return collFalse
+}
 
 // FHIR primitive types, by the name used in choice suffixes (lower-cased
 // first letter) and ofType().

@@ -102,3 +102,33 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRowsOnly is the flattening alone, on an already decoded
+// resource (what each further view of the same type costs).
+func BenchmarkRowsOnly(b *testing.B) {
+	for _, bc := range []struct{ name, view, res string }{
+		{"patient", benchPatientView, benchPatient},
+		{"observation", benchObservationView, benchObservation},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			v, err := Compile([]byte(bc.view))
+			if err != nil {
+				b.Fatal(err)
+			}
+			n, err := fhirpath.ParseJSON([]byte(bc.res))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			rows := 0
+			for b.Loop() {
+				r, err := v.Rows(n)
+				if err != nil {
+					b.Fatal(err)
+				}
+				rows += len(r)
+			}
+			b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}

@@ -110,8 +110,9 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		}
 		rows := []Row{v.blank()}
 		ctx.RowIndex = idx
+		focus := []fhirpath.Item{f} // shared by the columns: results are read-only
 		for _, c := range s.columns {
-			val, err := v.columnValue(c, f, ctx)
+			val, err := v.columnValueOf(c, focus, ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -228,10 +229,6 @@ func (v *View) repeat(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowI
 		return nil
 	}
 	return out, walk(n, 0)
-}
-
-func (v *View) columnValue(c compiledColumn, f fhirpath.Item, ctx *fhirpath.Context) (any, error) {
-	return v.columnValueOf(c, []fhirpath.Item{f}, ctx)
 }
 
 func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context) (any, error) {
