@@ -178,7 +178,7 @@ func (p *jsonParser) value(depth int) (Node, error) {
 	case c == '-' || (c >= '0' && c <= '9'):
 		err = p.number(&n)
 	default:
-		err = p.errf("unexpected character %q", c)
+		err = p.errf("unexpected character")
 	}
 	return n, err
 }
@@ -307,7 +307,7 @@ func (p *jsonParser) strSlow(start int) (string, error) {
 			}
 			b.WriteRune(r)
 		default:
-			return "", p.errf("invalid escape \\%c", e)
+			return "", p.errf("invalid escape")
 		}
 	}
 	return "", p.errf("unterminated string")
