@@ -135,8 +135,9 @@ var (
 		"versionAlgorithmCoding", "name", "title", "status", "experimental", "date", "publisher",
 		"contact", "description", "useContext", "jurisdiction", "purpose", "copyright",
 		"copyrightLabel", "resource", "profile", "fhirVersion", "constant", "select", "where")
-	selectKeys   = keySet("id", "extension", "modifierExtension", "column", "select", "forEach", "forEachOrNull", "repeat", "unionAll")
-	columnKeys   = keySet("id", "extension", "modifierExtension", "path", "name", "description", "collection", "type", "tag")
+	selectKeys = keySet("id", "extension", "modifierExtension", "column", "select", "forEach", "forEachOrNull", "repeat", "unionAll")
+	// "tags" as well as the model's "tag": the spec's own type-hint example writes tags.
+	columnKeys   = keySet("id", "extension", "modifierExtension", "path", "name", "description", "collection", "type", "tag", "tags")
 	whereKeys    = keySet("id", "extension", "modifierExtension", "path", "description")
 	constantKeys = keySet("id", "extension", "modifierExtension", "name")
 	tagKeys      = keySet("id", "extension", "modifierExtension", "name", "value")
@@ -503,6 +504,11 @@ func (c *compiler) column(n *fhirpath.Node, path string) (compiledColumn, error)
 	if err != nil {
 		return compiledColumn{}, err
 	}
+	alias, err := getArray(n, "tags", path)
+	if err != nil {
+		return compiledColumn{}, err
+	}
+	tags = append(tags, alias...)
 	for i := range tags {
 		tp := fmt.Sprintf("%s.tag[%d]", path, i)
 		if err := checkKeys(&tags[i], tagKeys, tp); err != nil {

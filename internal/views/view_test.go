@@ -70,7 +70,7 @@ const patientView = `{
     {"column": [
       {"name": "id", "path": "getResourceKey()", "type": "string"},
       {"name": "active", "path": "active", "type": "boolean"},
-      {"name": "birth_date", "path": "birthDate", "type": "date"},
+      {"name": "birth_date", "path": "birthDate", "type": "date", "tag": [{"name": "ansi/type", "value": "DATE"}]},
       {"name": "births", "path": "multipleBirth.ofType(integer)", "type": "integer"},
       {"name": "weight", "path": "extension('http://example.org/weight').value.ofType(decimal)", "type": "decimal"},
       {"name": "family", "path": "name.where(use = %official).family", "type": "string"},
@@ -115,6 +115,9 @@ func TestRowsTypes(t *testing.T) {
 	}
 	if js, _ := json.Marshal(v.Map(rows[1])); !strings.Contains(string(js), `"weight":70.50`) {
 		t.Errorf("decimal not exact in JSON: %s", js)
+	}
+	if got := v.Columns[2].Tags; len(got) != 1 || got[0] != (Tag{"ansi/type", "DATE"}) {
+		t.Errorf("tags %v", got)
 	}
 	var names []string
 	for _, c := range v.Columns {
