@@ -279,3 +279,22 @@ func FuzzRows(f *testing.F) {
 		}
 	})
 }
+
+func TestColumnKinds(t *testing.T) {
+	v, err := Compile([]byte(patientView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range v.Columns {
+		k := c.Kind().String()
+		if c.Collection {
+			k = "list<" + k + ">"
+		}
+		got = append(got, c.Name+":"+k)
+	}
+	want := "id:string active:boolean birth_date:date births:int64 weight:decimal family:string given:list<string> org:string first_coding:json telecom_index:int64 telecom_system:string"
+	if strings.Join(got, " ") != want {
+		t.Errorf("kinds\n got %s\nwant %s", strings.Join(got, " "), want)
+	}
+}
