@@ -24,11 +24,30 @@ type Context struct {
 	Resource  *Node
 	Constants map[string][]Item
 	RowIndex  int
+
+	scratch ev     // reused by each evaluation (evaluations do not nest)
+	slab    []Item // small result slices are carved from here
+}
+
+// items returns an empty slice with room for n items. Small ones share a
+// slab: results are read-only, and the three-index slice keeps an append
+// from spilling into a neighbour.
+func (c *Context) items(n int) []Item {
+	if n > 16 {
+		return make([]Item, 0, n)
+	}
+	if cap(c.slab)-len(c.slab) < n {
+		c.slab = make([]Item, 0, 64)
+	}
+	l := len(c.slab)
+	c.slab = c.slab[:l+n]
+	return c.slab[l : l : l+n]
 }
 
 // Evaluate runs the expression with input as its focus ($this at the root).
 func (e *Expr) Evaluate(ctx *Context, input []Item) ([]Item, error) {
-	v := &ev{ctx: ctx, budget: MaxItems}
+	v := &ctx.scratch
+	*v = ev{ctx: ctx, budget: MaxItems}
 	if len(input) == 1 {
 		v.root.this = input[0]
 	}
@@ -188,7 +207,7 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 				if c.Kind == Array {
 					size = len(c.Kids)
 				}
-				out = make([]Item, 0, size)
+				out = v.ctx.items(size)
 			}
 			var err error
 			if out, err = v.appendValue(out, c, ""); err != nil {

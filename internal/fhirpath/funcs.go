@@ -344,7 +344,7 @@ func typeAfterCast(it Item, spec string) string {
 func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []Item) (stop bool, err error)) error {
 	// One focus slice and one scope serve every item: each result is
 	// consumed by f before the next evaluation.
-	focus := make([]Item, 1)
+	focus := v.ctx.items(1)[:1]
 	s := &scope{total: sc.total}
 	for i, it := range in {
 		focus[0], s.this, s.index = it, it, i
