@@ -61,158 +61,159 @@ func render(items []Item) string {
 	return "[" + strings.Join(parts, ", ") + "]"
 }
 
+var evalTests = []struct{ expr, want string }{
+	// navigation
+	{"id", "['p1']"},
+	{"name.given", "['Ann', 'Marie', 'Annie']"},
+	{"Patient.name.family", "['Smith', 'Jones']"},
+	{"name[1].given", "['Annie']"},
+	{"name[5].given", "[]"},
+	{"nothing.here", "[]"},
+	{"`name`.family.first()", "['Smith']"},
+	// choice elements by type suffix
+	{"deceased", "[false]"},
+	{"deceased.ofType(boolean)", "[false]"},
+	{"deceased.ofType(string)", "[]"},
+	{"multipleBirth.ofType(integer)", "[2]"},
+	{"value.ofType(Quantity).unit", "['mg']"},
+	{"value is Quantity", "[true]"},
+	{"(value as Quantity).value", "[1.50]"},
+	{"extension.value.ofType(code)", "['F']"},
+	{"extension.value.ofType(string)", "['F']"}, // code specialises string
+	// existence and filtering
+	{"name.exists()", "[true]"},
+	{"identifier.exists()", "[false]"},
+	{"identifier.empty()", "[true]"},
+	{"name.exists(use = 'maiden')", "[true]"},
+	{"name.where(use = 'official').given", "['Ann', 'Marie']"},
+	{"name.where(family.exists()).count()", "[2]"},
+	{"name.select(given.first())", "['Ann', 'Annie']"},
+	{"name.all(use.exists())", "[true]"},
+	{"telecom.where($index = 1).system", "['email']"},
+	{"name.given.first()", "['Ann']"},
+	{"name.given.last()", "['Annie']"},
+	{"name.given.tail()", "['Marie', 'Annie']"},
+	{"name.given.skip(1).take(1)", "['Marie']"},
+	{"name.given.count()", "[3]"},
+	{"(1 | 2 | 2).count()", "[2]"},
+	{"(1).combine(1).count()", "[2]"},
+	{"name.use.distinct().count()", "[3]"},
+	// extensions, nested
+	{"extension('http://example.org/birthsex').value.ofType(code)", "['F']"},
+	{"extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race').extension('ombCategory').value.ofType(Coding).code", "['2106-3']"},
+	{"extension('http://nowhere').exists()", "[false]"},
+	// strings
+	{"name.given.join(', ')", "['Ann, Marie, Annie']"},
+	{"name.given.join()", "['AnnMarieAnnie']"},
+	{"identifier.value.join(',')", "['']"},
+	{"'abc' + 'def'", "['abcdef']"},
+	{"'a' & {} & 'b'", "['ab']"},
+	{"id.upper()", "['P1']"},
+	{"'Hello'.lower().length()", "[5]"},
+	{"'hello'.substring(1, 3)", "['ell']"},
+	{"'hello'.substring(1, 9223372036854775807)", "['ello']"},
+	{"'hello'.startsWith('he') and 'hello'.endsWith('lo')", "[true]"},
+	{"'hello'.contains('ll')", "[true]"},
+	{"'hello'.indexOf('l')", "[2]"},
+	{"'a,b,c'.split(',').count()", "[3]"},
+	{"'  x '.trim()", "['x']"},
+	{"'abc'.replace('b', 'X')", "['aXc']"},
+	{"'2024-01-15'.matches('^[0-9]{4}-')", "[true]"},
+	{"'a1b22'.replaceMatches('[0-9]+', '#')", "['a#b#']"},
+	{"'abc'.toChars().count()", "[3]"},
+	// arithmetic and comparison
+	{"1 + 2 * 3", "[7]"},
+	{"(1 + 2) * 3", "[9]"},
+	{"7 div 2", "[3]"},
+	{"7 mod 2", "[1]"},
+	{"3 / 2", "[1.5]"},
+	{"1 / 3", "[0.33333333]"},
+	{"1.5 + 1.25", "[2.75]"},
+	{"0.1 + 0.2 = 0.3", "[true]"},
+	{"2 * 1.5", "[3]"},
+	{"-5 + 2", "[-3]"},
+	{"1 / 0", "[]"},
+	{"valueQuantity.value * 2", "[3]"},
+	{"1 = 1.0", "[true]"},
+	{"1 != 2", "[true]"},
+	{"2 > 1 and 1 < 2 and 2 >= 2 and 2 <= 2", "[true]"},
+	{"'a' < 'b'", "[true]"},
+	{"{} = 1", "[]"},
+	{"name.given = name.given", "[true]"},
+	{"'ABC' ~ 'abc'", "[true]"},
+	{"'ABC' !~ 'abd'", "[true]"},
+	{"'Ann' in name.given", "[true]"},
+	{"name.given contains 'Zed'", "[false]"},
+	{"(-1.5).abs()", "[1.5]"},
+	{"1.5.ceiling()", "[2]"},
+	{"(-1.5).floor()", "[-2]"},
+	{"3.14159.round(2)", "[3.14]"},
+	// dates and times
+	{"birthDate = @1970-06", "[true]"},
+	{"birthDate < @1971-01-01", "[true]"},
+	{"@2020-01-01 = @2020-01-01T10:00:00Z", "[]"}, // different precision: unknown
+	{"@2020-01-01 < @2021", "[true]"},
+	{"@2020-01-01T10:00:00+02:00 = @2020-01-01T08:00:00Z", "[true]"},
+	{"@T10:00 < @T11:00", "[true]"},
+	{"birthDate.lowBoundary()", "['1970-06-01']"},
+	{"birthDate.highBoundary()", "['1970-06-30']"},
+	{"@2024-02.highBoundary()", "['2024-02-29']"},
+	{"@2010-10-10T.lowBoundary()", "['2010-10-10T00:00:00.000+14:00']"},
+	{"@2010-10-10T.highBoundary()", "['2010-10-10T23:59:59.999-12:00']"},
+	{"@2010-10-10T10:30Z.highBoundary()", "['2010-10-10T10:30:59.999Z']"},
+	{"@T12:34.lowBoundary()", "['12:34:00.000']"},
+	{"@T12:34:00.5.highBoundary()", "['12:34:00.599']"},
+	{"name.where(use = 'maiden').period.lowBoundary()", "['1970-06-01T00:00:00.000+14:00']"},
+	{"name.where(use = 'maiden').period.highBoundary()", "['1995-12-31T23:59:59.999-12:00']"},
+	// decimal boundaries
+	{"1.0.lowBoundary()", "[0.95]"},
+	{"1.0.highBoundary()", "[1.05]"},
+	{"1.587.lowBoundary()", "[1.5865]"},
+	{"1.587.highBoundary(2)", "[1.59]"},
+	{"1.587.lowBoundary(6)", "[1.586500]"},
+	{"(-1.587).lowBoundary()", "[-1.5875]"},
+	{"1.lowBoundary()", "[0.5]"},
+	// three-valued logic
+	{"true and {}", "[]"},
+	{"false and {}", "[false]"},
+	{"true or {}", "[true]"},
+	{"{} or false", "[]"},
+	{"true xor false", "[true]"},
+	{"false implies {}", "[true]"},
+	{"{} implies true", "[true]"},
+	{"{}.not()", "[]"},
+	{"(1 = 2).not()", "[true]"},
+	{"iif(active, 'yes', 'no')", "['yes']"},
+	{"iif(false, 'yes')", "[]"},
+	// keys
+	{"getResourceKey()", "['Patient/p1']"},
+	{"managingOrganization.getReferenceKey()", "['Organization/o1']"},
+	{"managingOrganization.getReferenceKey(Organization)", "['Organization/o1']"},
+	{"managingOrganization.getReferenceKey('Organization')", "['Organization/o1']"},
+	{"managingOrganization.getReferenceKey(Patient)", "[]"},
+	{"generalPractitioner.getReferenceKey()", "['Practitioner/pr1']"},
+	// conversion
+	{"'42'.toInteger() + 1", "[43]"},
+	{"'4.5'.toDecimal()", "[4.5]"},
+	{"'x'.toInteger()", "[]"},
+	{"'yes'.toBoolean()", "[true]"},
+	{"1.toString()", "['1']"},
+	{"'x'.convertsToInteger()", "[false]"},
+	// environment
+	{"%resource.id", "['p1']"},
+	{"%rootResource.id", "['p1']"},
+	{"%rowIndex", "[0]"},
+	{"name.repeat(period).start", "['1970-06-01']"},
+	{"children().count() > 5", "[true]"},
+	{"descendants().where($this = 'Annie').count()", "[1]"},
+	{"meta.profile.hasValue()", "[true]"},
+	{"true // a comment", "[true]"},
+	{"/* block */ 1", "[1]"},
+}
+
 func TestEvaluate(t *testing.T) {
 	p := mustNode(t, patientJSON)
-	tests := []struct{ expr, want string }{
-		// navigation
-		{"id", "['p1']"},
-		{"name.given", "['Ann', 'Marie', 'Annie']"},
-		{"Patient.name.family", "['Smith', 'Jones']"},
-		{"name[1].given", "['Annie']"},
-		{"name[5].given", "[]"},
-		{"nothing.here", "[]"},
-		{"`name`.family.first()", "['Smith']"},
-		// choice elements by type suffix
-		{"deceased", "[false]"},
-		{"deceased.ofType(boolean)", "[false]"},
-		{"deceased.ofType(string)", "[]"},
-		{"multipleBirth.ofType(integer)", "[2]"},
-		{"value.ofType(Quantity).unit", "['mg']"},
-		{"value is Quantity", "[true]"},
-		{"(value as Quantity).value", "[1.50]"},
-		{"extension.value.ofType(code)", "['F']"},
-		{"extension.value.ofType(string)", "['F']"}, // code specialises string
-		// existence and filtering
-		{"name.exists()", "[true]"},
-		{"identifier.exists()", "[false]"},
-		{"identifier.empty()", "[true]"},
-		{"name.exists(use = 'maiden')", "[true]"},
-		{"name.where(use = 'official').given", "['Ann', 'Marie']"},
-		{"name.where(family.exists()).count()", "[2]"},
-		{"name.select(given.first())", "['Ann', 'Annie']"},
-		{"name.all(use.exists())", "[true]"},
-		{"telecom.where($index = 1).system", "['email']"},
-		{"name.given.first()", "['Ann']"},
-		{"name.given.last()", "['Annie']"},
-		{"name.given.tail()", "['Marie', 'Annie']"},
-		{"name.given.skip(1).take(1)", "['Marie']"},
-		{"name.given.count()", "[3]"},
-		{"(1 | 2 | 2).count()", "[2]"},
-		{"(1).combine(1).count()", "[2]"},
-		{"name.use.distinct().count()", "[3]"},
-		// extensions, nested
-		{"extension('http://example.org/birthsex').value.ofType(code)", "['F']"},
-		{"extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race').extension('ombCategory').value.ofType(Coding).code", "['2106-3']"},
-		{"extension('http://nowhere').exists()", "[false]"},
-		// strings
-		{"name.given.join(', ')", "['Ann, Marie, Annie']"},
-		{"name.given.join()", "['AnnMarieAnnie']"},
-		{"identifier.value.join(',')", "['']"},
-		{"'abc' + 'def'", "['abcdef']"},
-		{"'a' & {} & 'b'", "['ab']"},
-		{"id.upper()", "['P1']"},
-		{"'Hello'.lower().length()", "[5]"},
-		{"'hello'.substring(1, 3)", "['ell']"},
-		{"'hello'.substring(1, 9223372036854775807)", "['ello']"},
-		{"'hello'.startsWith('he') and 'hello'.endsWith('lo')", "[true]"},
-		{"'hello'.contains('ll')", "[true]"},
-		{"'hello'.indexOf('l')", "[2]"},
-		{"'a,b,c'.split(',').count()", "[3]"},
-		{"'  x '.trim()", "['x']"},
-		{"'abc'.replace('b', 'X')", "['aXc']"},
-		{"'2024-01-15'.matches('^[0-9]{4}-')", "[true]"},
-		{"'a1b22'.replaceMatches('[0-9]+', '#')", "['a#b#']"},
-		{"'abc'.toChars().count()", "[3]"},
-		// arithmetic and comparison
-		{"1 + 2 * 3", "[7]"},
-		{"(1 + 2) * 3", "[9]"},
-		{"7 div 2", "[3]"},
-		{"7 mod 2", "[1]"},
-		{"3 / 2", "[1.5]"},
-		{"1 / 3", "[0.33333333]"},
-		{"1.5 + 1.25", "[2.75]"},
-		{"0.1 + 0.2 = 0.3", "[true]"},
-		{"2 * 1.5", "[3]"},
-		{"-5 + 2", "[-3]"},
-		{"1 / 0", "[]"},
-		{"valueQuantity.value * 2", "[3]"},
-		{"1 = 1.0", "[true]"},
-		{"1 != 2", "[true]"},
-		{"2 > 1 and 1 < 2 and 2 >= 2 and 2 <= 2", "[true]"},
-		{"'a' < 'b'", "[true]"},
-		{"{} = 1", "[]"},
-		{"name.given = name.given", "[true]"},
-		{"'ABC' ~ 'abc'", "[true]"},
-		{"'ABC' !~ 'abd'", "[true]"},
-		{"'Ann' in name.given", "[true]"},
-		{"name.given contains 'Zed'", "[false]"},
-		{"(-1.5).abs()", "[1.5]"},
-		{"1.5.ceiling()", "[2]"},
-		{"(-1.5).floor()", "[-2]"},
-		{"3.14159.round(2)", "[3.14]"},
-		// dates and times
-		{"birthDate = @1970-06", "[true]"},
-		{"birthDate < @1971-01-01", "[true]"},
-		{"@2020-01-01 = @2020-01-01T10:00:00Z", "[]"}, // different precision: unknown
-		{"@2020-01-01 < @2021", "[true]"},
-		{"@2020-01-01T10:00:00+02:00 = @2020-01-01T08:00:00Z", "[true]"},
-		{"@T10:00 < @T11:00", "[true]"},
-		{"birthDate.lowBoundary()", "['1970-06-01']"},
-		{"birthDate.highBoundary()", "['1970-06-30']"},
-		{"@2024-02.highBoundary()", "['2024-02-29']"},
-		{"@2010-10-10T.lowBoundary()", "['2010-10-10T00:00:00.000+14:00']"},
-		{"@2010-10-10T.highBoundary()", "['2010-10-10T23:59:59.999-12:00']"},
-		{"@2010-10-10T10:30Z.highBoundary()", "['2010-10-10T10:30:59.999Z']"},
-		{"@T12:34.lowBoundary()", "['12:34:00.000']"},
-		{"@T12:34:00.5.highBoundary()", "['12:34:00.599']"},
-		{"name.where(use = 'maiden').period.lowBoundary()", "['1970-06-01T00:00:00.000+14:00']"},
-		{"name.where(use = 'maiden').period.highBoundary()", "['1995-12-31T23:59:59.999-12:00']"},
-		// decimal boundaries
-		{"1.0.lowBoundary()", "[0.95]"},
-		{"1.0.highBoundary()", "[1.05]"},
-		{"1.587.lowBoundary()", "[1.5865]"},
-		{"1.587.highBoundary(2)", "[1.59]"},
-		{"1.587.lowBoundary(6)", "[1.586500]"},
-		{"(-1.587).lowBoundary()", "[-1.5875]"},
-		{"1.lowBoundary()", "[0.5]"},
-		// three-valued logic
-		{"true and {}", "[]"},
-		{"false and {}", "[false]"},
-		{"true or {}", "[true]"},
-		{"{} or false", "[]"},
-		{"true xor false", "[true]"},
-		{"false implies {}", "[true]"},
-		{"{} implies true", "[true]"},
-		{"{}.not()", "[]"},
-		{"(1 = 2).not()", "[true]"},
-		{"iif(active, 'yes', 'no')", "['yes']"},
-		{"iif(false, 'yes')", "[]"},
-		// keys
-		{"getResourceKey()", "['Patient/p1']"},
-		{"managingOrganization.getReferenceKey()", "['Organization/o1']"},
-		{"managingOrganization.getReferenceKey(Organization)", "['Organization/o1']"},
-		{"managingOrganization.getReferenceKey('Organization')", "['Organization/o1']"},
-		{"managingOrganization.getReferenceKey(Patient)", "[]"},
-		{"generalPractitioner.getReferenceKey()", "['Practitioner/pr1']"},
-		// conversion
-		{"'42'.toInteger() + 1", "[43]"},
-		{"'4.5'.toDecimal()", "[4.5]"},
-		{"'x'.toInteger()", "[]"},
-		{"'yes'.toBoolean()", "[true]"},
-		{"1.toString()", "['1']"},
-		{"'x'.convertsToInteger()", "[false]"},
-		// environment
-		{"%resource.id", "['p1']"},
-		{"%rootResource.id", "['p1']"},
-		{"%rowIndex", "[0]"},
-		{"name.repeat(period).start", "['1970-06-01']"},
-		{"children().count() > 5", "[true]"},
-		{"descendants().where($this = 'Annie').count()", "[1]"},
-		{"meta.profile.hasValue()", "[true]"},
-		{"true // a comment", "[true]"},
-		{"/* block */ 1", "[1]"},
-	}
-	for _, tc := range tests {
+	for _, tc := range evalTests {
 		got, err := Evaluate(p, tc.expr)
 		if err != nil {
 			t.Errorf("%s: %v", tc.expr, err)
@@ -220,6 +221,26 @@ func TestEvaluate(t *testing.T) {
 		}
 		if r := render(got); r != tc.want {
 			t.Errorf("%s = %s, want %s", tc.expr, r, tc.want)
+		}
+	}
+}
+
+// One Context serves many evaluations (a view's columns) and carves results
+// from a shared slab: no evaluation may disturb an earlier one's result.
+func TestContextReuse(t *testing.T) {
+	p := mustNode(t, patientJSON)
+	ctx := &Context{Resource: p}
+	results := make([][]Item, len(evalTests))
+	for i, tc := range evalTests {
+		got, err := MustParse(tc.expr).EvaluateNode(ctx, p)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.expr, err)
+		}
+		results[i] = got
+	}
+	for i, tc := range evalTests {
+		if r := render(results[i]); r != tc.want {
+			t.Errorf("%s = %s after later evaluations, want %s", tc.expr, r, tc.want)
 		}
 	}
 }
