@@ -1,6 +1,9 @@
 package fhirpath
 
 import (
+	"encoding/json"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -36,11 +39,32 @@ func FuzzEvaluate(f *testing.F) {
 	})
 }
 
-// FuzzParseJSON: the decoder never panics and agrees with itself.
+// FuzzParseJSON: the decoder never panics, accepts exactly what
+// encoding/json accepts (short of the depth limit), and reads the same
+// strings.
 func FuzzParseJSON(f *testing.F) {
 	f.Add(patientJSON)
 	f.Add(`[1,-2.5e3,"\ud83d\ude00",{"":null}]`)
+	f.Add(`{"a":"\u00e9\n","b":[true,false,null]}`)
 	f.Fuzz(func(t *testing.T, doc string) {
-		_, _ = ParseJSON([]byte(doc))
+		n, err := ParseJSON([]byte(doc))
+		if errors.Is(err, ErrTooDeep) {
+			return
+		}
+		if valid := json.Valid([]byte(doc)); valid != (err == nil) {
+			t.Fatalf("ParseJSON error %v, but encoding/json valid=%v for %q", err, valid, doc)
+		}
+		if err != nil {
+			return
+		}
+		var std any
+		d := json.NewDecoder(strings.NewReader(doc))
+		d.UseNumber()
+		if err := d.Decode(&std); err != nil {
+			t.Fatal(err)
+		}
+		if s, ok := std.(string); ok && n.Str != s {
+			t.Fatalf("string %q, encoding/json reads %q", n.Str, s)
+		}
 	})
 }

@@ -238,7 +238,7 @@ func (p *jsonParser) str() (string, error) {
 		if c == '"' {
 			out := s[start:p.i]
 			p.i++
-			return out, nil
+			return validUTF8(out), nil
 		}
 		if c == '\\' {
 			return p.strSlow(start)
@@ -260,7 +260,7 @@ func (p *jsonParser) strSlow(start int) (string, error) {
 		switch {
 		case c == '"':
 			p.i++
-			return b.String(), nil
+			return validUTF8(b.String()), nil
 		case c < 0x20:
 			return "", p.errf("control character in string")
 		case c != '\\':
@@ -470,4 +470,23 @@ func fromAny(n *Node, v any, depth int) error {
 		return fmt.Errorf("json: unsupported Go value %T", v)
 	}
 	return nil
+}
+
+// validUTF8 replaces each byte that is not part of valid UTF-8 with U+FFFD,
+// as encoding/json does, so that every string handed on is valid text.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteString("\uFFFD")
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
