@@ -366,6 +366,9 @@ func TestParseJSON(t *testing.T) {
 			t.Errorf("ParseJSON(%q) succeeded", bad)
 		}
 	}
+	if d := mustNode(t, `{"id":"a","id":"b"}`); d.Get("id").Str != "b" {
+		t.Errorf("duplicate key: %q, want the last as encoding/json", d.Get("id").Str)
+	}
 	v, err := FromAny(map[string]any{"b": 1.5, "a": []any{true, nil, "x"}})
 	if err != nil || strings.Join(v.Keys, ",") != "a,b" || v.Get("b").Str != "1.5" {
 		t.Errorf("FromAny = %+v, %v", v, err)

@@ -54,13 +54,14 @@ type Node struct {
 	Kids []Node   // Object: values; Array: elements
 }
 
-// Get returns the value of key in an object, or nil.
+// Get returns the value of key in an object, or nil. Of duplicate keys the
+// last wins, as with encoding/json.
 func (n *Node) Get(key string) *Node {
 	if n == nil || n.Kind != Object {
 		return nil
 	}
-	for i, k := range n.Keys {
-		if k == key {
+	for i := len(n.Keys) - 1; i >= 0; i-- {
+		if n.Keys[i] == key {
 			return &n.Kids[i]
 		}
 	}
