@@ -10,8 +10,6 @@ import (
 	"sort"
 	"strings"
 	"testing"
-
-	"github.com/bulkflow/bulkflow/internal/fhirpath"
 )
 
 // The official SQL on FHIR v2 test suite is read from
@@ -101,13 +99,14 @@ func TestConformance(t *testing.T) {
 			t.Fatalf("%s: %v", path, err)
 		}
 		base := filepath.Base(path)
-		var resources []*fhirpath.Node
+		// Each resource as an NDJSON line, as the export streams them.
+		var resources [][]byte
 		for _, r := range sf.Resources {
-			n, err := fhirpath.ParseJSON(r)
-			if err != nil {
+			var line bytes.Buffer
+			if err := json.Compact(&line, r); err != nil {
 				t.Fatalf("%s: resource: %v", base, err)
 			}
-			resources = append(resources, n)
+			resources = append(resources, line.Bytes())
 		}
 		var results []reportTest
 		for _, tc := range sf.Tests {
@@ -151,8 +150,9 @@ func TestConformance(t *testing.T) {
 	t.Logf("report written to %s", abs)
 }
 
-// runCase runs one official test; nil means it passed.
-func runCase(resources []*fhirpath.Node, viewJSON json.RawMessage, expect []json.RawMessage,
+// runCase runs one official test through Runner, the path the export
+// takes (one decode per line, rows per view); nil means it passed.
+func runCase(resources [][]byte, viewJSON json.RawMessage, expect []json.RawMessage,
 	expectError bool, expectCount *int, expectColumns []string) error {
 	v, err := Compile(viewJSON)
 	if err != nil {
@@ -162,16 +162,19 @@ func runCase(resources []*fhirpath.Node, viewJSON json.RawMessage, expect []json
 		return fmt.Errorf("compile: %v", err)
 	}
 	var got []map[string]any
-	for _, r := range resources {
-		rows, err := v.Rows(r)
+	runner := NewRunner(v)
+	for _, line := range resources {
+		err := runner.Process(line, func(v *View, rows []Row) error {
+			for _, row := range rows {
+				got = append(got, v.Map(row))
+			}
+			return nil
+		})
 		if err != nil {
 			if expectError {
 				return nil
 			}
 			return fmt.Errorf("rows: %v", err)
-		}
-		for _, row := range rows {
-			got = append(got, v.Map(row))
 		}
 	}
 	if expectError {
