@@ -298,3 +298,41 @@ func TestColumnKinds(t *testing.T) {
 		t.Errorf("kinds\n got %s\nwant %s", strings.Join(got, " "), want)
 	}
 }
+
+// A compiled View serves many workers at once.
+func TestViewConcurrentUse(t *testing.T) {
+	v, err := Compile([]byte(benchObservationView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := v.Rows(node(t, benchObservation))
+	if err != nil || len(want) != 2 {
+		t.Fatalf("rows %v, %v", want, err)
+	}
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for range 200 {
+				n, err := fhirpath.ParseJSON([]byte(benchObservation))
+				if err != nil {
+					errs <- err
+					return
+				}
+				got, err := v.Rows(n)
+				if err == nil && !reflect.DeepEqual(got, want) {
+					err = errors.New("rows differ between goroutines")
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
