@@ -234,12 +234,19 @@ func (p *jsonParser) str() (string, error) {
 	p.i++ // opening quote
 	start := p.i
 	s := p.s
+	ascii := true
 	for p.i < len(s) {
 		c := s[p.i]
 		if c == '"' {
 			out := s[start:p.i]
 			p.i++
-			return validUTF8(out), nil
+			if !ascii {
+				out = validUTF8(out)
+			}
+			return out, nil
+		}
+		if c >= 0x80 {
+			ascii = false
 		}
 		if c == '\\' {
 			return p.strSlow(start)
