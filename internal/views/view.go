@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/bulkflow/bulkflow/internal/fhirpath"
@@ -289,6 +290,10 @@ func (c *compiler) compileConstants(def *fhirpath.Node) error {
 		if !sqlName.MatchString(name) {
 			return errAt(p+".name", "%s", sqlNameMsg)
 		}
+		switch name {
+		case "resource", "rootResource", "context", "rowIndex", "ucum", "sct", "loinc":
+			return errAt(p+".name", "%%%s is a FHIRPath environment variable; choose another name", name)
+		}
 		if _, dup := c.constants[name]; dup {
 			return errAt(p+".name", "constant %q is defined twice", name)
 		}
@@ -313,6 +318,9 @@ func (c *compiler) compileConstants(def *fhirpath.Node) error {
 		if err := checkConstantValue(value, typ); err != nil {
 			return errAt(p, "constant %q: %v", name, err)
 		}
+		if typ == "integer64" && value.Kind == fhirpath.String {
+			value = &fhirpath.Node{Kind: fhirpath.Number, Str: value.Str} // FHIR JSON writes integer64 as a string
+		}
 		c.constants[name] = []fhirpath.Item{{N: value, T: typ}}
 	}
 	return nil
@@ -326,7 +334,10 @@ func checkConstantValue(n *fhirpath.Node, typ string) error {
 	case "decimal", "integer", "integer64", "positiveInt", "unsignedInt":
 		want = fhirpath.Number
 	}
-	if typ == "integer64" && n.Kind == fhirpath.String { // FHIR JSON writes integer64 as a string
+	if typ == "integer64" && n.Kind == fhirpath.String {
+		if _, err := strconv.ParseInt(n.Str, 10, 64); err != nil {
+			return fmt.Errorf("an integer64 value must be a 64-bit integer")
+		}
 		return nil
 	}
 	if n.Kind != want {

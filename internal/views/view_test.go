@@ -48,6 +48,8 @@ func TestCompileRefusesInvalidViews(t *testing.T) {
 		{"constant with two values", `{"resource":"Patient","constant":[{"name":"c","valueString":"a","valueCode":"b"}],"select":[{` + col + `}]}`, "more than one value[x]"},
 		{"constant of wrong JSON type", `{"resource":"Patient","constant":[{"name":"c","valueInteger":"1"}],"select":[{` + col + `}]}`, "must be a JSON number"},
 		{"constant of unknown type", `{"resource":"Patient","constant":[{"name":"c","valueCoding":{}}],"select":[{` + col + `}]}`, `unknown element "valueCoding"`},
+		{"constant shadowing %resource", `{"resource":"Patient","constant":[{"name":"resource","valueString":"x"}],"select":[{` + col + `}]}`, "FHIRPath environment variable"},
+		{"integer64 constant not an integer", `{"resource":"Patient","constant":[{"name":"c","valueInteger64":"x1"}],"select":[{` + col + `}]}`, "64-bit integer"},
 		{"where without path", `{"resource":"Patient","select":[{` + col + `}],"where":[{}]}`, "where[0].path: required"},
 		{"repeat empty", `{"resource":"Patient","select":[{"repeat":[],` + col + `}]}`, "repeat: must be a non-empty array"},
 	}
