@@ -192,7 +192,11 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 	for _, it := range input {
 		n := it.N
 		if n.Kind != Object {
-			continue
+			// A primitive's id and extensions live in its _name sibling.
+			if it.X == nil {
+				continue
+			}
+			n = it.X
 		}
 		if upper {
 			if rt := n.Get("resourceType"); rt != nil && rt.Kind == String && rt.Str == name {
@@ -210,7 +214,7 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 				out = v.ctx.items(size)
 			}
 			var err error
-			if out, err = v.appendValue(out, c, ""); err != nil {
+			if out, err = v.appendValue(out, c, "", primitiveExt(n, c, name)); err != nil {
 				return nil, err
 			}
 			continue
@@ -219,7 +223,7 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 			if len(k) > len(name) && k[:len(name)] == name {
 				if t := choiceType(k[len(name):]); t != "" {
 					var err error
-					if out, err = v.appendValue(out, &n.Kids[i], t); err != nil {
+					if out, err = v.appendValue(out, &n.Kids[i], t, primitiveExt(n, &n.Kids[i], k)); err != nil {
 						return nil, err
 					}
 				}
@@ -229,7 +233,30 @@ func (v *ev) member(input []Item, name string) ([]Item, error) {
 	return out, nil
 }
 
-func (v *ev) appendValue(out []Item, n *Node, t string) ([]Item, error) {
+// primitiveExt finds the _key sibling that carries a primitive's id and
+// extensions (FHIR JSON: "birthDate": "1970", "_birthDate": {"extension":
+// [...]}), or nil. Objects have none; the scan allocates nothing.
+func primitiveExt(parent, value *Node, key string) *Node {
+	switch value.Kind {
+	case Object:
+		return nil
+	case Array:
+		if len(value.Kids) == 0 || value.Kids[0].Kind == Object {
+			return nil
+		}
+	}
+	for i := len(parent.Keys) - 1; i >= 0; i-- {
+		k := parent.Keys[i]
+		if len(k) == len(key)+1 && k[0] == '_' && k[1:] == key {
+			return &parent.Kids[i]
+		}
+	}
+	return nil
+}
+
+// appendValue adds the value (each element of an array) to out; ext is the
+// value's _key sibling, an object or an array parallel to the values.
+func (v *ev) appendValue(out []Item, n *Node, t string, ext *Node) ([]Item, error) {
 	switch n.Kind {
 	case Null:
 		return out, nil
@@ -239,7 +266,11 @@ func (v *ev) appendValue(out []Item, n *Node, t string) ([]Item, error) {
 		}
 		for i := range n.Kids {
 			if n.Kids[i].Kind != Null {
-				out = append(out, Item{N: &n.Kids[i], T: t})
+				it := Item{N: &n.Kids[i], T: t}
+				if ext != nil && ext.Kind == Array && i < len(ext.Kids) && ext.Kids[i].Kind == Object {
+					it.X = &ext.Kids[i]
+				}
+				out = append(out, it)
 			}
 		}
 		return out, nil
@@ -247,7 +278,11 @@ func (v *ev) appendValue(out []Item, n *Node, t string) ([]Item, error) {
 	if err := v.spend(1); err != nil {
 		return nil, err
 	}
-	return append(out, Item{N: n, T: t}), nil
+	it := Item{N: n, T: t}
+	if ext != nil && ext.Kind == Object {
+		it.X = ext
+	}
+	return append(out, it), nil
 }
 
 // argEval evaluates a non-lambda argument in the scope of the expression

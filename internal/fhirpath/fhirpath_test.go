@@ -9,6 +9,7 @@ import (
 
 const patientJSON = `{
   "resourceType": "Patient", "id": "p1", "active": true, "birthDate": "1970-06",
+  "_birthDate": {"id": "bd", "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1970-06-12T07:30:00Z"}]},
   "deceasedBoolean": false,
   "meta": {"profile": ["http://example.org/p"]},
   "extension": [
@@ -18,7 +19,8 @@ const patientJSON = `{
     {"url": "http://example.org/birthsex", "valueCode": "F"}
   ],
   "name": [
-    {"use": "official", "family": "Smith", "given": ["Ann", "Marie"]},
+    {"use": "official", "family": "Smith", "given": ["Ann", "Marie"],
+     "_given": [null, {"extension": [{"url": "http://example.org/rank", "valueInteger": 2}]}]},
     {"use": "nickname", "given": ["Annie"]},
     {"use": "maiden", "family": "Jones", "period": {"start": "1970-06-01", "end": "1995"}}
   ],
@@ -102,6 +104,13 @@ var evalTests = []struct{ expr, want string }{
 	{"extension('http://example.org/birthsex').value.ofType(code)", "['F']"},
 	{"extension('http://hl7.org/fhir/us/core/StructureDefinition/us-core-race').extension('ombCategory').value.ofType(Coding).code", "['2106-3']"},
 	{"extension('http://nowhere').exists()", "[false]"},
+	// extensions of primitives, from their _name siblings
+	{"birthDate.extension('http://hl7.org/fhir/StructureDefinition/patient-birthTime').value.ofType(dateTime)", "['1970-06-12T07:30:00Z']"},
+	{"birthDate.id", "['bd']"},
+	{"birthDate.extension.url.count()", "[1]"},
+	{"name.given.where(extension('http://example.org/rank').exists())", "['Marie']"},
+	{"name.given.first().extension.exists()", "[false]"},
+	{"id.extension.exists()", "[false]"},
 	// strings
 	{"name.given.join(', ')", "['Ann, Marie, Annie']"},
 	{"name.given.join()", "['AnnMarieAnnie']"},

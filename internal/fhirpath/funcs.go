@@ -78,7 +78,7 @@ func init() {
 			var out []Item
 			for _, it := range in {
 				if isType(it, e.typ) {
-					out = append(out, Item{N: it.N, T: typeAfterCast(it, e.typ)})
+					out = append(out, Item{N: it.N, T: typeAfterCast(it, e.typ), X: it.X})
 				}
 			}
 			return out, nil
@@ -97,7 +97,7 @@ func init() {
 				return nil, fmt.Errorf("as() needs a single item")
 			}
 			if len(in) == 1 && isType(in[0], e.typ) {
-				return []Item{{N: in[0].N, T: typeAfterCast(in[0], e.typ)}}, nil
+				return []Item{{N: in[0].N, T: typeAfterCast(in[0], e.typ), X: in[0].X}}, nil
 			}
 			return nil, nil
 		}},
@@ -846,7 +846,7 @@ func (v *ev) children(in []Item) ([]Item, error) {
 			}
 			t := ""
 			var err error
-			if out, err = v.appendValue(out, &it.N.Kids[i], t); err != nil {
+			if out, err = v.appendValue(out, &it.N.Kids[i], t, nil); err != nil {
 				return nil, err
 			}
 		}
@@ -875,7 +875,11 @@ func fnExtension(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 	}
 	var out []Item
 	for _, it := range in {
-		ext := it.N.Get("extension")
+		holder := it.N
+		if holder.Kind != Object {
+			holder = it.X // a primitive's extensions
+		}
+		ext := holder.Get("extension")
 		if ext == nil || ext.Kind != Array {
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 type Item struct {
 	N *Node
 	T string
+	X *Node // a primitive's _name sibling (its id and extensions), or nil
 }
 
 // Type returns the FHIR type name of the item: its known type, else the one
