@@ -29,10 +29,11 @@
 // length upper lower trim toChars startsWith endsWith contains indexOf
 // substring replace split join matches replaceMatches abs ceiling floor
 // truncate round children descendants extension getResourceKey
-// getReferenceKey lowBoundary highBoundary. Quantity literals, date
-// arithmetic, resolve(), memberOf() and extensions on primitives (_field)
-// are not supported; an expression using them is refused at Parse or finds
-// nothing.
+// getReferenceKey lowBoundary highBoundary. A primitive's id and
+// extensions are read from its _name sibling (birthDate.extension(url)).
+// Quantity literals, date arithmetic, resolve() and memberOf() are not
+// supported: Parse refuses them. A primitive that has only extensions (a
+// null value) is not in a collection.
 //
 // Keys: getResourceKey() is "Type/id" ("Patient/123"); getReferenceKey()
 // is the same text for a relative or absolute literal reference
