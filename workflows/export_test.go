@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
 	"github.com/stretchr/testify/suite"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/converter"
@@ -458,12 +459,17 @@ func activityInfo(ctx context.Context) string {
 	return info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID
 }
 
+// setConcurrency changes the window of the chunk that is running: the first
+// eight downloads wait an hour (Retry-After), the update lands meanwhile, and
+// every download after it runs at most two at a time. Each new download
+// sleeps a little real time so that downloads of one window overlap and the
+// mock sees the window (with the Update a no-op it sees eight).
 func (s *exportSuite) TestSetConcurrencyUpdate() {
 	p := plan(map[string]int{"Observation": 40}, 0, 0)
 	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
 	s.env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
 	var mu sync.Mutex
-	active, firstWave, peakAfter := 0, 0, 0
+	active, firstWave, peakBefore, peakAfter, startedAfter := 0, 0, 0, 0, 0
 	updated := false
 	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 		attempt := activity.GetInfo(ctx).Attempt
@@ -471,15 +477,21 @@ func (s *exportSuite) TestSetConcurrencyUpdate() {
 		active++
 		if attempt == 1 && updated {
 			peakAfter = max(peakAfter, active)
+			startedAfter++
 		}
 		if attempt == 1 && !updated {
 			firstWave++
+			peakBefore = max(peakBefore, active)
 		}
 		mu.Unlock()
 		defer func() { mu.Lock(); active--; mu.Unlock() }()
 		// The first window waits an hour (Retry-After), so the update lands mid-run.
 		if attempt == 1 && in.Index < 8 {
+			time.Sleep(20 * time.Millisecond)
 			return activities.FileResult{}, temporal.NewApplicationErrorWithOptions("429", activities.ErrRateLimited, temporal.ApplicationErrorOptions{NextRetryDelay: time.Hour})
+		}
+		if attempt == 1 {
+			time.Sleep(20 * time.Millisecond) // downloads of one window overlap
 		}
 		return fileFor(p)(ctx, in)
 	})
@@ -502,8 +514,9 @@ func (s *exportSuite) TestSetConcurrencyUpdate() {
 	s.env.ExecuteWorkflow(BulkExportWorkflow, input)
 	s.Equal(int64(400), s.result().Totals.ResourceCount())
 	s.Equal(8, firstWave, "the default window starts 8 downloads")
-	s.Greater(peakAfter, 0, "downloads started after the update")
-	s.LessOrEqual(peakAfter, 2, "after setConcurrency 2, a new download starts only when fewer than 2 run")
+	s.Equal(8, peakBefore, "before the update 8 downloads run at once")
+	s.Equal(32, startedAfter, "the other 32 files start after the update")
+	s.Equal(2, peakAfter, "after setConcurrency 2 the running chunk downloads 2 files at a time")
 }
 
 // A long wait continues as new before history grows: the next run carries
@@ -539,4 +552,123 @@ func (s *exportSuite) TestResumedRunPollsTheSameJob() {
 	r := s.result()
 	s.Equal(501, r.Polls)
 	s.env.AssertNotCalled(s.T(), "Kickoff", mock.Anything, mock.Anything)
+}
+
+// Continue-as-new happens where the workflow's history grows: while polling
+// and between chunks, when the server suggests it or when the run's own
+// event threshold (5,000 by default) is passed, and only then. Each case
+// runs with the history length the server would report.
+func TestContinueAsNewThreshold(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		length    int  // current history length the server reports
+		suggested bool // the server's ContinueAsNewSuggested
+		polls     int  // 202s before the manifest
+		files     int  // files of the plan, one per chunk
+		// want: nil = the run completes; else the state the next run gets
+		want *ResumeState
+	}{
+		{name: "polling/threshold", length: 6000, polls: 3, files: 1,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1}},
+		{name: "polling/suggested", length: 10, suggested: true, polls: 3, files: 1,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1}},
+		{name: "polling/below-threshold", length: 4000, polls: 3, files: 1},
+		{name: "between-chunks/threshold", length: 6000, files: 3,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1, NextChunk: 1}},
+		{name: "between-chunks/suggested", length: 10, suggested: true, files: 3,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1, NextChunk: 1}},
+		{name: "between-chunks/below-threshold", length: 4000, files: 3},
+		{name: "after-the-last-chunk-commits", length: 6000, files: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ts testsuite.WorkflowTestSuite
+			env := ts.NewTestWorkflowEnvironment()
+			env.RegisterWorkflow(BulkExportWorkflow)
+			env.RegisterWorkflow(DownloadChunkWorkflow)
+			env.RegisterActivity(&activities.Activities{})
+			env.SetCurrentHistoryLength(tc.length)
+			env.SetContinueAsNewSuggested(tc.suggested)
+			p := plan(map[string]int{"Observation": tc.files}, 0, 0)
+			env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+			polls := 0
+			env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(context.Context, activities.PollInput) (activities.PollResult, error) {
+				polls++
+				if polls <= tc.polls {
+					return activities.PollResult{Progress: "busy", Wait: time.Hour}, nil
+				}
+				return activities.PollResult{Done: true, Plan: p}, nil
+			})
+			var downloads atomic.Int32
+			env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+				downloads.Add(1)
+				return fileFor(p)(ctx, in)
+			})
+			env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+			env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil)
+			env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+			in := input
+			in.Options.FilesPerChunk = 1
+			env.ExecuteWorkflow(BulkExportWorkflow, in)
+			require.True(t, env.IsWorkflowCompleted())
+			err := env.GetWorkflowError()
+			if tc.want == nil {
+				require.NoError(t, err, "the run must go on without continue-as-new")
+				var r ExportResult
+				require.NoError(t, env.GetWorkflowResult(&r))
+				require.Equal(t, "committed", r.Status)
+				require.Equal(t, tc.files, r.Totals.Files)
+				require.Equal(t, tc.polls+1, r.Polls)
+				return
+			}
+			var can *workflow.ContinueAsNewError
+			require.True(t, errors.As(err, &can), "want continue-as-new, got %v", err)
+			require.Equal(t, "BulkExportWorkflow", can.WorkflowType.Name)
+			var next ExportInput
+			require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+			r := next.Resume
+			require.NotNil(t, r)
+			require.Equal(t, tc.want.StatusURL, r.StatusURL, "the next run polls the same job, never a second kick-off")
+			require.Equal(t, tc.want.Polls, r.Polls)
+			require.Equal(t, tc.want.NextChunk, r.NextChunk)
+			require.NotEmpty(t, r.Run)
+			require.Equal(t, input.Types, next.Types, "the request travels unchanged")
+			if tc.want.NextChunk > 0 {
+				require.NotNil(t, r.Plan, "the plan travels to the next run")
+				require.Equal(t, tc.files, r.Plan.Files)
+				require.Equal(t, tc.want.NextChunk, r.Totals.Files, "the finished chunks' totals travel")
+				require.EqualValues(t, tc.want.NextChunk, downloads.Load(), "one chunk downloaded before continuing")
+			} else {
+				require.Nil(t, r.Plan)
+				require.Zero(t, downloads.Load())
+				require.Equal(t, "busy", r.Progress)
+			}
+		})
+	}
+}
+
+// The run after a continue-as-new between chunks downloads only the chunks
+// left and adds their totals to those it was handed.
+func (s *exportSuite) TestResumedRunDownloadsOnlyTheRemainingChunks() {
+	p := plan(map[string]int{"Observation": 3}, 0, 0)
+	in := input
+	in.Options.FilesPerChunk = 1
+	in.Resume = &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 4, Run: "r1", Plan: p, NextChunk: 1,
+		Totals: Totals{Files: 1, Bytes: 1000, Resources: map[string]int64{"Observation": 10}}}
+	var mu sync.Mutex
+	var indices []int
+	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, di activities.DownloadInput) (activities.FileResult, error) {
+		mu.Lock()
+		indices = append(indices, di.Index)
+		mu.Unlock()
+		return fileFor(p)(ctx, di)
+	})
+	s.expectHappyEnd(p)
+	s.env.ExecuteWorkflow(BulkExportWorkflow, in)
+	r := s.result()
+	s.ElementsMatch([]int{1, 2}, indices, "chunk 0 was done by the previous run")
+	s.Equal(3, r.Totals.Files)
+	s.Equal(int64(30), r.Totals.ResourceCount())
+	s.Equal(4, r.Polls)
+	s.env.AssertNotCalled(s.T(), "Kickoff", mock.Anything, mock.Anything)
+	s.env.AssertNotCalled(s.T(), "PollStatus", mock.Anything, mock.Anything)
 }
