@@ -791,3 +791,66 @@ func (s *exportSuite) TestFailedFileCancelsTheChunksOtherDownloads() {
 	s.env.AssertNotCalled(s.T(), "RecordChunk", mock.Anything, mock.Anything)
 	s.env.AssertNotCalled(s.T(), "Commit", mock.Anything, mock.Anything)
 }
+
+// Issue 13 §5: a worst-case 500-file chunk — every file of another
+// resource type, deleted files naming every type, error files with every
+// severity, lake output whose objects are staged by reference (see
+// activities.TestWorstCasePayloadsStaySmall for DownloadFile's side) —
+// sends RecordChunk an input and its parent a result far below Temporal's
+// 2 MB payload limit.
+func TestWorstCaseChunkPayloads(t *testing.T) {
+	const files, budget = 500, 512 << 10
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(DownloadChunkWorkflow)
+	env.RegisterActivity(&activities.Activities{})
+	env.SetTestTimeout(time.Minute) // a payload over budget is slow to encode: fail on size, not time
+	types := make([]string, 150)    // about as many as FHIR R4 has
+	for i := range types {
+		types[i] = fmt.Sprintf("ResourceType%03d", i)
+	}
+	allTypes := map[string]int64{}
+	for _, typ := range types {
+		allTypes[typ] = 1_000_000
+	}
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		typ := types[in.Index%len(types)]
+		r := activities.FileResult{Index: in.Index, Kind: activities.KindOutput, Type: typ, Resources: 1_000_000, Bytes: 1 << 40, Attempt: 10,
+			Path:        fmt.Sprintf("%s/%s-%04d.ndjson", typ, typ, in.Index),
+			SHA256:      strings.Repeat("f", 64),
+			Unsubsetted: 1_000_000,
+			Record:      fmt.Sprintf(".work/files/%06d-0195d2a4-7c1e-7b3a-9f00-123456789abc-10.json", in.Index)}
+		switch in.Index % 10 {
+		case 1:
+			r.Kind, r.Type, r.Deleted = activities.KindDeleted, "Bundle", allTypes
+		case 2:
+			r.Kind, r.Type, r.Severity = activities.KindError, "OperationOutcome", map[string]int64{"fatal": 9, "error": 9, "warning": 9, "information": 9}
+		}
+		return r, nil
+	})
+	var recordSize int
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.RecordChunkInput) error {
+		p, err := converter.GetDefaultDataConverter().ToPayload(in)
+		if err != nil {
+			return err
+		}
+		recordSize = p.Size()
+		if len(in.Files) != files {
+			return fmt.Errorf("%d files recorded", len(in.Files))
+		}
+		return nil
+	})
+	env.ExecuteWorkflow(DownloadChunkWorkflow, ChunkInput{ServerRef: activities.ServerRef{BaseURL: "https://ehr.example/fhir"},
+		Target: activities.Target{Run: "r"}, First: 0, Count: files, Concurrency: 64, MaxAttempts: 10})
+	require.True(t, env.IsWorkflowCompleted())
+	require.NoError(t, env.GetWorkflowError())
+	var res ChunkResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.Equal(t, files, res.Totals.Files)
+	p, err := converter.GetDefaultDataConverter().ToPayload(res)
+	require.NoError(t, err)
+	t.Logf("RecordChunk input %d KiB, chunk result %d KiB", recordSize>>10, p.Size()>>10)
+	require.NotZero(t, recordSize, "RecordChunk was not called")
+	require.LessOrEqual(t, recordSize, budget, "RecordChunk's input for a worst-case chunk")
+	require.LessOrEqual(t, p.Size(), budget, "the chunk's result")
+}
