@@ -458,9 +458,9 @@ func activityInfo(ctx context.Context) string {
 
 // setConcurrency changes the window of the chunk that is running: the first
 // eight downloads wait an hour (Retry-After), the update lands meanwhile, and
-// every download after it runs at most two at a time. Each new download
-// sleeps a little real time so that downloads of one window overlap and the
-// mock sees the window (with the Update a no-op it sees eight).
+// every download after it runs at most two at a time. Each download waits
+// (real time) for the others of its window, so the mock sees the window
+// (with the Update a no-op it sees eight).
 func (s *exportSuite) TestSetConcurrencyUpdate() {
 	p := plan(map[string]int{"Observation": 40}, 0, 0)
 	s.env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
@@ -468,6 +468,18 @@ func (s *exportSuite) TestSetConcurrencyUpdate() {
 	var mu sync.Mutex
 	active, firstWave, peakBefore, peakAfter, startedAfter := 0, 0, 0, 0, 0
 	updated := false
+	// overlap holds a download until n run at once (or a while passed), so
+	// the downloads of one window overlap and the mock sees the window.
+	overlap := func(n int, limit time.Duration) {
+		for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			mu.Lock()
+			enough := active >= n
+			mu.Unlock()
+			if enough {
+				return
+			}
+		}
+	}
 	s.env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 		attempt := activity.GetInfo(ctx).Attempt
 		mu.Lock()
@@ -484,11 +496,14 @@ func (s *exportSuite) TestSetConcurrencyUpdate() {
 		defer func() { mu.Lock(); active--; mu.Unlock() }()
 		// The first window waits an hour (Retry-After), so the update lands mid-run.
 		if attempt == 1 && in.Index < 8 {
-			time.Sleep(20 * time.Millisecond)
+			overlap(8, time.Second)
 			return activities.FileResult{}, temporal.NewApplicationErrorWithOptions("429", activities.ErrRateLimited, temporal.ApplicationErrorOptions{NextRetryDelay: time.Hour})
 		}
 		if attempt == 1 {
-			time.Sleep(20 * time.Millisecond) // downloads of one window overlap
+			// Held a while, so that downloads started together overlap:
+			// two with the update, eight were it a no-op.
+			overlap(2, 200*time.Millisecond)
+			time.Sleep(30 * time.Millisecond)
 		}
 		return fileFor(p)(ctx, in)
 	})
