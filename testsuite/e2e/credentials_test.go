@@ -146,7 +146,7 @@ func TestNoCredentialInHistory(t *testing.T) {
 		t.Fatalf("want one private key in the client's JWK Set, found %d", len(secrets["private key"]))
 	}
 
-	hist, runs := fullHistory(t, run.GetID(), run.GetRunID())
+	hist, _, runs := fullHistory(t, run.GetID(), run.GetRunID())
 	if runs < 1+res.Totals.Files/3 {
 		t.Errorf("scanned %d runs, want the export and its %d chunks", runs, (res.Totals.Files+2)/3)
 	}
@@ -173,9 +173,11 @@ func TestNoCredentialInHistory(t *testing.T) {
 
 // fullHistory returns every event the server stores for a workflow: each
 // run it continued as new into, and each child workflow (recursively), as
-// the text historyBytes' walk extracts (protojson plus every string and
-// bytes field). It returns the number of runs scanned.
-func fullHistory(t *testing.T, id, runID string) ([]byte, int) {
+// text: each event as protojson (field names, strings) plus every string
+// and bytes field found walking it (payload data is bytes, which protojson
+// would show only in base64). It also returns every failure's message and
+// the number of runs scanned.
+func fullHistory(t *testing.T, id, runID string) ([]byte, []string, int) {
 	t.Helper()
 	var buf bytes.Buffer
 	var failures []string
@@ -215,7 +217,7 @@ func fullHistory(t *testing.T, id, runID string) ([]byte, int) {
 		buf.WriteString(f)
 		buf.WriteByte('\n')
 	}
-	return buf.Bytes(), runs
+	return buf.Bytes(), failures, runs
 }
 
 func appendEvent(t *testing.T, buf *bytes.Buffer, ev *historypb.HistoryEvent, failures *[]string) {

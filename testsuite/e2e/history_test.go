@@ -52,29 +52,39 @@ func TestHistoryStaysBoundedOnARealServer(t *testing.T) {
 		t.Fatalf("%d files, want %d", res.Totals.Files, files)
 	}
 	ctx := context.Background()
-	count := func(id string) int {
-		it := tclient.GetWorkflowHistory(ctx, id, "", false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	// count returns a run's events and the child workflows it started (found
+	// in its history, whatever their IDs look like).
+	count := func(id, runID string) (int, [][2]string) {
+		it := tclient.GetWorkflowHistory(ctx, id, runID, false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		n := 0
+		var children [][2]string
 		for it.HasNext() {
-			if _, err := it.Next(); err != nil {
+			ev, err := it.Next()
+			if err != nil {
 				t.Fatal(err)
 			}
 			n++
+			if a := ev.GetChildWorkflowExecutionStartedEventAttributes(); a != nil {
+				children = append(children, [2]string{a.GetWorkflowExecution().GetWorkflowId(), a.GetWorkflowExecution().GetRunId()})
+			}
 		}
-		return n
+		return n, children
 	}
 	parentID := res.Run // the run name is the workflow ID here
 	chunks := files / perChunk
-	parent := count(parentID)
+	parent, children := count(parentID, "")
 	t.Logf("parent: %d events for %d chunks", parent, chunks)
+	if len(children) != chunks {
+		t.Fatalf("the parent started %d child workflows, want %d", len(children), chunks)
+	}
 	// The parent's history grows with chunks, not files: a 20,000-file
 	// export (40 chunks) must stay far below the continue-as-new threshold
 	// (5,000 events) without relying on it.
 	if perChunkCost := float64(parent) / float64(chunks); perChunkCost*40 > 2500 {
 		t.Errorf("parent: %d events for %d chunks (%.0f per chunk): a 40-chunk export would need %.0f", parent, chunks, perChunkCost, perChunkCost*40)
 	}
-	for c := 0; c < chunks; c++ {
-		n := count(fmt.Sprintf("%s/chunk-%05d", parentID, c))
+	for c, child := range children {
+		n, _ := count(child[0], child[1])
 		perFile := float64(n) / perChunk
 		t.Logf("chunk %d: %d events for %d files (%.2f per file)", c, n, perChunk, perFile)
 		// Every download costs at least its scheduled, started and completed
