@@ -396,8 +396,26 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	}
 	res.Index = in.Index
 	res.Attempt = activity.GetInfo(ctx).Attempt
+	if len(res.Parts) > 0 {
+		// A partitioned file can become hundreds of lake objects: their
+		// records are staged and referenced, so this result (and the
+		// chunk's RecordChunk input) stays small whatever the layout.
+		info := activity.GetInfo(ctx)
+		name := fileRecordObject(in.Index, info.WorkflowExecution.RunID, res.Attempt)
+		if err := writeJSON(ctx, s, in.Run, name, res); err != nil {
+			return FileResult{}, retryable("Sink", fmt.Errorf("stage the record of %s: %w", item.Path, err))
+		}
+		res.Parts, res.Record = nil, name
+	}
 	a.Logger.Info("file staged", "file", item.Path, "resources", res.Resources, "bytes", res.Bytes)
 	return res, nil
+}
+
+// fileRecordObject names the staged record of one download: the
+// downloading chunk's run and the attempt make it unique, so a late writer
+// of a replaced chunk or attempt never overwrites the record in use.
+func fileRecordObject(index int, chunkRun string, attempt int32) string {
+	return fmt.Sprintf("%sfiles/%06d-%s-%d.json", sink.WorkPrefix, index, chunkRun, attempt)
 }
 
 func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile, layout Layout) (FileResult, error) {
@@ -736,10 +754,49 @@ func (a *Activities) RecordChunk(ctx context.Context, in RecordChunkInput) error
 	if err != nil {
 		return err
 	}
-	if err := writeJSON(ctx, s, in.Run, chunkObject(in.Chunk), in.Files); err != nil {
+	files, err := fullRecords(ctx, s, in.Run, in.Files)
+	if err != nil {
+		return err
+	}
+	if err := writeJSON(ctx, s, in.Run, chunkObject(in.Chunk), files); err != nil {
 		return retryable("Sink", err)
 	}
 	return nil
+}
+
+// fullRecords replaces each result that references its staged record (see
+// DownloadFile) with that record, reading a few at a time.
+func fullRecords(ctx context.Context, s sink.Sink, run string, in []FileResult) ([]FileResult, error) {
+	out := make([]FileResult, len(in))
+	errs := make([]error, len(in))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, f := range in {
+		out[i] = f
+		if f.Record == "" {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rc, err := s.Open(ctx, run, f.Record)
+			if err != nil {
+				errs[i] = retryable("Sink", fmt.Errorf("read the staged record of file %d (%s): %w", f.Index, f.Path, err))
+				return
+			}
+			defer rc.Close()
+			var full FileResult
+			if err := json.NewDecoder(rc).Decode(&full); err != nil || full.Index != f.Index {
+				errs[i] = permanent("Incomplete", fmt.Errorf("staged record of file %d (%s) is unreadable or another file's (%v); nothing was committed", f.Index, f.Path, err))
+				return
+			}
+			full.Record = ""
+			out[i] = full
+		}()
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
 }
 
 func chunkObject(i int) string { return fmt.Sprintf("%schunks/%06d.json", sink.WorkPrefix, i) }

@@ -120,8 +120,11 @@ type FileResult struct {
 	Deleted map[string]int64 `json:"deleted,omitempty"`
 	// Unsubsetted counts resources without the SUBSETTED tag (with _elements).
 	Unsubsetted int64 `json:"unsubsetted,omitempty"`
-	// Parts are the objects the file became in the lake.
-	Parts []Part `json:"parts,omitempty"`
+	// Parts are the objects the file became in the lake. DownloadFile
+	// returns them by reference: in Record, a staged object that RecordChunk
+	// reads, so Temporal never carries hundreds of partition objects.
+	Parts  []Part `json:"parts,omitempty"`
+	Record string `json:"record,omitempty"`
 }
 
 // RecordChunkInput stores a chunk's file results in the run's work area, so

@@ -11,10 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	sdklog "go.temporal.io/sdk/log"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/bulkflow/bulkflow/activities"
@@ -138,36 +136,12 @@ func TestCodecHistoryHasNoPHI(t *testing.T) {
 	}
 }
 
-// historyBytes is everything the server stores for the export and its first
-// chunk: each event as protojson (field names, strings) plus every string
-// and bytes field found walking it (payload data is bytes, which protojson
-// would show only in base64). It also returns every failure's message.
+// historyBytes is everything the server stores for the export and its
+// chunks (see fullHistory), and every failure's message.
 func historyBytes(t *testing.T, id string) ([]byte, []string) {
 	t.Helper()
-	var buf bytes.Buffer
-	var failures []string
-	for _, wid := range []string{id, id + "/chunk-00000"} {
-		it := tclient.GetWorkflowHistory(context.Background(), wid, "", false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		n := 0
-		for it.HasNext() {
-			ev, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			n++
-			b, err := protojson.Marshal(ev)
-			if err != nil {
-				t.Fatal(err)
-			}
-			buf.Write(b)
-			buf.WriteByte('\n')
-			walk(ev.ProtoReflect(), &buf, &failures)
-		}
-		if n == 0 {
-			t.Fatalf("no history for %s", wid)
-		}
-	}
-	return buf.Bytes(), failures
+	b, failures, _ := fullHistory(t, id, "")
+	return b, failures
 }
 
 func walk(m protoreflect.Message, buf *bytes.Buffer, failures *[]string) {

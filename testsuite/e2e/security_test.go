@@ -255,7 +255,8 @@ func TestSecurityTokensExpireDuringManyFiles(t *testing.T) {
 }
 
 // mTLS: with the CA and the client certificate the export completes; without
-// the client certificate the kick-off fails with an error that says why.
+// the client certificate the kick-off fails with an error that says why, as a
+// non-retryable error, and the export fails within seconds.
 func TestSecurityMutualTLS(t *testing.T) {
 	requireE2E(t)
 	srv := fhirServer(t, testsuite.Options{Patients: 25, LargeAttachments: -1, TLS: true, ClientCert: true})
@@ -288,9 +289,23 @@ func TestSecurityMutualTLS(t *testing.T) {
 		before := srv.Stats().Kickoffs
 		reg := secRegistry(t, servers.Server{Name: "ehr", BaseURL: srv.BaseURL(), TLS: servers.TLSConfig{
 			CAFile: files[authserver.FileCACert]}})
+		began := time.Now()
 		err := kickoffOnce(t, reg)
+		took := time.Since(began)
 		if err == nil {
 			t.Fatal("kick-off without a client certificate succeeded against an mTLS server")
+		}
+		// The same certificate fails the same way: non-retryable, so the
+		// workflow fails at once instead of retrying for an hour.
+		var ae *temporal.ApplicationError
+		if !errors.As(err, &ae) {
+			t.Fatalf("error %T is not an application error", err)
+		}
+		if !ae.NonRetryable() {
+			t.Errorf("a refused client certificate is retryable (type %q): it would be retried with backoff", ae.Type())
+		}
+		if took > 10*time.Second {
+			t.Errorf("the refused handshake took %s to report", took)
 		}
 		msg := err.Error()
 		t.Logf("kick-off error: %s", msg)
@@ -302,6 +317,37 @@ func TestSecurityMutualTLS(t *testing.T) {
 		}
 		if n := srv.Stats().Kickoffs; n != before {
 			t.Errorf("kickoffs went from %d to %d without a client certificate", before, n)
+		}
+		// End to end: the export fails within seconds, non-retryable, with
+		// one kick-off attempt and nothing committed.
+		out := t.TempDir()
+		queue := startWorkerReg(t, reg, out)
+		run := start(t, queue, workflows.ExportInput{Server: "ehr"})
+		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+		defer cancel()
+		began = time.Now()
+		err = run.Get(ctx, nil)
+		took = time.Since(began)
+		if err == nil {
+			t.Fatal("an export without a client certificate succeeded")
+		}
+		t.Logf("export failed after %s: %v", took.Round(time.Millisecond), err)
+		if took > 30*time.Second {
+			t.Errorf("the export took %s to fail: a refused certificate must fail at once, not after retries", took)
+		}
+		// The workflow wraps the activity's error (as "wrapError"); the
+		// activity's own, innermost, is what decided there was no retry.
+		ae = nil
+		for e := error(err); e != nil; e = errors.Unwrap(e) {
+			if a, ok := e.(*temporal.ApplicationError); ok {
+				ae = a
+			}
+		}
+		if ae == nil || !ae.NonRetryable() {
+			t.Errorf("the kick-off's failure is not a non-retryable application error: %v", err)
+		}
+		if m, _ := filepath.Glob(filepath.Join(out, "*", "_manifest.json")); len(m) != 0 {
+			t.Errorf("a failed export committed %v", m)
 		}
 		// And the server's CA is needed too: the system roots do not trust it.
 		reg2 := secRegistry(t, servers.Server{Name: "ehr", BaseURL: srv.BaseURL()})
