@@ -295,7 +295,7 @@ func TestResolveOutput(t *testing.T) {
 }
 
 func TestValidationReasons(t *testing.T) {
-	item := plannedFile{Type: "Observation", Path: "Observation/Observation-0001.ndjson", Count: 3, HasCount: true}
+	item := plannedFile{Kind: KindOutput, Type: "Observation", Path: "Observation/Observation-0001.ndjson", Count: 3, HasCount: true}
 	read := func(body string) error {
 		r := ndjson.NewReader(strings.NewReader(body))
 		for {

@@ -116,6 +116,9 @@ type FileResult struct {
 	Resumed   bool   `json:"resumed,omitempty"` // continued from an earlier attempt's checkpoint with Range
 	// Severity counts OperationOutcome issues by severity (error files).
 	Severity map[string]int64 `json:"severity,omitempty"`
+	// Failed is an error file's manifest count: servers give the number of
+	// resources that could not be exported there (error files).
+	Failed int64 `json:"failed,omitempty"`
 	// Deleted counts deletions by resource type (deleted files).
 	Deleted map[string]int64 `json:"deleted,omitempty"`
 	// Unsubsetted counts resources without the SUBSETTED tag (with _elements).
