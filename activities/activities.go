@@ -112,11 +112,15 @@ func planObject(v int) string {
 }
 
 type plan struct {
-	TransactionTime     string        `json:"transactionTime"`
-	Request             string        `json:"request,omitempty"`
-	RequiresAccessToken bool          `json:"requiresAccessToken"`
-	Expires             time.Time     `json:"expires,omitempty"`
-	Files               []plannedFile `json:"files"`
+	TransactionTime     string    `json:"transactionTime"`
+	Request             string    `json:"request,omitempty"`
+	RequiresAccessToken bool      `json:"requiresAccessToken"`
+	Expires             time.Time `json:"expires,omitempty"`
+	Warnings            []string  `json:"warnings,omitempty"`
+	// TransactionTimeAhead: transactionTime was in the future when the
+	// manifest arrived; the watermark is not advanced to it.
+	TransactionTimeAhead bool          `json:"transactionTimeAhead,omitempty"`
+	Files                []plannedFile `json:"files"`
 }
 
 type plannedFile struct {
@@ -215,9 +219,12 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	if err != nil {
 		return PollResult{}, temporalError(err)
 	}
-	p, err := buildPlan(m, st.Expires)
+	p, err := buildPlan(m, st.Expires, time.Now())
 	if err != nil {
 		return PollResult{}, permanent("InvalidManifest", err)
+	}
+	for _, w := range p.Warnings {
+		a.Logger.Warn("manifest warning", "server", serverName(in.ServerRef), "warning", w)
 	}
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
@@ -236,14 +243,74 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 
 var resourceTypeName = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
 
-func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
+// ClockSkew is how far ahead of the worker's clock a server timestamp may
+// be before it is treated as wrong.
+const ClockSkew = 5 * time.Minute
+
+// ParseInstant parses a FHIR instant (RFC 3339 with a time zone), the
+// shape of transactionTime and of _since.
+func ParseInstant(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || strings.TrimSpace(s) != s || t.Year() < 1900 {
+		return time.Time{}, fmt.Errorf("%q is not a FHIR instant (like 2026-01-02T03:04:05.678Z)", clipText(s))
+	}
+	return t, nil
+}
+
+// CheckWatermarkTime says why an instant must not become a watermark
+// (the next run's _since): not an instant, or ahead of now by more than
+// ClockSkew, which would make every later incremental run skip changes.
+func CheckWatermarkTime(s string, now time.Time) error {
+	t, err := ParseInstant(s)
+	if err != nil {
+		return err
+	}
+	if ahead := t.Sub(now); ahead > ClockSkew {
+		return fmt.Errorf("%s is %s ahead of this worker's clock (more than the %s allowed for clock skew)", s, ahead.Round(time.Second), ClockSkew)
+	}
+	return nil
+}
+
+func clipText(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > 60 {
+		cut := 57
+		for cut > 0 && s[cut]&0xC0 == 0x80 {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return s
+}
+
+// buildPlan turns the manifest into the run's plan. Server timestamps are
+// checked here, once: a transactionTime that is not an instant fails the
+// run (it would become the next _since); one in the future is a warning and
+// the watermark stays where it is (Commit checks again); an Expires already
+// past when the manifest arrives (a "no-cache" Expires: 0 or 1970, or a
+// server clock behind ours) is treated as absent, so links are refreshed
+// only when a file is actually refused.
+func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 	if m.TransactionTime == "" {
 		return nil, errors.New("the server's manifest has no transactionTime")
+	}
+	if _, err := ParseInstant(m.TransactionTime); err != nil {
+		return nil, fmt.Errorf("the server's transactionTime %w; it would be the next run's _since, so the export stops here: report it to the server's operators", err)
+	}
+	var warnings []string
+	ahead := false
+	if err := CheckWatermarkTime(m.TransactionTime, now); err != nil {
+		ahead = true
+		warnings = append(warnings, fmt.Sprintf("the server's transactionTime %s; the run is committed but the incremental watermark is not advanced (check the server's clock)", err))
+	}
+	if !expires.IsZero() && !expires.After(now) {
+		warnings = append(warnings, fmt.Sprintf("the server's Expires header (%s) had already passed when the manifest arrived; it is ignored, and file links are refreshed only if the server refuses one", expires.UTC().Format(time.RFC3339)))
+		expires = time.Time{}
 	}
 	if m.OutputOrganizedBy != "" {
 		return nil, fmt.Errorf("the server organised output by %s (organizeOutputBy); bulkflow needs one resource type per file, so export without organizeOutputBy", m.OutputOrganizedBy)
 	}
-	p := &plan{TransactionTime: m.TransactionTime, Request: m.Request, RequiresAccessToken: m.RequiresAccessToken, Expires: expires}
+	p := &plan{TransactionTime: m.TransactionTime, Request: m.Request, RequiresAccessToken: m.RequiresAccessToken, Expires: expires, Warnings: warnings, TransactionTimeAhead: ahead}
 	add := func(kind string, items []bulk.FileItem, fixedType, dir string) error {
 		sorted := append([]bulk.FileItem(nil), items...)
 		// Stable: files of a type keep the server's order, so names are deterministic.
@@ -282,7 +349,7 @@ func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
 }
 
 func summarize(p *plan) Plan {
-	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
+	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files), Warnings: p.Warnings, TransactionTimeAhead: p.TransactionTimeAhead}
 	for i, f := range p.Files {
 		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
 			s.Groups[n-1].Count++

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,6 +19,8 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/bulkflow/bulkflow/internal/bulk"
 )
 
 // downloadWorkflow runs DownloadFile with a retry policy, the way the chunk
@@ -400,3 +404,118 @@ func TestTombstoneIDsValidated(t *testing.T) {
 
 var _ = httptest.NewServer
 var _ = context.Background
+
+// Server timestamps: garbage transactionTime fails the plan; one in the
+// future is a warning and flags the plan so the watermark stays; an Expires
+// already past is dropped with a warning.
+func TestBuildPlanTimestamps(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, tt    string
+		expires     time.Time
+		wantErr     string
+		wantAhead   bool
+		wantExpires time.Time
+		wantWarn    string
+	}{
+		{name: "ok", tt: "2026-06-01T11:59:00Z", expires: now.Add(time.Hour), wantExpires: now.Add(time.Hour)},
+		{name: "garbage", tt: "yesterday", wantErr: "not a FHIR instant"},
+		{name: "no zone", tt: "2026-06-01T11:59:00", wantErr: "not a FHIR instant"},
+		{name: "year 0001", tt: "0001-01-01T00:00:00Z", wantErr: "not a FHIR instant"},
+		{name: "within skew", tt: "2026-06-01T12:04:00Z"},
+		{name: "future", tt: "2099-01-01T00:00:00Z", wantAhead: true, wantWarn: "watermark is not advanced"},
+		{name: "Expires 1970", tt: "2026-06-01T11:59:00Z", expires: time.Unix(0, 0), wantWarn: "Expires header (1970-01-01T00:00:00Z) had already passed"},
+		{name: "Expires behind our clock", tt: "2026-06-01T11:59:00Z", expires: now.Add(-time.Minute), wantWarn: "had already passed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := buildPlan(&bulk.Manifest{TransactionTime: tc.tt}, tc.expires, now)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := summarize(p)
+			if sum.TransactionTimeAhead != tc.wantAhead || !sum.Expires.Equal(tc.wantExpires) {
+				t.Errorf("ahead %v expires %v, want %v %v", sum.TransactionTimeAhead, sum.Expires, tc.wantAhead, tc.wantExpires)
+			}
+			if got := strings.Join(sum.Warnings, "\n"); (tc.wantWarn == "") != (got == "") || !strings.Contains(got, tc.wantWarn) {
+				t.Errorf("warnings %q, want %q", got, tc.wantWarn)
+			}
+		})
+	}
+}
+
+// A run whose transactionTime is in the future commits, says why the
+// watermark stayed, and leaves it alone.
+func TestCommitLeavesWatermarkForFutureTransactionTime(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		plan   Plan
+		wantWM bool
+	}{
+		{"normal", Plan{TransactionTime: "2026-01-01T00:00:00Z"}, true},
+		{"flagged at poll time", Plan{TransactionTime: "2026-01-01T00:00:00Z", TransactionTimeAhead: true}, false},
+		{"future at commit", Plan{TransactionTime: "2099-01-01T00:00:00Z"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			if err := f.acts.RecordChunk(ctx, RecordChunkInput{Target: Target{Run: "run"}, Chunk: 0}); err != nil {
+				t.Fatal(err)
+			}
+			key := NewWatermarkKey("ehr", "", "", "", nil, nil, nil, nil, false)
+			res, err := f.acts.Commit(ctx, CommitInput{Target: Target{Run: "run"}, Chunks: 1, Plan: tc.plan, Request: map[string]any{},
+				Watermark: &WatermarkUpdate{Key: key}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, _ := f.acts.sinkFor("")
+			wm, _ := readWatermark(ctx, s, key.Name())
+			if (wm != nil) != tc.wantWM || (res.Watermark != "") != tc.wantWM {
+				t.Fatalf("watermark %+v (result %q), want one: %v", wm, res.Watermark, tc.wantWM)
+			}
+			b, _ := os.ReadFile(res.Manifest)
+			if !tc.wantWM && !strings.Contains(string(b), "watermark was not advanced") {
+				t.Errorf("the run manifest does not say why the watermark stayed: %s", b)
+			}
+		})
+	}
+}
+
+// A partial export (the server lists failures in error[]) commits what
+// succeeded and names the failures in _manifest.json.
+func TestPartialExportCommitsAndNamesFailures(t *testing.T) {
+	f := newFixture(t)
+	f.bodies["/o"] = lines("1", "2")
+	f.bodies["/e"] = `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"processing"}]}` + "\n"
+	f.stage(plannedFile{Kind: KindOutput, Type: "Observation", URL: f.srv.URL + "/o", Count: 2, HasCount: true, Path: "Observation/Observation-0001.ndjson"},
+		plannedFile{Kind: KindError, Type: "OperationOutcome", URL: f.srv.URL + "/e", Count: 7, HasCount: true, Path: "_errors/OperationOutcome-0001.ndjson"})
+	var files []FileResult
+	for i := 0; i < 2; i++ {
+		r, err := f.download(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Index = i
+		files = append(files, r)
+	}
+	ctx := context.Background()
+	f.acts.RecordChunk(ctx, RecordChunkInput{Target: Target{Run: "run"}, Chunk: 0, Files: files})
+	res, err := f.acts.Commit(ctx, CommitInput{Target: Target{Run: "run"}, Chunks: 1, Plan: Plan{TransactionTime: "2026-01-01T00:00:00Z", Files: 2}, Request: map[string]any{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m RunManifest
+	b, _ := os.ReadFile(res.Manifest)
+	json.Unmarshal(b, &m)
+	if m.Totals.Failed != 7 || m.Totals.Resources["Observation"] != 2 || m.Totals.Issues["error"] != 1 {
+		t.Errorf("totals %+v", m.Totals)
+	}
+	if !strings.Contains(strings.Join(m.Warnings, "\n"), "could not export 7 resource(s)") {
+		t.Errorf("warnings %q", m.Warnings)
+	}
+}
