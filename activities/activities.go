@@ -18,10 +18,12 @@ import (
 	"hash/maphash"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -598,12 +600,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
 			return FileResult{}, withURL(err, srcURL)
 		}
-		if err := ids.add(m.ID, r.Line()); err != nil {
-			mu.Lock()
-			last = checkpoint{} // the staged part is suspect: the next attempt starts from zero
-			mu.Unlock()
-			return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
-		}
+		ids.add(m.ID, r.Line())
 		if layout.CheckSubsetted && item.Kind == KindOutput && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
@@ -648,6 +645,12 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	if err := checkCount(item, res.Resources); err != nil {
 		keepPartial = true
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := ids.check(); err != nil {
+		mu.Lock()
+		last = checkpoint{} // the staged part is suspect: the next attempt starts from zero
+		mu.Unlock()
 		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
 	}
 	if err := checkStrict(item, layout, &res); err != nil {
@@ -759,15 +762,21 @@ func checkMore(item plannedFile, sofar, staged int64, line int64) error {
 
 // idSet checks that every resource id of an output file is unique: a
 // file regenerated or spliced while it was served repeats some ids (and
-// misses others) while its line count can still match. Ids are kept as
-// 64-bit hashes with a per-attempt seed (a collision would be a retryable
-// false alarm that does not repeat), about 40 bytes per resource; the
-// manifest count and the line cap bound the number. After a resume (same
-// validator, If-Range) only the ids read by this attempt are checked.
+// misses others) while its line count can still match. Each id is kept as
+// a 64-bit hash (per-attempt seed: a collision would be a retryable false
+// alarm that does not repeat) with its line, 16 bytes per resource
+// (BenchmarkIDSet), sorted once at the end of the file; the manifest count
+// bounds how many there can be. After a resume (same validator, If-Range)
+// only the ids read by this attempt are checked.
 type idSet struct {
 	seed maphash.Seed
-	seen map[uint64]int64 // hash -> line
+	ents []idEnt
 	path string
+}
+
+type idEnt struct {
+	h    uint64
+	line uint32 // saturates: a file of 4 billion lines is refused long before
 }
 
 func newIDSet(item plannedFile) *idSet {
@@ -776,26 +785,46 @@ func newIDSet(item plannedFile) *idSet {
 	}
 	n := 0
 	if item.HasCount {
-		n = int(min(item.Count, 1<<16)) // a hint; the map grows if it must
+		n = int(min(item.Count, 1<<20)) // a hint: the count is the server's word
 	}
-	return &idSet{seed: maphash.MakeSeed(), seen: make(map[uint64]int64, n), path: item.Path}
+	return &idSet{seed: maphash.MakeSeed(), ents: make([]idEnt, 0, n), path: item.Path}
 }
 
-func (s *idSet) add(id string, line int64) error {
+func (s *idSet) add(id string, line int64) {
 	if s == nil || id == "" {
+		return
+	}
+	s.ents = append(s.ents, idEnt{h: maphash.String(s.seed, id), line: uint32(min(line, math.MaxUint32))})
+}
+
+// check reports the first repeated id (by its lines: ids can identify
+// patients) once the whole file is read.
+func (s *idSet) check() error {
+	if s == nil {
 		return nil
 	}
-	h := maphash.String(s.seed, id)
-	if first, ok := s.seen[h]; ok {
-		// Line numbers only: ids can identify patients.
-		ve := invalid("duplicate_id", bulk.KindTruncated, fmt.Sprintf(
-			"%s: lines %d and %d hold the same resource id; the file changed while it was served or the server repeated a resource, so it is downloaded again from the start",
-			s.path, first, line)).(*validationError)
-		ve.sig = fmt.Sprintf("duplicate %d %d", first, line)
-		return ve
+	slices.SortFunc(s.ents, func(a, b idEnt) int { return cmp.Or(cmp.Compare(a.h, b.h), cmp.Compare(a.line, b.line)) })
+	var dup *idEnt
+	for i := 1; i < len(s.ents); i++ {
+		if s.ents[i].h == s.ents[i-1].h && (dup == nil || s.ents[i].line < dup.line) {
+			dup = &s.ents[i]
+		}
 	}
-	s.seen[h] = line
-	return nil
+	if dup == nil {
+		return nil
+	}
+	first := uint32(0)
+	for _, e := range s.ents {
+		if e.h == dup.h {
+			first = e.line
+			break
+		}
+	}
+	ve := invalid("duplicate_id", bulk.KindTruncated, fmt.Sprintf(
+		"%s: lines %d and %d hold the same resource id; the file changed while it was served or the server repeated a resource, so it is downloaded again from the start",
+		s.path, first, dup.line)).(*validationError)
+	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup.line)
+	return ve
 }
 
 // nextResource reads and validates the next line of a file. Errors say

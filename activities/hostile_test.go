@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -517,5 +518,24 @@ func TestPartialExportCommitsAndNamesFailures(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(m.Warnings, "\n"), "could not export 7 resource(s)") {
 		t.Errorf("warnings %q", m.Warnings)
+	}
+}
+
+// BenchmarkIDSet measures the memory the unique-id check costs per
+// resource (docs/configuration.md, worker memory).
+func BenchmarkIDSet(b *testing.B) {
+	const n = 1_000_000
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s := newIDSet(plannedFile{Kind: KindOutput, Path: "p", Count: n, HasCount: true})
+		for j := 0; j < n; j++ {
+			s.add("Observation-"+strconv.Itoa(j), int64(j+1))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/id")
+		runtime.KeepAlive(s)
 	}
 }

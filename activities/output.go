@@ -175,9 +175,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
 			return FileResult{}, withURL(err, srcURL)
 		}
-		if err := ids.add(m.ID, r.Line()); err != nil {
-			return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
-		}
+		ids.add(m.ID, r.Line())
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
@@ -188,6 +186,9 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		res.Bytes += int64(len(line)) + 1
 	}
 	if err := checkCount(item, res.Resources); err != nil {
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := ids.check(); err != nil {
 		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
 	}
 	parts, err := lw.Close()
