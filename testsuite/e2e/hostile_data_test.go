@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,23 @@ func TestSameWrongCountFailsFast(t *testing.T) {
 	t.Logf("failed after %s", took.Round(time.Second))
 	if took > time.Minute {
 		t.Errorf("took %s to fail", took)
+	}
+}
+
+// A partial export (the server lists failures in error[]) commits by
+// default (TestFaultManifests/error-array); with strict it fails, saying
+// why, and commits nothing.
+func TestStrictFailsPartialExport(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 10, LargeAttachments: -1, Faults: "manifest=errors(n=3)"})
+	out := t.TempDir()
+	queue, _ := startWorker(t, out)
+	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Types: []string{"Patient"}, Strict: true})
+	err := run.Get(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "strict mode") || !strings.Contains(err.Error(), "error/fatal issue") {
+		t.Fatalf("err = %v, want the strict-mode failure", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(out, "*", "_manifest.json")); len(m) != 0 {
+		t.Errorf("a strict run with failures committed %v", m)
 	}
 }
