@@ -276,6 +276,9 @@ type WatermarkUpdate struct {
 // advanceWatermark writes the watermark for a committed run, never moving
 // it backwards and never across a gap.
 func advanceWatermark(ctx context.Context, s sink.Sink, u *WatermarkUpdate, transactionTime, run, manifest string) (bool, error) {
+	if err := CheckWatermarkTime(transactionTime, time.Now()); err != nil {
+		return false, nil // never a _since that skips changes (Commit says why)
+	}
 	name := u.Key.Name()
 	cur, err := readWatermark(ctx, s, name)
 	if err != nil {

@@ -160,3 +160,18 @@ func isNonRetryable(err error) bool {
 	var ae *temporal.ApplicationError
 	return errors.As(err, &ae) && ae.NonRetryable()
 }
+
+// advanceWatermark itself never writes an instant that could not be a _since.
+func TestAdvanceWatermarkRefusesBadInstants(t *testing.T) {
+	key := NewWatermarkKey("ehr", "", "", "", nil, nil, nil, nil, false)
+	s, _ := sink.NewLocal(t.TempDir())
+	ctx := context.Background()
+	for _, tt := range []string{"garbage", "2999-01-01T00:00:00Z", ""} {
+		if ok, err := advanceWatermark(ctx, s, &WatermarkUpdate{Key: key}, tt, "run", "m"); ok || err != nil {
+			t.Errorf("%q: advanced %v, err %v", tt, ok, err)
+		}
+	}
+	if wm, _ := readWatermark(ctx, s, key.Name()); wm != nil {
+		t.Errorf("written: %+v", wm)
+	}
+}
