@@ -15,12 +15,15 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/maphash"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -50,6 +53,12 @@ type Activities struct {
 	// CheckpointBytes spaces durable checkpoints a retry can resume from
 	// (default 64 MiB; also at most every HeartbeatEvery).
 	CheckpointBytes int64
+	// MaxLineBytes caps one NDJSON line, i.e. one resource (default
+	// ndjson.DefaultMaxLineBytes, 64 MiB: inline attachments fit, an
+	// endless line from a decompression bomb does not). A download holds
+	// at most about this much of a line in memory, so a worker's worst case
+	// is its concurrent downloads times this (docs/configuration.md).
+	MaxLineBytes int
 	// Metrics records Prometheus metrics (internal/metrics); nil records none.
 	Metrics *metrics.Recorder
 	// Keyset, when set, encrypts every staged and committed object at rest
@@ -105,11 +114,15 @@ func planObject(v int) string {
 }
 
 type plan struct {
-	TransactionTime     string        `json:"transactionTime"`
-	Request             string        `json:"request,omitempty"`
-	RequiresAccessToken bool          `json:"requiresAccessToken"`
-	Expires             time.Time     `json:"expires,omitempty"`
-	Files               []plannedFile `json:"files"`
+	TransactionTime     string    `json:"transactionTime"`
+	Request             string    `json:"request,omitempty"`
+	RequiresAccessToken bool      `json:"requiresAccessToken"`
+	Expires             time.Time `json:"expires,omitempty"`
+	Warnings            []string  `json:"warnings,omitempty"`
+	// TransactionTimeAhead: transactionTime was in the future when the
+	// manifest arrived; the watermark is not advanced to it.
+	TransactionTimeAhead bool          `json:"transactionTimeAhead,omitempty"`
+	Files                []plannedFile `json:"files"`
 }
 
 type plannedFile struct {
@@ -208,9 +221,12 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	if err != nil {
 		return PollResult{}, temporalError(err)
 	}
-	p, err := buildPlan(m, st.Expires)
+	p, err := buildPlan(m, st.Expires, time.Now())
 	if err != nil {
 		return PollResult{}, permanent("InvalidManifest", err)
+	}
+	for _, w := range p.Warnings {
+		a.Logger.Warn("manifest warning", "server", serverName(in.ServerRef), "warning", w)
 	}
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
@@ -229,14 +245,74 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 
 var resourceTypeName = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
 
-func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
+// ClockSkew is how far ahead of the worker's clock a server timestamp may
+// be before it is treated as wrong.
+const ClockSkew = 5 * time.Minute
+
+// ParseInstant parses a FHIR instant (RFC 3339 with a time zone), the
+// shape of transactionTime and of _since.
+func ParseInstant(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || strings.TrimSpace(s) != s || t.Year() < 1900 {
+		return time.Time{}, fmt.Errorf("%q is not a FHIR instant (like 2026-01-02T03:04:05.678Z)", clipText(s))
+	}
+	return t, nil
+}
+
+// CheckWatermarkTime says why an instant must not become a watermark
+// (the next run's _since): not an instant, or ahead of now by more than
+// ClockSkew, which would make every later incremental run skip changes.
+func CheckWatermarkTime(s string, now time.Time) error {
+	t, err := ParseInstant(s)
+	if err != nil {
+		return err
+	}
+	if ahead := t.Sub(now); ahead > ClockSkew {
+		return fmt.Errorf("%s is %s ahead of this worker's clock (more than the %s allowed for clock skew)", s, ahead.Round(time.Second), ClockSkew)
+	}
+	return nil
+}
+
+func clipText(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > 60 {
+		cut := 57
+		for cut > 0 && s[cut]&0xC0 == 0x80 {
+			cut--
+		}
+		s = s[:cut] + "..."
+	}
+	return s
+}
+
+// buildPlan turns the manifest into the run's plan. Server timestamps are
+// checked here, once: a transactionTime that is not an instant fails the
+// run (it would become the next _since); one in the future is a warning and
+// the watermark stays where it is (Commit checks again); an Expires already
+// past when the manifest arrives (a "no-cache" Expires: 0 or 1970, or a
+// server clock behind ours) is treated as absent, so links are refreshed
+// only when a file is actually refused.
+func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 	if m.TransactionTime == "" {
 		return nil, errors.New("the server's manifest has no transactionTime")
+	}
+	if _, err := ParseInstant(m.TransactionTime); err != nil {
+		return nil, fmt.Errorf("the server's transactionTime %w; it would be the next run's _since, so the export stops here: report it to the server's operators", err)
+	}
+	var warnings []string
+	ahead := false
+	if err := CheckWatermarkTime(m.TransactionTime, now); err != nil {
+		ahead = true
+		warnings = append(warnings, fmt.Sprintf("the server's transactionTime %s; the run is committed but the incremental watermark is not advanced (check the server's clock)", err))
+	}
+	if !expires.IsZero() && !expires.After(now) {
+		warnings = append(warnings, fmt.Sprintf("the server's Expires header (%s) had already passed when the manifest arrived; it is ignored, and file links are refreshed only if the server refuses one", expires.UTC().Format(time.RFC3339)))
+		expires = time.Time{}
 	}
 	if m.OutputOrganizedBy != "" {
 		return nil, fmt.Errorf("the server organised output by %s (organizeOutputBy); bulkflow needs one resource type per file, so export without organizeOutputBy", m.OutputOrganizedBy)
 	}
-	p := &plan{TransactionTime: m.TransactionTime, Request: m.Request, RequiresAccessToken: m.RequiresAccessToken, Expires: expires}
+	p := &plan{TransactionTime: m.TransactionTime, Request: m.Request, RequiresAccessToken: m.RequiresAccessToken, Expires: expires, Warnings: warnings, TransactionTimeAhead: ahead}
 	add := func(kind string, items []bulk.FileItem, fixedType, dir string) error {
 		sorted := append([]bulk.FileItem(nil), items...)
 		// Stable: files of a type keep the server's order, so names are deterministic.
@@ -275,7 +351,7 @@ func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
 }
 
 func summarize(p *plan) Plan {
-	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
+	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files), Warnings: p.Warnings, TransactionTimeAhead: p.TransactionTimeAhead}
 	for i, f := range p.Files {
 		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
 			s.Groups[n-1].Count++
@@ -431,10 +507,16 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 
 	// Resume from the last durable checkpoint of an earlier attempt when the
 	// sink can reopen it and the server honours Range; otherwise start over.
+	// A resume needs the file's validator (ETag or a strong
+	// Last-Modified) so the server can tell us, with If-Range, that the file
+	// changed since: bytes of two versions are never spliced together.
 	var cp, resumedFrom checkpoint
 	var w sink.Writer
 	var offset int64
-	if item.Kind == KindOutput && activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) == nil && cp.Token != "" && cp.Offset > 0 {
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+		cp = checkpoint{}
+	}
+	if item.Kind == KindOutput && cp.Token != "" && cp.Offset > 0 && cp.Validator != "" {
 		if rs, ok := s.(sink.Resumer); ok {
 			if hw, err := restoreHash(cp.Hash); err == nil {
 				if rw, err := rs.Resume(ctx, run, item.Path, cp.Token, cp.Size); err == nil {
@@ -446,7 +528,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 			}
 		}
 	}
-	f, err := c.OpenFile(ctx, item.URL, requiresToken, offset)
+	f, err := c.OpenFileFrom(ctx, item.URL, requiresToken, offset, resumedFrom.Validator)
 	if err != nil {
 		if w != nil {
 			w.Abort()
@@ -455,11 +537,15 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	defer f.Body.Close()
 	if w != nil && f.Offset != offset {
-		// The server ignored the Range and sent the whole file.
+		// The server sent the whole file: it changed since the checkpoint
+		// (If-Range did not match) or it ignores Range. Start from zero:
+		// staged bytes and hash state of the old version are dropped.
+		a.Logger.Info("file changed or Range ignored, downloading it again from the start", "file", item.Path)
 		w.Abort()
 		w, offset, h, resumedFrom = nil, 0, sha256.New(), checkpoint{}
 		res = FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	}
+	validator := f.Validator
 	if w == nil {
 		if w, err = s.Create(ctx, run, item.Path); err != nil {
 			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
@@ -468,8 +554,10 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		a.Logger.Info("resuming download", "file", item.Path, "offset", offset, "resources", res.Resources)
 	}
 	resumable, _ := w.(sink.Resumable)
-	if item.Kind != KindOutput {
-		resumable = nil // small files; their tombstones and tallies restart with them
+	if item.Kind != KindOutput || validator == "" {
+		// Small files: their tombstones and tallies restart with them. A
+		// file without a validator cannot be resumed safely.
+		resumable = nil
 	}
 	keepPartial := false
 	defer func() {
@@ -491,12 +579,19 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	// progress counts bytes off the wire, not whole lines: a 20 MB line on
 	// a slow link still shows it is alive.
 	var progress atomic.Int64
-	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
+	r := a.newReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
+	ids := newIDSet(item)
 
 	// Heartbeats carry the last checkpoint, so a retry resumes from it.
 	var mu sync.Mutex
 	last := resumedFrom // until the next checkpoint, a retry resumes where this attempt did
+	// remember fails the file with err, unless the previous attempt failed
+	// the same way: then the server produces the file that way and a retry
+	// cannot help. The failure's signature travels in the heartbeat details,
+	// which the SDK flushes with a failure and hands to the next attempt.
+	last.Failure = "" // only the attempt right before this one counts
+	remember := func(sig string, err error) error { return rememberFailure(ctx, cp.Failure, &mu, &last, sig, err) }
 	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery, func() checkpoint {
 		mu.Lock()
 		defer mu.Unlock()
@@ -512,7 +607,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
 	for {
-		line, _, err := nextResource(r, v, item, res.Resources)
+		line, m, err := nextResource(r, v, item, res.Resources)
 		if err == io.EOF {
 			break
 		}
@@ -520,6 +615,10 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 			keepPartial = bulk.KindOf(err) == bulk.KindTruncated || bulk.KindOf(err) == bulk.KindTransient
 			return FileResult{}, withURL(err, srcURL)
 		}
+		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
+			return FileResult{}, withURL(err, srcURL)
+		}
+		ids.add(m.ID, r.Line())
 		if layout.CheckSubsetted && item.Kind == KindOutput && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
@@ -528,6 +627,10 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 			countSeverity(line, &res)
 		case KindDeleted:
 			if err := tombs.add(line, &res); err != nil {
+				var ve *validationError
+				if errors.As(err, &ve) {
+					return FileResult{}, withURL(invalid(ve.Reason, ve.Err.Kind, fmt.Sprintf("%s line %d: %s", item.Path, r.Line(), ve.Err.Diagnostics)), srcURL)
+				}
 				return fail(bulk.KindTransient, "write tombstones", err)
 			}
 		}
@@ -546,7 +649,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 			if err == nil {
 				hs, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
 				cp := checkpoint{Token: token, Size: size, Offset: offset + r.Offset(), Resources: res.Resources, Hash: hs,
-					Severity: cloneCounts(res.Severity), Deleted: cloneCounts(res.Deleted), Progress: res.Bytes}
+					Severity: cloneCounts(res.Severity), Deleted: cloneCounts(res.Deleted), Progress: res.Bytes, Validator: validator}
 				mu.Lock()
 				last = cp
 				mu.Unlock()
@@ -560,6 +663,15 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	if err := checkCount(item, res.Resources); err != nil {
 		keepPartial = true
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := ids.check(); err != nil {
+		mu.Lock()
+		last = checkpoint{} // the staged part is suspect: the next attempt starts from zero
+		mu.Unlock()
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := checkStrict(item, layout, &res); err != nil {
 		return FileResult{}, withURL(err, srcURL)
 	}
 	if err := bw.Flush(); err != nil {
@@ -613,6 +725,126 @@ func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration) (*th
 	}
 }
 
+// rememberFailure returns err for a validation failure with signature sig
+// (a count mismatch, a duplicated id) and records sig in the heartbeat
+// details, which the SDK flushes with the failure and hands to the next
+// attempt. When prev, the previous attempt's signature, is the same, the
+// server produces the file that way: the error becomes non-retryable.
+func rememberFailure(ctx context.Context, prev string, mu *sync.Mutex, last *checkpoint, sig string, err error) error {
+	if sig != "" && sig == prev {
+		return repeated(err)
+	}
+	mu.Lock()
+	last.Failure = sig
+	hb := *last
+	mu.Unlock()
+	activity.RecordHeartbeat(ctx, hb)
+	return err
+}
+
+// repeated turns a retryable validation failure seen on two attempts in a
+// row into a permanent one that says so.
+func repeated(err error) error {
+	var ve *validationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	c := *ve.Err
+	c.Kind = bulk.KindInvalidContent
+	c.Diagnostics += "; the same on the previous attempt, so the server produces the file this way: not retried, report it to the server's operators"
+	return &validationError{Reason: ve.Reason, Err: &c}
+}
+
+// newReader opens an NDJSON reader with the worker's line cap.
+func (a *Activities) newReader(r io.Reader) *ndjson.Reader {
+	nr := ndjson.NewReader(r)
+	nr.SetMaxLineBytes(a.maxLine())
+	return nr
+}
+
+func (a *Activities) maxLine() int { return cmp.Or(a.MaxLineBytes, ndjson.DefaultMaxLineBytes) }
+
+// checkMore stops a file as soon as it has more resources than its
+// manifest count, before the extra line is staged: with the line cap, a
+// file can never stage more than count x cap bytes, so a file whose
+// manifest says 3 cannot fill the disk. The server sends the file this way,
+// so it is not retried.
+func checkMore(item plannedFile, sofar, staged int64, line int64) error {
+	if item.Kind != KindOutput || !item.HasCount || sofar < item.Count {
+		return nil
+	}
+	return invalid("too_many", bulk.KindInvalidContent, fmt.Sprintf(
+		"%s: the server sent more resources than the manifest's count of %d (line %d is resource %d; stopped after %d bytes staged): the file does not match its manifest, report it to the server's operators",
+		item.Path, item.Count, line, sofar+1, staged))
+}
+
+// idSet checks that every resource id of an output file is unique: a
+// file regenerated or spliced while it was served repeats some ids (and
+// misses others) while its line count can still match. Each id is kept as
+// a 64-bit hash (per-attempt seed: a collision would be a retryable false
+// alarm that does not repeat) with its line, 16 bytes per resource
+// (BenchmarkIDSet), sorted once at the end of the file; the manifest count
+// bounds how many there can be. After a resume (same validator, If-Range)
+// only the ids read by this attempt are checked.
+type idSet struct {
+	seed maphash.Seed
+	ents []idEnt
+	path string
+}
+
+type idEnt struct {
+	h    uint64
+	line uint32 // saturates: a file of 4 billion lines is refused long before
+}
+
+func newIDSet(item plannedFile) *idSet {
+	if item.Kind != KindOutput {
+		return nil
+	}
+	n := 0
+	if item.HasCount {
+		n = int(min(item.Count, 1<<20)) // a hint: the count is the server's word
+	}
+	return &idSet{seed: maphash.MakeSeed(), ents: make([]idEnt, 0, n), path: item.Path}
+}
+
+func (s *idSet) add(id string, line int64) {
+	if s == nil || id == "" {
+		return
+	}
+	s.ents = append(s.ents, idEnt{h: maphash.String(s.seed, id), line: uint32(min(line, math.MaxUint32))})
+}
+
+// check reports the first repeated id (by its lines: ids can identify
+// patients) once the whole file is read.
+func (s *idSet) check() error {
+	if s == nil {
+		return nil
+	}
+	slices.SortFunc(s.ents, func(a, b idEnt) int { return cmp.Or(cmp.Compare(a.h, b.h), cmp.Compare(a.line, b.line)) })
+	var dup *idEnt
+	for i := 1; i < len(s.ents); i++ {
+		if s.ents[i].h == s.ents[i-1].h && (dup == nil || s.ents[i].line < dup.line) {
+			dup = &s.ents[i]
+		}
+	}
+	if dup == nil {
+		return nil
+	}
+	first := uint32(0)
+	for _, e := range s.ents {
+		if e.h == dup.h {
+			first = e.line
+			break
+		}
+	}
+	ve := invalid("duplicate_id", bulk.KindTruncated, fmt.Sprintf(
+		"%s: lines %d and %d hold the same resource id; the file changed while it was served or the server repeated a resource, so it is downloaded again from the start",
+		s.path, first, dup.line)).(*validationError)
+	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup.line)
+	return ve
+}
+
 // nextResource reads and validates the next line of a file. Errors say
 // what was wrong and where: a body that ends early or a cut last line is
 // KindTruncated (fetch again), an invalid line KindInvalidContent (the
@@ -623,6 +855,12 @@ func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar 
 		return nil, ndjson.Meta{}, io.EOF
 	}
 	if err != nil {
+		if lt := (*ndjson.LineTooLongError)(nil); errors.As(err, &lt) {
+			// The server's data, not the transfer: fetching again cannot help.
+			return nil, ndjson.Meta{}, invalid("line_too_long", bulk.KindInvalidContent, fmt.Sprintf(
+				"%s: %v (after %d resources); a resource that large is refused: report it to the server's operators, or raise the worker's -max-line-mib if it is genuine",
+				item.Path, lt, sofar))
+		}
 		kind := bulk.KindOf(err)
 		if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
 			kind = bulk.KindTruncated
@@ -645,14 +883,42 @@ func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar 
 	return line, m, nil
 }
 
-// checkCount compares a finished file with its manifest count, which is
-// optional (BD2 L430); when given, it is the check that catches a file cut
-// at a line boundary behind an HTTP 200.
+// checkCount compares a finished output file with its manifest count,
+// which is optional (BD2 L430); when given, it is the check that catches a
+// file cut at a line boundary behind an HTTP 200. Only output[]: servers
+// give an error[] entry the number of resources that failed as its count,
+// while the file holds a few OperationOutcomes (../shared/spec/bulk-data-checklist.md §3).
 func checkCount(item plannedFile, got int64) error {
-	if item.HasCount && got != item.Count {
-		return invalid("count_mismatch", bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, got, item.Count))
+	if item.Kind == KindOutput && item.HasCount && got != item.Count {
+		ve := invalid("count_mismatch", bulk.KindTruncated, fmt.Sprintf("%s: %d resources received, the manifest says %d", item.Path, got, item.Count)).(*validationError)
+		ve.sig = fmt.Sprintf("count %d %d", got, item.Count)
+		return ve
 	}
 	return nil
+}
+
+// checkStrict fails an error[] file that reports failed resources when the
+// user asked for strict mode; by default such an export commits what
+// succeeded and names the failures (the run manifest's warnings and totals).
+func checkStrict(item plannedFile, layout Layout, res *FileResult) error {
+	if item.Kind != KindError {
+		return nil
+	}
+	if item.HasCount {
+		res.Failed = item.Count
+	}
+	if !layout.Strict {
+		return nil
+	}
+	bad := res.Severity["error"] + res.Severity["fatal"]
+	if bad == 0 {
+		return nil // warnings and information only
+	}
+	what := fmt.Sprintf("%d error/fatal issue(s)", bad)
+	if res.Failed > 0 {
+		what = fmt.Sprintf("%d resource(s) it could not export (%d error/fatal issue(s))", res.Failed, bad)
+	}
+	return invalid("partial_export", bulk.KindPermanent, fmt.Sprintf("%s: the server reported %s, and the export runs in strict mode: nothing is committed; without strict the rest would be", item.Path, what))
 }
 
 // validationError is a file that failed validation; Reason labels it for
@@ -660,6 +926,7 @@ func checkCount(item plannedFile, got int64) error {
 type validationError struct {
 	Reason string
 	Err    *bulk.Error
+	sig    string // identifies a retryable failure, to spot the same one twice in a row
 }
 
 func (e *validationError) Error() string { return e.Err.Error() }
@@ -704,6 +971,13 @@ type checkpoint struct {
 	Severity  map[string]int64 `json:"severity,omitempty"`
 	Deleted   map[string]int64 `json:"deleted,omitempty"`
 	Progress  int64            `json:"progress"` // bytes read from the server so far
+	// Validator is the file's ETag or strong Last-Modified (If-Range on a
+	// resume); without one a checkpoint is never resumed.
+	Validator string `json:"validator,omitempty"`
+	// Failure identifies this attempt's retryable validation failure (a
+	// count mismatch, a repeated id): the same one on the next attempt is
+	// permanent.
+	Failure string `json:"failure,omitempty"`
 }
 
 func restoreHash(state []byte) (hash.Hash, error) {

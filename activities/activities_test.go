@@ -198,7 +198,7 @@ func TestBuildPlan(t *testing.T) {
 		Error:   []bulk.FileItem{{URL: "https://s/e1"}},
 		Deleted: []bulk.FileItem{{Type: "Bundle", URL: "https://s/d1"}},
 	}
-	p, err := buildPlan(m, time.Time{})
+	p, err := buildPlan(m, time.Time{}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,11 +224,11 @@ func TestBuildPlan(t *testing.T) {
 	}
 
 	for _, bad := range []bulk.FileItem{{Type: "../etc", URL: "u"}, {Type: "", URL: "u"}, {Type: "observation", URL: "u"}} {
-		if _, err := buildPlan(&bulk.Manifest{TransactionTime: "t", Output: []bulk.FileItem{bad}}, time.Time{}); err == nil {
+		if _, err := buildPlan(&bulk.Manifest{TransactionTime: "2026-01-01T00:00:00Z", Output: []bulk.FileItem{bad}}, time.Time{}, time.Now()); err == nil {
 			t.Errorf("type %q accepted", bad.Type)
 		}
 	}
-	if _, err := buildPlan(&bulk.Manifest{TransactionTime: "t", OutputOrganizedBy: "Patient"}, time.Time{}); err == nil {
+	if _, err := buildPlan(&bulk.Manifest{TransactionTime: "2026-01-01T00:00:00Z", OutputOrganizedBy: "Patient"}, time.Time{}, time.Now()); err == nil {
 		t.Error("organised output accepted")
 	}
 }
@@ -295,7 +295,7 @@ func TestResolveOutput(t *testing.T) {
 }
 
 func TestValidationReasons(t *testing.T) {
-	item := plannedFile{Type: "Observation", Path: "Observation/Observation-0001.ndjson", Count: 3, HasCount: true}
+	item := plannedFile{Kind: KindOutput, Type: "Observation", Path: "Observation/Observation-0001.ndjson", Count: 3, HasCount: true}
 	read := func(body string) error {
 		r := ndjson.NewReader(strings.NewReader(body))
 		for {

@@ -52,6 +52,9 @@ type Totals struct {
 	Resources map[string]int64 `json:"resources"`         // output resources by type
 	Deleted   map[string]int64 `json:"deleted,omitempty"` // deletions by type
 	Issues    map[string]int64 `json:"issues,omitempty"`  // error[] OperationOutcome issues by severity
+	// Failed sums the counts of error[] entries: servers put the number of
+	// resources they could not export there. The run holds the rest.
+	Failed int64 `json:"failed,omitempty"`
 }
 
 // Commit writes the run manifest from the staged chunk records and promotes
@@ -80,6 +83,11 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 	}
 	m := buildRunManifest(in, files)
 	m.CommittedAt = time.Now().UTC()
+	if in.Watermark != nil {
+		if why := watermarkRefusal(in, m.CommittedAt); why != nil {
+			m.Warnings = appendNew(m.Warnings, fmt.Sprintf("the incremental watermark was not advanced: the transactionTime %v", why))
+		}
+	}
 	body, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return CommitResult{}, permanent("Internal", err)
@@ -107,7 +115,7 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 func (a *Activities) finishCommit(ctx context.Context, s sink.Sink, in CommitInput, files int) (CommitResult, error) {
 	loc := s.Location(in.Run)
 	res := CommitResult{Location: loc, Manifest: loc + "/" + sink.ManifestName, Files: files}
-	if in.Watermark != nil {
+	if in.Watermark != nil && watermarkRefusal(in, time.Now()) == nil {
 		ok, err := advanceWatermark(ctx, s, in.Watermark, in.Plan.TransactionTime, in.Run, res.Manifest)
 		if err != nil {
 			return CommitResult{}, err
@@ -117,6 +125,28 @@ func (a *Activities) finishCommit(ctx context.Context, s sink.Sink, in CommitInp
 		}
 	}
 	return res, nil
+}
+
+// watermarkRefusal says why this run's transactionTime must not become
+// the watermark (nil: it may): flagged as ahead of the clock when the
+// manifest arrived, or not a valid, present instant now.
+func watermarkRefusal(in CommitInput, now time.Time) error {
+	if in.Plan.TransactionTimeAhead {
+		if err := CheckWatermarkTime(in.Plan.TransactionTime, now); err != nil {
+			return err
+		}
+		return fmt.Errorf("%s was ahead of the worker's clock when the manifest arrived", in.Plan.TransactionTime)
+	}
+	return CheckWatermarkTime(in.Plan.TransactionTime, now)
+}
+
+func appendNew(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
 }
 
 func stringOf(v any) string {
@@ -174,7 +204,14 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 			m.Totals.Deleted = AddCounts(m.Totals.Deleted, f.Deleted)
 		case KindError:
 			m.Totals.Issues = AddCounts(m.Totals.Issues, f.Severity)
+			m.Totals.Failed += f.Failed
 		}
+	}
+	if m.Totals.Failed > 0 {
+		m.Warnings = append(m.Warnings, fmt.Sprintf("partial export: the server could not export %d resource(s) (the counts of its error[] entries); the resources it did export are committed; see _errors/ for its OperationOutcomes", m.Totals.Failed))
+	}
+	for _, w := range in.Plan.Warnings {
+		m.Warnings = appendNew(m.Warnings, w)
 	}
 	for _, sev := range []string{"fatal", "error", "warning", "information"} {
 		if n := m.Totals.Issues[sev]; n > 0 {

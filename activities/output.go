@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"path"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,10 +41,30 @@ type Layout struct {
 	// more data than asked (data minimisation).
 	CheckSubsetted bool `json:"checkSubsetted,omitempty"`
 
+	// Strict fails the export when the server reports resources it could
+	// not export (error/fatal OperationOutcomes in error[]). By default the
+	// rest is committed and the failures are named in the run manifest.
+	// Carried here because the layout reaches every download.
+	Strict bool `json:"strict,omitempty"`
+
 	transactionTime string // from the plan, not the caller
 }
 
 var subsetted = []byte(`"SUBSETTED"`)
+
+var fhirID = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+
+// IsFHIRID reports whether id is a FHIR id (R4 id datatype:
+// [A-Za-z0-9\-\.]{1,64}) that is safe as a path segment: "." and ".." are
+// refused although the pattern allows them.
+func IsFHIRID(id string) bool { return fhirID.MatchString(id) && id != "." && id != ".." }
+
+func clipID(id string) string {
+	if len(id) > 40 {
+		id = id[:37] + "..."
+	}
+	return strings.ToValidUTF8(id, "?")
+}
 
 func (l Layout) plain() bool {
 	return (l.Format == "" || l.Format == "ndjson") && !l.Gzip && l.PartitionBy == ""
@@ -120,12 +141,26 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	}
 	defer f.Body.Close()
 
+	// No resume here, but the heartbeat details still carry this
+	// attempt's validation failure, so the same one twice is permanent.
+	var prev checkpoint
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) != nil {
+		prev = checkpoint{}
+	}
+	var mu sync.Mutex
+	var last checkpoint
 	var progress atomic.Int64
-	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery, nil)
+	stop := heartbeatWhileProgressing(ctx, &progress, a.HeartbeatEvery, func() checkpoint {
+		mu.Lock()
+		defer mu.Unlock()
+		return last
+	})
 	defer stop()
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
-	r := ndjson.NewReader(&wireCounter{r: f.Body, n: &progress})
+	r := a.newReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
+	ids := newIDSet(item)
+	remember := func(sig string, err error) error { return rememberFailure(ctx, prev.Failure, &mu, &last, sig, err) }
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
@@ -137,6 +172,10 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if err != nil {
 			return FileResult{}, withURL(err, srcURL)
 		}
+		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
+			return FileResult{}, withURL(err, srcURL)
+		}
+		ids.add(m.ID, r.Line())
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
@@ -147,7 +186,10 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		res.Bytes += int64(len(line)) + 1
 	}
 	if err := checkCount(item, res.Resources); err != nil {
-		return FileResult{}, withURL(err, srcURL)
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := ids.check(); err != nil {
+		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
 	}
 	parts, err := lw.Close()
 	if err != nil {
@@ -248,8 +290,14 @@ func (t *tombstones) add(bundle []byte, res *FileResult) error {
 		}
 		typ, id, _ := strings.Cut(strings.TrimPrefix(e.Request.URL, "/"), "/")
 		id, _, _ = strings.Cut(id, "/") // drop a trailing _history/...
-		if !resourceTypeName.MatchString(typ) || id == "" {
+		if !resourceTypeName.MatchString(typ) {
 			continue
+		}
+		if !IsFHIRID(id) {
+			// Tombstones are joined on (type, id) downstream, and ids end up
+			// in keys and paths there: "..", "/" or 1 MB of text never do.
+			return invalid("invalid_id", bulk.KindInvalidContent, fmt.Sprintf("a DELETE entry of type %s has an id that is not a FHIR id ([A-Za-z0-9-.]{1,64}, not \".\" or \"..\"): %q",
+				typ, clipID(id)))
 		}
 		f := t.byType[typ]
 		if f == nil {

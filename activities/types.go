@@ -84,6 +84,14 @@ type Plan struct {
 	Groups              []Group   `json:"groups,omitempty"`
 	// ExpectedResources sums the manifest counts of output files that have one.
 	ExpectedResources int64 `json:"expectedResources"`
+	// Warnings about the manifest's timestamps: a transactionTime in the
+	// future (the watermark will not move), an Expires already past
+	// (ignored). Commit writes them into _manifest.json; the workflow may
+	// add them to its result's warnings.
+	Warnings []string `json:"warnings,omitempty"`
+	// TransactionTimeAhead: transactionTime was more than ClockSkew ahead
+	// of the worker's clock; Commit does not advance the watermark to it.
+	TransactionTimeAhead bool `json:"transactionTimeAhead,omitempty"`
 }
 
 // Group is a run of plan files of one kind and type.
@@ -116,6 +124,9 @@ type FileResult struct {
 	Resumed   bool   `json:"resumed,omitempty"` // continued from an earlier attempt's checkpoint with Range
 	// Severity counts OperationOutcome issues by severity (error files).
 	Severity map[string]int64 `json:"severity,omitempty"`
+	// Failed is an error file's manifest count: servers give the number of
+	// resources that could not be exported there (error files).
+	Failed int64 `json:"failed,omitempty"`
 	// Deleted counts deletions by resource type (deleted files).
 	Deleted map[string]int64 `json:"deleted,omitempty"`
 	// Unsubsetted counts resources without the SUBSETTED tag (with _elements).

@@ -128,13 +128,125 @@ type ReadWatermarkInput struct {
 	Key    WatermarkKey `json:"key"`
 }
 
-// ReadWatermark returns the committed watermark for a key, nil if none.
+// ReadWatermark returns the committed watermark for a key, nil if none. A
+// watermark whose instants are broken or in the future is refused with the
+// way to repair it: used as _since it would skip changes on every run.
 func (a *Activities) ReadWatermark(ctx context.Context, in ReadWatermarkInput) (*Watermark, error) {
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
 		return nil, err
 	}
-	return readWatermark(ctx, s, in.Key.Name())
+	name := in.Key.Name()
+	w, err := readWatermark(ctx, s, name)
+	if err != nil || w == nil {
+		return w, err
+	}
+	if err := w.Validate(time.Now()); err != nil {
+		return nil, permanent("InvalidWatermark", fmt.Errorf("watermark %s in %s: %v; repair it with `starter watermark set --out %s --name %s --transaction-time <instant>` (see docs/operations.md, Repairing a watermark), or delete it to make the next run a full export",
+			name, s.Location(sink.StateDir), err, outputArg(in.Output), name))
+	}
+	return w, nil
+}
+
+func outputArg(o string) string {
+	if o == "" {
+		return "<output>"
+	}
+	return o
+}
+
+// Validate checks that every instant of w could be a _since: a FHIR
+// instant, not ahead of now by more than ClockSkew.
+func (w *Watermark) Validate(now time.Time) error {
+	if w.TransactionTime != "" {
+		if err := CheckWatermarkTime(w.TransactionTime, now); err != nil {
+			return fmt.Errorf("transactionTime %w", err)
+		}
+	}
+	types := make([]string, 0, len(w.Types))
+	for t := range w.Types {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	for _, t := range types {
+		if err := CheckWatermarkTime(w.Types[t], now); err != nil {
+			return fmt.Errorf("%s's transactionTime %w", t, err)
+		}
+	}
+	return nil
+}
+
+// LoadWatermark reads state object name of the output location (a
+// directory, file:// or gs:// URL): nil if there is none. For the CLI.
+func LoadWatermark(ctx context.Context, output, name string) (*Watermark, error) {
+	s, err := sink.Open(output)
+	if err != nil {
+		return nil, err
+	}
+	return readWatermark(ctx, s, name)
+}
+
+// SetWatermark writes state object name with transactionTime (for type,
+// in per-type mode; all its types when type is ""), keeping the key of the
+// existing object; key is needed when there is none yet. The instant must
+// be a FHIR instant and not in the future: it is the next run's _since.
+// It may move the watermark back (to re-export a period) or forward (to
+// skip one), which is why only an operator does it.
+func SetWatermark(ctx context.Context, output, name string, key *WatermarkKey, transactionTime, typ string, now time.Time) (*Watermark, error) {
+	t, err := ParseInstant(transactionTime)
+	if err != nil {
+		return nil, err
+	}
+	if t.After(now) {
+		return nil, fmt.Errorf("%s is in the future (now is %s): a watermark ahead of the server's clock makes incremental runs skip changes", transactionTime, now.UTC().Format(time.RFC3339))
+	}
+	s, err := sink.Open(output)
+	if err != nil {
+		return nil, err
+	}
+	cur, err := readWatermark(ctx, s, name)
+	if err != nil && cur == nil && key == nil {
+		return nil, fmt.Errorf("%v; give the key flags (--server/--fhir-url, --level, --types, ...) to write a fresh one", err)
+	}
+	w := &Watermark{Format: "bulkflow-watermark/1", Run: "(set by starter watermark set)", CommittedAt: now.UTC()}
+	switch {
+	case cur != nil:
+		w.Key, w.Types, w.TransactionTime = cur.Key, cur.Types, cur.TransactionTime
+	case key != nil:
+		w.Key = *key
+	default:
+		return nil, fmt.Errorf("there is no watermark %s yet; give the key flags (--server/--fhir-url, --level, --types, ...) to create it", name)
+	}
+	if w.Key.PerType {
+		if w.Types == nil {
+			w.Types = map[string]string{}
+		}
+		targets := w.Key.Types
+		if typ != "" {
+			targets = []string{typ}
+		} else if len(w.Types) > 0 {
+			targets = nil
+			for t := range w.Types {
+				targets = append(targets, t)
+			}
+		}
+		if len(targets) == 0 {
+			return nil, errors.New("a per-type watermark needs --type (the resource type to set)")
+		}
+		for _, t := range targets {
+			w.Types[t] = transactionTime
+		}
+	} else {
+		if typ != "" {
+			return nil, errors.New("--type applies to per-type watermarks only")
+		}
+		w.TransactionTime = transactionTime
+	}
+	b, _ := json.MarshalIndent(w, "", "  ")
+	if err := s.WriteState(ctx, name, b); err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 func readWatermark(ctx context.Context, s sink.Sink, name string) (*Watermark, error) {
@@ -164,10 +276,18 @@ type WatermarkUpdate struct {
 // advanceWatermark writes the watermark for a committed run, never moving
 // it backwards and never across a gap.
 func advanceWatermark(ctx context.Context, s sink.Sink, u *WatermarkUpdate, transactionTime, run, manifest string) (bool, error) {
+	if err := CheckWatermarkTime(transactionTime, time.Now()); err != nil {
+		return false, nil // never a _since that skips changes (Commit says why)
+	}
 	name := u.Key.Name()
 	cur, err := readWatermark(ctx, s, name)
 	if err != nil {
 		return false, err
+	}
+	if cur != nil && cur.Validate(time.Now()) != nil {
+		// A broken or future watermark would never be passed: this run
+		// committed in full, so its transactionTime repairs it.
+		cur = nil
 	}
 	next := &Watermark{Format: "bulkflow-watermark/1", Key: u.Key, Run: run, Manifest: manifest, CommittedAt: time.Now().UTC()}
 	if u.Key.PerType {

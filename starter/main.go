@@ -41,6 +41,7 @@ var commands = []struct {
 	{"decrypt", "decrypt a file encrypted at rest (streams; detects tampering)", runDecrypt},
 	{"keygen", "write a new keyset file for encryption at rest", runKeygen},
 	{"schedule", "run exports on Temporal Schedules: create, list, describe, pause, unpause, trigger, delete", runSchedule},
+	{"watermark", "show or repair an output location's incremental watermarks (_state/)", runWatermark},
 }
 
 func main() {

@@ -76,7 +76,9 @@
 // truncate-lines(n=1) (200, last n lines missing), reset(lines=K | bytes=N)
 // (send part of the body then TCP RST; default half the lines),
 // slow(bps=65536), redirect (307 to the second "object storage" listener,
-// which counts Authorization headers reaching it), force-gzip.
+// which counts Authorization headers reaching it), force-gzip, regenerate
+// (a new version: same resources, other order, new ETag). Files carry a
+// strong ETag (per version and content coding) and honour If-Range.
 //
 // Examples:
 //

@@ -35,7 +35,7 @@ var endpointFaults = map[string]map[string]bool{
 	"kickoff":  {"no-content-location": true, "relative-content-location": true},
 	"manifest": {"errors": true, "capability-urls": true, "truncated": true},
 	"file": {"truncate-midline": true, "truncate-lines": true, "reset": true, "slow": true,
-		"redirect": true, "force-gzip": true},
+		"redirect": true, "force-gzip": true, "regenerate": true},
 }
 
 type attRange struct{ lo, hi int } // hi 0 = open-ended
@@ -284,6 +284,10 @@ type bodyFault struct {
 	resetBytes int64 // or after this many body bytes
 	bps        int64 // bytes/second cap
 	forceGzip  bool  // gzip even if the client did not ask (checklist 3.25)
+	// regenerate serves a new version of the file: the same resources and
+	// count, in another order, under a new ETag (a server that rebuilt the
+	// file between two requests of one client).
+	regenerate bool
 }
 
 // addBodyFault merges rule r into bf; false if r is not a body fault.
@@ -303,6 +307,8 @@ func addBodyFault(bf *bodyFault, r *faultRule, lines int) bool {
 		bf.bps = r.intArg("bps", 64<<10)
 	case "force-gzip":
 		bf.forceGzip = true
+	case "regenerate":
+		bf.regenerate = true
 	default:
 		return false
 	}

@@ -251,6 +251,19 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 	if s.opts.RangeRequests {
 		h.Set("Accept-Ranges", "bytes")
 	}
+	gzipped := bf.forceGzip || !s.opts.NoGzip && acceptsGzip(r)
+	version := 0
+	if bf.regenerate {
+		version = 1
+	}
+	// RFC 9110 8.8.3: a strong entity tag names one version of one
+	// representation; the gzip-coded one is a different representation.
+	etag := fileETag(j.id, f.name, version, gzipped)
+	h.Set("ETag", etag)
+	if bf.regenerate {
+		s.writeRegenerated(w, r, j, f, bf, etag, gzipped)
+		return
+	}
 	cw := &countWriter{w: w, limit: -1}
 	defer func() { s.stats.add(func(st *Stats) { st.FileBytesServed += cw.n }) }()
 	var out io.Writer = cw
@@ -258,7 +271,7 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 		out = &slowWriter{ctx: r.Context(), w: cw, bps: bf.bps, start: time.Now()}
 	}
 	clean := !bf.midline && bf.dropLines == 0 && bf.resetLines < 0 && bf.resetBytes == 0
-	if rg := r.Header.Get("Range"); rg != "" && s.opts.RangeRequests && clean {
+	if rg := r.Header.Get("Range"); rg != "" && s.opts.RangeRequests && clean && s.ifRangeHolds(r, fileETag(j.id, f.name, version, false)) {
 		size := s.fileSize(j, f)
 		start, end, satisfiable, ok := parseRange(rg, size)
 		if ok {
@@ -267,6 +280,7 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 				writeOO(w, http.StatusRequestedRangeNotSatisfiable, "error", "invalid", "range not satisfiable")
 				return
 			}
+			h.Set("ETag", fileETag(j.id, f.name, version, false)) // a range is of the identity representation
 			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
 			h.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
 			w.WriteHeader(http.StatusPartialContent)
@@ -283,7 +297,7 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 		}
 	}
 	var gz *gzip.Writer
-	if bf.forceGzip || !s.opts.NoGzip && acceptsGzip(r) {
+	if gzipped {
 		// BD3 L705: compression is marked with Content-Encoding
 		h.Set("Content-Encoding", "gzip")
 		h.Add("Vary", "Accept-Encoding")
@@ -328,6 +342,78 @@ func (s *Server) writeBody(w http.ResponseWriter, r *http.Request, j *job, f *fi
 	if complete && g.err == nil && !bf.midline && bf.dropLines == 0 {
 		s.stats.add(func(st *Stats) { st.FilesServed++ })
 	}
+}
+
+// fileETag is the strong entity tag of a file version and coding.
+func fileETag(jobID, name string, version int, gzipped bool) string {
+	t := fmt.Sprintf(`"%s.%s.v%d`, jobID, strings.TrimSuffix(name, ".ndjson"), version)
+	if gzipped {
+		t += "-gzip"
+	}
+	return t + `"`
+}
+
+// ifRangeHolds applies RFC 9110 13.1.5: a Range is honoured only when
+// If-Range is absent or strongly matches the current entity tag (this
+// server sends no Last-Modified, so an HTTP-date never matches). Otherwise
+// the whole representation is sent with 200.
+func (s *Server) ifRangeHolds(r *http.Request, identityETag string) bool {
+	v := strings.TrimSpace(r.Header.Get("If-Range"))
+	if v == "" || (v == identityETag && !strings.HasPrefix(v, "W/")) {
+		return true
+	}
+	if r.Header.Get("Range") != "" {
+		s.stats.add(func(st *Stats) { st.IfRangeMismatches++ })
+	}
+	return false
+}
+
+// writeRegenerated serves version 1 of an output file: its lines in
+// another order (rotated by half), so the count and the set of resources
+// match the manifest but the bytes at any offset differ from version 0.
+// Range and If-Range work as on version 0.
+func (s *Server) writeRegenerated(w http.ResponseWriter, r *http.Request, j *job, f *fileEntry, bf *bodyFault, etag string, gzipped bool) {
+	var buf strings.Builder
+	g := s.newGen(&buf, j)
+	s.generate(g, j, f)
+	s.putGen(g)
+	lines := strings.SplitAfter(buf.String(), "\n")
+	if n := len(lines); n > 0 && lines[n-1] == "" {
+		lines = lines[:n-1]
+	}
+	half := len(lines) / 2
+	body := strings.Join(append(append([]string(nil), lines[half:]...), lines[:half]...), "")
+	h := w.Header()
+	if rg := r.Header.Get("Range"); rg != "" && s.opts.RangeRequests && s.ifRangeHolds(r, fileETag(j.id, f.name, 1, false)) {
+		if start, end, satisfiable, ok := parseRange(rg, int64(len(body))); ok {
+			if !satisfiable {
+				h.Set("Content-Range", fmt.Sprintf("bytes */%d", len(body)))
+				writeOO(w, http.StatusRequestedRangeNotSatisfiable, "error", "invalid", "range not satisfiable")
+				return
+			}
+			h.Set("ETag", fileETag(j.id, f.name, 1, false))
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, len(body)))
+			h.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+			w.WriteHeader(http.StatusPartialContent)
+			s.stats.add(func(st *Stats) { st.RangeRequests++ })
+			io.WriteString(w, body[start:end+1])
+			return
+		}
+	}
+	var out io.Writer = w
+	var gz *gzip.Writer
+	if gzipped {
+		h.Set("Content-Encoding", "gzip")
+		h.Add("Vary", "Accept-Encoding")
+		gz, _ = gzip.NewWriterLevel(w, gzip.BestSpeed)
+		out = gz
+	}
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(out, body)
+	if gz != nil {
+		gz.Close()
+	}
+	s.stats.add(func(st *Stats) { st.FilesServed++ })
 }
 
 func (s *Server) newGen(w io.Writer, j *job) *gen {

@@ -34,6 +34,9 @@ type Stats struct {
 	AuthHeaderForwardedOnRedirect int64 `json:"authHeaderForwardedOnRedirect"`
 	// RangeRequests counts 206 responses.
 	RangeRequests int64 `json:"rangeRequests"`
+	// IfRangeMismatches counts Range requests answered with the whole file
+	// because their If-Range named another version (RFC 9110 13.1.5).
+	IfRangeMismatches int64 `json:"ifRangeMismatches"`
 	// FaultsFired counts fault rules fired, by rule text.
 	FaultsFired map[string]int64 `json:"faultsFired"`
 }

@@ -43,6 +43,7 @@ func main() {
 	strict := envflag.Bool(fs, "only-configured-servers", "BULKFLOW_ONLY_CONFIGURED_SERVERS", false, "refuse base URLs that are not in the servers file")
 	keysetFile := envflag.String(fs, "encrypt-keyset", "BULKFLOW_ENCRYPT_KEYSET", "", "Tink keyset file (starter keygen): encrypt every output file at rest; read them back with starter decrypt")
 	auditStdout := envflag.Bool(fs, "audit-stdout", "BULKFLOW_AUDIT_STDOUT", false, "also print every audit event to stdout as NDJSON (the audit log in the output location is always written)")
+	maxLineMiB := envflag.Int(fs, "max-line-mib", "BULKFLOW_MAX_LINE_MIB", 64, "longest accepted NDJSON line (one resource, inline attachments included) in MiB; each download holds at most about this much of a line in memory")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
@@ -99,6 +100,11 @@ func main() {
 
 	acts := activities.New(reg, *output, logger)
 	acts.Metrics = rec // nil (metrics disabled) records nothing
+	if *maxLineMiB < 1 || *maxLineMiB > 1024 {
+		fmt.Fprintf(os.Stderr, "worker: -max-line-mib %d: use 1 to 1024\n", *maxLineMiB)
+		os.Exit(2)
+	}
+	acts.MaxLineBytes = *maxLineMiB << 20
 	if *keysetFile != "" {
 		ks, err := atrest.LoadKeyset(*keysetFile)
 		if err != nil {

@@ -57,6 +57,11 @@ type ExportInput struct {
 	Format      string `json:"format,omitempty"`
 	Gzip        bool   `json:"gzip,omitempty"`
 	PartitionBy string `json:"partitionBy,omitempty"`
+	// Strict fails the export when the server reports resources it could
+	// not export (error/fatal OperationOutcomes in error[]); by default what
+	// it did export is committed and the failures are named in the result
+	// and _manifest.json.
+	Strict bool `json:"strict,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -301,7 +306,7 @@ func (in *ExportInput) Validate() error {
 }
 
 func (in *ExportInput) layout() activities.Layout {
-	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0}
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict}
 }
 
 // chunks is the number of child workflows for a plan of files.
@@ -358,6 +363,7 @@ func (in *ExportInput) requestSummary() map[string]any {
 	set("format", in.Format, in.Format != "")
 	set("gzip", in.Gzip, in.Gzip)
 	set("partitionBy", in.PartitionBy, in.PartitionBy != "")
+	set("strict", in.Strict, in.Strict)
 	return m
 }
 

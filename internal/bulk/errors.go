@@ -370,8 +370,10 @@ func bodyExcerpt(contentType string, code int, body []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
-	ct := strings.ToLower(contentType)
-	if strings.Contains(ct, "html") || b[0] == '<' {
+	// HTML only when the body is: frameworks label plain strings text/html
+	// (Express's res.send), and "Unauthorized: token expired" is the
+	// server's own reason, worth showing as it is.
+	if looksHTML(b) {
 		title := htmlTitle(b)
 		if title == "" {
 			title = strconv.Itoa(code) + " " + http.StatusText(code)
@@ -401,6 +403,19 @@ func bodyExcerpt(contentType string, code int, body []byte) string {
 	return sanitize(string(b), 200)
 }
 
+func looksHTML(b []byte) bool {
+	if len(b) == 0 || b[0] != '<' {
+		return false
+	}
+	head := asciiLower(string(b[:min(len(b), 512)]))
+	for _, tag := range []string{"<!doctype", "<html", "<head", "<body", "<title", "<h1", "<p>", "<div", "<center", "<pre", "<?xml", "<!--"} {
+		if strings.Contains(head, tag) {
+			return true
+		}
+	}
+	return false
+}
+
 func htmlTitle(b []byte) string {
 	s := string(b[:min(len(b), 4096)])
 	ls := asciiLower(s)
@@ -422,9 +437,12 @@ func htmlTitle(b []byte) string {
 	return strings.TrimSpace(s[i+7 : i+j])
 }
 
-// sanitize makes server-supplied text safe for logs: control characters
-// become spaces, runs of whitespace collapse, bearer tokens are redacted,
-// and the result is cut to max bytes on a rune boundary.
+// sanitize makes server-supplied text safe for logs and terminals: control
+// characters become spaces, bidi overrides and isolates (U+202A-U+202E,
+// U+2066-U+2069, which can make text read differently from what it is) and
+// other invisible format characters are dropped, runs of whitespace
+// collapse, bearer tokens are redacted, and the result is cut to max bytes
+// on a rune boundary.
 func sanitize(s string, max int) string {
 	if max <= 0 {
 		return ""
@@ -432,7 +450,10 @@ func sanitize(s string, max int) string {
 	var b strings.Builder
 	space := false
 	for _, r := range s {
-		if r == '\uFFFD' || r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == ' ' {
+		if isInvisible(r) {
+			continue
+		}
+		if r == '\uFFFD' || r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == ' ' || r == '\u2028' || r == '\u2029' {
 			if !space && b.Len() > 0 {
 				b.WriteByte(' ')
 			}
@@ -455,6 +476,13 @@ func sanitize(s string, max int) string {
 		out = out[:cut] + "..."
 	}
 	return out
+}
+
+// isInvisible: bidi embeddings, overrides and isolates, marks, zero-width
+// characters and the BOM.
+func isInvisible(r rune) bool {
+	return r >= 0x202A && r <= 0x202E || r >= 0x2066 && r <= 0x2069 || r == 0x200E || r == 0x200F || r == 0x061C ||
+		r >= 0x200B && r <= 0x200D || r == 0x2060 || r == 0xFEFF
 }
 
 // asciiLower lowercases ASCII only, so byte offsets in the result are valid

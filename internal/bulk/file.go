@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	// klauspost's decoders are drop-in and decode about twice as fast as
 	// the standard library's (BenchmarkGzipDecode): gzip decoding was the
@@ -26,6 +27,52 @@ type File struct {
 	ContentLength int64         // -1 unknown (of the wire body)
 	Offset        int64         // the offset actually served: == requested when a 206 honoured the Range, 0 when the server sent the whole file
 	AcceptRanges  bool
+	// Validator identifies this version of the file for a later resume
+	// (If-Range, RFC 9110 13.1.5): a strong ETag, else a strong
+	// Last-Modified (an HTTP-date at least one second before the response's
+	// Date, RFC 9110 8.8.2.2). "" when the server offers neither: such a
+	// file is never resumed, since a regenerated file would be spliced.
+	Validator string
+}
+
+// OpenFileFrom resumes a download at offset only when validator (the
+// File.Validator of the attempt that staged the first offset bytes) is
+// given: the request carries If-Range, so a server whose file changed
+// answers 200 with the whole new file (File.Offset 0: start over). A 206
+// whose own validator differs from the one sent (a server that ignores
+// If-Range) is dropped and the whole file fetched again. Without a
+// validator it starts from zero.
+func (c *Client) OpenFileFrom(ctx context.Context, fileURL string, requiresAccessToken bool, offset int64, validator string) (*File, error) {
+	if validator == "" || offset <= 0 {
+		return c.openFile(ctx, fileURL, requiresAccessToken, 0, "")
+	}
+	f, err := c.openFile(ctx, fileURL, requiresAccessToken, offset, validator)
+	if err != nil || f.Offset == 0 || f.Validator == validator {
+		return f, err
+	}
+	_ = f.Body.Close()
+	return c.openFile(ctx, fileURL, requiresAccessToken, 0, "")
+}
+
+// responseValidator is the strong validator of a response, "" if none.
+func responseValidator(h http.Header) string {
+	if et := strings.TrimSpace(h.Get("ETag")); et != "" {
+		// A weak ETag (W/"...") MUST NOT be sent in If-Range (RFC 9110
+		// 13.1.5); an unquoted one is malformed: neither can vouch for bytes.
+		if strings.HasPrefix(et, `"`) && strings.HasSuffix(et, `"`) && len(et) >= 2 && len(et) <= 256 && !hasControl(et) {
+			return et
+		}
+		return ""
+	}
+	lm, err := http.ParseTime(h.Get("Last-Modified"))
+	if err != nil {
+		return ""
+	}
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil || date.Sub(lm) < time.Second {
+		return "" // changed within the same second it was served: weak
+	}
+	return lm.UTC().Format(http.TimeFormat)
 }
 
 // OpenFile starts a file download (BD2 L554-594, BD3 L693-775).
@@ -39,6 +86,10 @@ type File struct {
 // With requiresAccessToken=false the request goes through FileHTTP (or a
 // plain client) and carries no Authorization header (BD3 L701).
 func (c *Client) OpenFile(ctx context.Context, fileURL string, requiresAccessToken bool, offset int64) (*File, error) {
+	return c.openFile(ctx, fileURL, requiresAccessToken, offset, "")
+}
+
+func (c *Client) openFile(ctx context.Context, fileURL string, requiresAccessToken bool, offset int64, ifRange string) (*File, error) {
 	if offset < 0 {
 		offset = 0
 	}
@@ -53,6 +104,9 @@ func (c *Client) OpenFile(ctx context.Context, fileURL string, requiresAccessTok
 	if offset > 0 {
 		req.Header.Set("Accept-Encoding", "identity")
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+		if ifRange != "" {
+			req.Header.Set("If-Range", ifRange)
+		}
 	} else {
 		req.Header.Set("Accept-Encoding", "gzip")
 	}
@@ -71,6 +125,7 @@ func (c *Client) OpenFile(ctx context.Context, fileURL string, requiresAccessTok
 		Encoding:      strings.ToLower(strings.TrimSpace(resp.Header.Get("Content-Encoding"))),
 		ContentLength: resp.ContentLength,
 		AcceptRanges:  strings.Contains(strings.ToLower(resp.Header.Get("Accept-Ranges")), "bytes"),
+		Validator:     responseValidator(resp.Header),
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:

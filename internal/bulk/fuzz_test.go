@@ -1,18 +1,23 @@
 package bulk
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/bulkflow/bulkflow/internal/ndjson"
 )
 
 func FuzzParseManifest(f *testing.F) {
@@ -149,4 +154,95 @@ func FuzzStatus(f *testing.F) {
 			t.Fatal("done without manifest")
 		}
 	})
+}
+
+// FuzzFileBody feeds the download path (OpenFile, Content-Encoding,
+// the NDJSON reader) hostile bodies: data is served raw, or gzip-compressed
+// repeat times over (a small body inflating to megabytes: a decompression
+// bomb). Whatever arrives, no line longer than the cap is returned, errors
+// are *Error or the reader's line cap, and the memory allocated stays
+// bounded by the cap, not by the decoded size.
+func FuzzFileBody(f *testing.F) {
+	f.Add(uint8(0), uint16(1), []byte("{\"resourceType\":\"Patient\",\"id\":\"1\"}\n"))
+	f.Add(uint8(1), uint16(2000), []byte(strings.Repeat("A", 4096))) // one endless line, gzip bomb
+	f.Add(uint8(1), uint16(500), []byte("{\"a\":1}\n"))              // many small lines
+	f.Add(uint8(2), uint16(1), []byte("\x1f\x8b\x08\x00garbage"))    // a broken gzip header as deflate
+	f.Add(uint8(0), uint16(1), []byte("\xef\xbb\xbf{}\r\n\r\n{}"))   // BOM, CRLF, no final newline
+	f.Add(uint8(3), uint16(1), []byte("x"))                          // an unknown encoding
+	f.Fuzz(func(t *testing.T, enc uint8, repeat uint16, data []byte) {
+		const maxLine = 64 << 10
+		var body []byte
+		encoding := ""
+		switch enc % 4 {
+		case 0:
+			body = data
+		case 1:
+			encoding = "gzip"
+			body = gzipRepeat(data, int(repeat%4096)+1)
+		case 2:
+			encoding, body = "deflate", data
+		case 3:
+			encoding, body = "br", data
+		}
+		c := &Client{BaseURL: "https://h", HTTP: &http.Client{Transport: &fuzzFileRT{body: body, encoding: encoding}}}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f, err := c.OpenFile(context.Background(), "https://h/f?sig=SECRET", true, 0)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) || strings.Contains(err.Error(), "SECRET") {
+				t.Fatalf("open: %v", err)
+			}
+			return
+		}
+		defer f.Body.Close()
+		r := ndjson.NewReader(f.Body)
+		r.SetMaxLineBytes(maxLine)
+		for {
+			line, err := r.Next()
+			if err != nil {
+				var e *Error
+				if err != io.EOF && !errors.Is(err, ndjson.ErrLineTooLong) && !errors.As(err, &e) {
+					t.Fatalf("read: %T %v", err, err)
+				}
+				if strings.Contains(fmt.Sprint(err), "SECRET") {
+					t.Fatalf("the URL's query leaked: %v", err)
+				}
+				break
+			}
+			if len(line) > maxLine {
+				t.Fatalf("a %d-byte line passed the %d cap", len(line), maxLine)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		// Reader (256 KiB) + line buffer (about 1.25x the cap, doubling)
+		// + decoder state + the compressed body itself: never the decoded size.
+		if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(4<<20+3*maxLine+2*len(body)); got > limit {
+			t.Fatalf("allocated %d bytes reading a %d-byte body (limit %d)", got, len(body), limit)
+		}
+	})
+}
+
+func gzipRepeat(data []byte, n int) []byte {
+	var b strings.Builder
+	zw, _ := gzip.NewWriterLevel(&b, gzip.BestCompression)
+	for i := 0; i < n; i++ {
+		zw.Write(data)
+	}
+	zw.Close()
+	return []byte(b.String())
+}
+
+type fuzzFileRT struct {
+	body     []byte
+	encoding string
+}
+
+func (rt *fuzzFileRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	h := http.Header{"Content-Type": {"application/fhir+ndjson"}}
+	if rt.encoding != "" {
+		h.Set("Content-Encoding", rt.encoding)
+	}
+	return &http.Response{StatusCode: 200, Status: "200 OK", Header: h, Request: r,
+		ContentLength: int64(len(rt.body)), Body: io.NopCloser(strings.NewReader(string(rt.body)))}, nil
 }

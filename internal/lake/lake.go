@@ -223,7 +223,11 @@ func (w *FileWriter) Write(line []byte, m ndjson.Meta) error {
 	case ByTransactionTime:
 		key = monthKey(w.txTime)
 	case ByLastUpdated:
-		if hasLU {
+		// A lastUpdated after the export's transactionTime (plus clock skew)
+		// or before 1900 is not when the resource changed: it goes with the
+		// rows that have none, so a hostile file cannot open a partition
+		// (and its objects) for every month of years 1 to 9999.
+		if hasLU && lu.Year() >= 1900 && !lu.After(w.txTime.Add(maxLastUpdatedSkew)) {
 			key = monthKey(lu)
 		} else {
 			key = monthKey(w.txTime)
@@ -450,6 +454,10 @@ func monthKey(t time.Time) int { return t.Year()*100 + int(t.Month()) }
 
 // parseInstant parses a FHIR instant (RFC 3339 with seconds and zone) into
 // UTC at microsecond precision, the Parquet column's unit.
+// maxLastUpdatedSkew is how far past transactionTime a meta.lastUpdated
+// may be and still choose its partition (server clocks drift).
+const maxLastUpdatedSkew = 5 * time.Minute
+
 func parseInstant(s string) (time.Time, bool) {
 	if s == "" {
 		return time.Time{}, false

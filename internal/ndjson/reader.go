@@ -14,12 +14,44 @@ import (
 // straight from the bufio buffer without copying.
 const DefaultBufferSize = 256 << 10
 
-// DefaultMaxLineBytes bounds one line so that a body without newlines
-// cannot exhaust memory. Change it with SetMaxLineBytes.
-const DefaultMaxLineBytes = 1 << 30
+// DefaultMaxLineBytes bounds one line so that a body without newlines (a
+// few MB of gzip can inflate to GBs of one endless line) cannot exhaust
+// memory. 64 MiB: one resource is one line, and resources carry their
+// attachments inline as base64 (a DocumentReference with a scanned PDF or
+// a Media with an image: tens of MB), so the cap sits above the largest
+// real resource and far below a worker's memory. Change it with
+// SetMaxLineBytes (worker-wide: activities.Activities.MaxLineBytes).
+const DefaultMaxLineBytes = 64 << 20
 
-// ErrLineTooLong is returned (wrapped) when a line exceeds the maximum.
+// ErrLineTooLong is returned (wrapped in a *LineTooLongError) when a line
+// exceeds the maximum.
 var ErrLineTooLong = errors.New("ndjson: line too long")
+
+// LineTooLongError names the line that passed the cap. It is the server's
+// data, not a transfer problem: fetching the file again cannot help.
+type LineTooLongError struct {
+	Line int64 // 1-based physical line number
+	Max  int   // the cap in bytes
+}
+
+func (e *LineTooLongError) Error() string {
+	return fmt.Sprintf("line %d is longer than the %s cap", e.Line, FormatBytes(int64(e.Max)))
+}
+
+func (e *LineTooLongError) Unwrap() error { return ErrLineTooLong }
+
+// FormatBytes prints a byte size as MiB (or KiB, or bytes) for messages.
+func FormatBytes(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
 
 // Reader splits a stream into lines. It does not use bufio.Scanner, whose
 // token limit (64 KiB by default) is far below real attachment lines.
@@ -80,21 +112,30 @@ func (r *Reader) Next() ([]byte, error) {
 }
 
 // readLine returns one physical line without "\n". The fast path returns a
-// slice of the bufio buffer; long lines are assembled in r.long.
+// slice of the bufio buffer; long lines are assembled in r.long, and a line
+// over the cap is refused before its bytes are kept.
 func (r *Reader) readLine() ([]byte, error) {
 	s, err := r.br.ReadSlice('\n')
 	if err == nil {
+		if err := r.checkLen(0, s); err != nil {
+			return nil, err
+		}
 		r.consumed += int64(len(s))
 		return s[:len(s)-1], nil
 	}
 	if err == bufio.ErrBufferFull {
-		r.long = append(r.long[:0], s...)
+		if err := r.checkLen(0, s); err != nil {
+			return nil, err
+		}
+		r.long = r.grow(r.long[:0], s)
 		for {
-			if r.maxLine > 0 && len(r.long) > r.maxLine {
-				return nil, fmt.Errorf("%w: line %d is longer than %d bytes", ErrLineTooLong, r.line+1, r.maxLine)
-			}
 			s, err = r.br.ReadSlice('\n')
-			r.long = append(r.long, s...)
+			if err == nil || err == bufio.ErrBufferFull || err == io.EOF {
+				if err := r.checkLen(len(r.long), s); err != nil {
+					return nil, err
+				}
+			}
+			r.long = r.grow(r.long, s)
 			switch err {
 			case nil:
 				r.consumed += int64(len(r.long))
@@ -114,6 +155,9 @@ func (r *Reader) readLine() ([]byte, error) {
 		if len(s) == 0 {
 			return nil, io.EOF
 		}
+		if err := r.checkLen(0, s); err != nil {
+			return nil, err
+		}
 		r.missingNL = true
 		r.consumed += int64(len(s))
 		return s, nil
@@ -121,6 +165,42 @@ func (r *Reader) readLine() ([]byte, error) {
 	// A read error mid-line: the partial line is dropped, never returned as
 	// if complete.
 	return nil, fmt.Errorf("ndjson: reading line %d: %w", r.line+1, err)
+}
+
+// checkLen refuses a line whose have bytes so far plus s (without its
+// newline) pass the cap.
+func (r *Reader) checkLen(have int, s []byte) error {
+	n := have + len(s)
+	if len(s) > 0 && s[len(s)-1] == '\n' {
+		n--
+	}
+	if r.maxLine > 0 && n > r.maxLine {
+		return &LineTooLongError{Line: r.line + 1, Max: r.maxLine}
+	}
+	return nil
+}
+
+// grow appends s to b. append's own growth (x1.25 past 256 elements,
+// amortised) overshoots and, with the old array still live during each copy,
+// measured 3-4x a 300 MB line. Here capacity doubles up to an eighth of the
+// cap, then jumps to the cap itself (a line over it is refused before it is
+// kept): a line at the cap costs about 1.25x the cap in allocations, the
+// buffer is 1x once grown, and it is reused for the file's later lines.
+// Untouched pages of a fresh large allocation cost no RSS.
+func (r *Reader) grow(b, s []byte) []byte {
+	need := len(b) + len(s)
+	if need <= cap(b) {
+		return append(b, s...)
+	}
+	c := max(2*cap(b), need, DefaultBufferSize)
+	if r.maxLine > 0 && c > r.maxLine/8 {
+		// Past an eighth of the cap, one jump to the cap: the doubling
+		// steps above it would leave up to another cap of garbage behind.
+		c = max(need, r.maxLine+1) // +1: the newline
+	}
+	nb := make([]byte, len(b), c)
+	copy(nb, b)
+	return append(nb, s...)
 }
 
 // Line is the 1-based number of the line last returned by Next (blank lines

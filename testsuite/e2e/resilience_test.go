@@ -122,7 +122,9 @@ func TestFaultMatrixExactSet(t *testing.T) {
 // ends byte-identical to an uninterrupted download.
 func TestResumeWithRange(t *testing.T) {
 	requireE2E(t)
-	opts := testsuite.Options{Patients: 60, RangeRequests: true, LargeAttachments: -1}
+	// Identity bodies: a resume needs a strong validator of the identity
+	// representation (the gzip-coded one has its own ETag, RFC 9110 8.8.3).
+	opts := testsuite.Options{Patients: 60, RangeRequests: true, LargeAttachments: -1, NoGzip: true}
 	// The reference: the same data, no faults.
 	clean := fhirServer(t, opts)
 	queue, _ := startWorker(t, t.TempDir())
