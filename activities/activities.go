@@ -17,7 +17,6 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -176,7 +175,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	statusURL, err := c.Kickoff(ctx, req)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "kickoff", err)
-		return KickoffResult{}, temporalError(err)
+		return KickoffResult{}, temporalErrorCtx(ctx, err)
 	}
 	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", stripQuery(statusURL))
 	return KickoffResult{StatusURL: statusURL}, nil
@@ -194,7 +193,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	st, err := c.Status(ctx, in.StatusURL)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "status", err)
-		return PollResult{}, temporalError(err)
+		return PollResult{}, temporalErrorCtx(ctx, err)
 	}
 	if !st.Done {
 		wait := st.RetryAfter
@@ -206,7 +205,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)
 	if err != nil {
-		return PollResult{}, temporalError(err)
+		return PollResult{}, temporalErrorCtx(ctx, err)
 	}
 	p, err := buildPlan(m, st.Expires)
 	if err != nil {
@@ -377,7 +376,7 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	}
 	if err != nil {
 		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
-		te := temporalError(err)
+		te := temporalErrorCtx(ctx, err)
 		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
 			"errorType": errorType(te), "message": err.Error()})
 		a.observeOutcome(in.ServerRef, "file", err)
@@ -401,10 +400,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 }
 
 func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile, layout Layout) (FileResult, error) {
-	srcURL := stripQuery(item.URL)
-	if !requiresToken {
-		srcURL = redactCapability(item.URL) // the URL itself is the credential
-	}
+	// A URL fetched without credentials may itself be the credential: only
+	// its origin and a hash appear in errors and logs (bulk.RedactFileURL).
+	srcURL := c.RedactFileURL(item.URL, requiresToken)
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	h := sha256.New()
 	if item.Kind == KindOutput && !layout.plain() {
@@ -754,7 +752,7 @@ func (a *Activities) DeleteJob(ctx context.Context, in DeleteJobInput) error {
 		return err
 	}
 	if err := c.Delete(ctx, in.StatusURL); err != nil {
-		return temporalError(err)
+		return temporalErrorCtx(ctx, err)
 	}
 	return nil
 }
@@ -809,10 +807,8 @@ func stripQuery(u string) string {
 }
 
 // redactCapability keeps only the origin of a capability URL
-// (requiresAccessToken false, BD3 L701): its path may be the secret.
+// (requiresAccessToken false, BD3 L701), whose path as well as query may be
+// the secret, and a short hash to tell files apart (bulk.RedactCapability).
 func redactCapability(u string) string {
-	if pu, err := url.Parse(u); err == nil && pu.Host != "" {
-		return pu.Scheme + "://" + pu.Host + "/(capability URL)"
-	}
-	return "(capability URL)"
+	return bulk.RedactCapability(u)
 }
