@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/servers"
+	"github.com/bulkflow/bulkflow/internal/throttle"
 )
 
 // issue 16 §7: a capability file URL (requiresAccessToken false) that fails
@@ -111,5 +114,112 @@ func TestAttemptBudgets(t *testing.T) {
 				t.Errorf("message does not say why it gave up: %v", ae)
 			}
 		})
+	}
+}
+
+// issue 13 §4 (2): waiting for a download slot heartbeats the resume point
+// an earlier attempt left, never an empty checkpoint over it.
+func TestAcquireKeepsResumePoint(t *testing.T) {
+	lim := throttle.New(1)
+	held, err := lim.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resume := checkpoint{Token: "partial-object", Size: 4096, Offset: 4096, Resources: 7, Progress: 4096}
+	var mu sync.Mutex
+	var beats []checkpoint
+	done := make(chan error, 1)
+	go func() {
+		slot, err := acquire(context.Background(), lim, 10*time.Millisecond, resume, func(cp checkpoint) {
+			mu.Lock()
+			beats = append(beats, cp)
+			mu.Unlock()
+		})
+		if err == nil {
+			slot.Release(throttle.Success)
+		}
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	held.Release(throttle.Success)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(beats) == 0 {
+		t.Fatal("no heartbeats while waiting")
+	}
+	for _, b := range beats {
+		if b.Token != resume.Token || b.Offset != resume.Offset || b.Resources != resume.Resources {
+			t.Fatalf("heartbeat %+v while waiting, want the resume point %+v", b, resume)
+		}
+	}
+}
+
+// issue 13 §4 (1): a 429 with Retry-After on a file is waited out inside
+// the attempt, so it does not use up one of the file's attempts.
+func TestFile429WaitedWithinTheAttempt(t *testing.T) {
+	f := newFixture(t)
+	var calls atomic.Int32
+	f.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusTooManyRequests)
+			return
+		}
+		w.Write([]byte(obs("1") + "\n"))
+	})
+	f.stage(plannedFile{Kind: KindOutput, Type: "Observation", URL: f.srv.URL + "/f", Count: 1, HasCount: true, Path: "Observation/Observation-0001.ndjson"})
+	res, err := f.download(0)
+	if err != nil {
+		t.Fatalf("err = %v, want the 429 waited out in the same attempt", err)
+	}
+	if res.Resources != 1 || res.Attempt != 1 || calls.Load() != 2 {
+		t.Errorf("resources %d attempt %d calls %d", res.Resources, res.Attempt, calls.Load())
+	}
+}
+
+func TestRateLimitWaitIsBounded(t *testing.T) {
+	rl := &bulk.Error{Op: "download", StatusCode: 429, Kind: bulk.KindRateLimited, RetryAfter: 10 * time.Minute}
+	if w, ok := rateLimitWait(context.Background(), rl, 0, time.Now()); !ok || w != 10*time.Minute {
+		t.Errorf("first wait %v %v", w, ok)
+	}
+	if _, ok := rateLimitWait(context.Background(), rl, 25*time.Minute, time.Now()); ok {
+		t.Error("waited past maxRateLimitWait")
+	}
+	if _, ok := rateLimitWait(context.Background(), &bulk.Error{Kind: bulk.KindTransient}, 0, time.Now()); ok {
+		t.Error("waited on a non-429")
+	}
+}
+
+// issue 13 §4 (3): a 403 on a file is an expired link only when the links
+// can expire; otherwise it is a permission failure naming the scopes.
+func TestForbiddenFile(t *testing.T) {
+	forbidden := func() error {
+		return &bulk.Error{Op: "download", URL: "https://ehr.example.org/files/1", StatusCode: 403, Kind: bulk.KindFileGone}
+	}
+	tests := []struct {
+		name string
+		p    plan
+		want bulk.ErrorKind
+	}{
+		{"token, no expiry", plan{RequiresAccessToken: true}, bulk.KindPermanent},
+		{"token, expiry ahead", plan{RequiresAccessToken: true, Expires: time.Now().Add(time.Hour)}, bulk.KindPermanent},
+		{"token, expired", plan{RequiresAccessToken: true, Expires: time.Now().Add(-time.Minute)}, bulk.KindFileGone},
+		{"signed capability URL", plan{RequiresAccessToken: false}, bulk.KindFileGone},
+	}
+	for _, tt := range tests {
+		err := forbiddenFile(forbidden(), &tt.p)
+		if bulk.KindOf(err) != tt.want {
+			t.Errorf("%s: kind %v, want %v (%v)", tt.name, bulk.KindOf(err), tt.want, err)
+		}
+		if tt.want == bulk.KindPermanent && !strings.Contains(err.Error(), "check the client's scopes") {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+	}
+	gone := &bulk.Error{Op: "download", StatusCode: 410, Kind: bulk.KindFileGone}
+	if bulk.KindOf(forbiddenFile(gone, &plan{RequiresAccessToken: true})) != bulk.KindFileGone {
+		t.Error("410 must stay FileGone")
 	}
 }
