@@ -288,8 +288,9 @@ func (r *Registry) build(s Server) (*bulk.Client, error) {
 	c := &bulk.Client{
 		BaseURL: strings.TrimRight(s.BaseURL, "/"),
 		HTTP:    auth.ClientFor(split, ts, allowed),
-		// requiresAccessToken false: no token and no certificate, whatever the origin.
-		FileHTTP:  &http.Client{Transport: plainTr},
+		// requiresAccessToken false: never the token; the client certificate
+		// only on allowed origins (a server that demands mTLS for everything).
+		FileHTTP:  &http.Client{Transport: split.Transport},
 		Origins:   allowed,
 		UserAgent: r.UserAgent,
 		Observe:   audit.Observe, // every exchange lands in the calling activity's audit trail
