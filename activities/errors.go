@@ -83,13 +83,13 @@ func temporalErrorAt(attempt int32, err error) error {
 		switch {
 		case bulk.ConnRefused(err):
 			if attempt >= refusedAttempts {
-				return permanent(ErrPermanent, fmt.Errorf("%w (the same on %d attempts in a row: giving up)", err, attempt))
+				return permanent(ErrPermanent, fmt.Errorf("%w (attempt %d of at most %d for a refused connection: giving up)", err, attempt, refusedAttempts))
 			}
 			return temporal.NewApplicationErrorWithOptions(err.Error(), ErrTransient, temporal.ApplicationErrorOptions{
 				NextRetryDelay: refusedDelay << (attempt - 1)})
 		case errors.Is(err, bulk.ErrStalled):
 			if attempt >= stalledAttempts {
-				return permanent(ErrPermanent, fmt.Errorf("%w (stalled on %d attempts in a row: giving up)", err, attempt))
+				return permanent(ErrPermanent, fmt.Errorf("%w (attempt %d of at most %d for a stalled request: giving up)", err, attempt, stalledAttempts))
 			}
 		}
 	}

@@ -110,7 +110,7 @@ func TestAttemptBudgets(t *testing.T) {
 			if ae.Type() != tt.typ || ae.NonRetryable() != tt.nonRetryable || ae.NextRetryDelay() != tt.delay {
 				t.Errorf("type %s nonRetryable %v delay %v, want %s %v %v (%v)", ae.Type(), ae.NonRetryable(), ae.NextRetryDelay(), tt.typ, tt.nonRetryable, tt.delay, ae)
 			}
-			if tt.nonRetryable && !strings.Contains(ae.Error(), "attempts in a row") {
+			if tt.nonRetryable && !strings.Contains(ae.Error(), "giving up") {
 				t.Errorf("message does not say why it gave up: %v", ae)
 			}
 		})
