@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/bulkflow/bulkflow/testsuite"
+	"github.com/bulkflow/bulkflow/workflows"
 )
 
 // Issue 16 §2 and §7 end to end: a kick-off whose Content-Location points at
@@ -74,4 +77,44 @@ func TestHostileOrigins(t *testing.T) {
 			}
 		},
 	}})
+}
+
+// Issue 12 §3 end to end: a wrong URL fails the export with the real cause
+// in minutes, not after ~3.6 h of retries: plain HTTP on an https URL at
+// once, a refused connection after a few quick attempts.
+func TestUnreachableServerFailsFast(t *testing.T) {
+	requireE2E(t)
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(plain.Close) // not defer: the subtests run in parallel, after this function returns
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	for _, tc := range []struct {
+		name, base, want string
+		within           time.Duration
+	}{
+		{"https-to-http", "https://" + plain.Listener.Addr().String() + "/fhir", "answered plain HTTP on an https:// URL", 30 * time.Second},
+		{"connection-refused", "http://" + closed + "/fhir", "connection refused by " + closed, 3 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			queue, _ := startWorker(t, t.TempDir())
+			run := start(t, queue, workflows.ExportInput{BaseURL: tc.base})
+			ctx, cancel := context.WithTimeout(context.Background(), tc.within+time.Minute)
+			defer cancel()
+			began := time.Now()
+			err := run.Get(ctx, nil)
+			took := time.Since(began)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("after %s: %v, want a failure saying %q", took, err, tc.want)
+			}
+			if took > tc.within {
+				t.Errorf("took %s to fail, want under %s", took, tc.within)
+			}
+			t.Logf("failed after %s", took.Round(time.Second))
+		})
+	}
 }
