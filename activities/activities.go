@@ -19,7 +19,6 @@ import (
 	"io"
 	"log/slog"
 	"math"
-	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -189,7 +188,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	statusURL, err := c.Kickoff(ctx, req)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "kickoff", err)
-		return KickoffResult{}, temporalError(err)
+		return KickoffResult{}, temporalErrorCtx(ctx, err)
 	}
 	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", stripQuery(statusURL))
 	return KickoffResult{StatusURL: statusURL}, nil
@@ -207,7 +206,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	st, err := c.Status(ctx, in.StatusURL)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "status", err)
-		return PollResult{}, temporalError(err)
+		return PollResult{}, temporalErrorCtx(ctx, err)
 	}
 	if !st.Done {
 		wait := st.RetryAfter
@@ -219,7 +218,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)
 	if err != nil {
-		return PollResult{}, temporalError(err)
+		return PollResult{}, temporalErrorCtx(ctx, err)
 	}
 	p, err := buildPlan(m, st.Expires, time.Now())
 	if err != nil {
@@ -432,28 +431,51 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 		return FileResult{}, err
 	}
 	lim := a.limiter(c, in.ServerRef)
-	slot, err := acquire(ctx, lim, cmp.Or(a.HeartbeatEvery, 5*time.Second))
-	if err != nil {
-		return FileResult{}, err
-	}
+	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
+	// Waiting (for a slot, or out a 429) re-sends the resume point an
+	// earlier attempt left, never an empty one over it.
+	resume := lastCheckpoint(ctx)
+	beat := func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) }
 	server := serverName(in.ServerRef)
-	a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
 	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
 	layout := in.Layout
 	layout.transactionTime = p.TransactionTime
-	res, err := a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
-	switch k := bulk.KindOf(err); {
-	case err == nil:
-		slot.Release(throttle.Success)
-	case k == bulk.KindRateLimited:
-		slot.Release(throttle.Throttled)
-		a.Logger.Info("server throttled downloads", "server", serverName(in.ServerRef), "limit", lim.Limit())
-	default:
-		slot.Release(throttle.Other)
+	var res FileResult
+	var waited time.Duration
+	for {
+		slot, aerr := acquire(ctx, lim, every, resume, beat)
+		if aerr != nil {
+			return FileResult{}, aerr
+		}
+		a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
+		res, err = a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
+		switch k := bulk.KindOf(err); {
+		case err == nil:
+			slot.Release(throttle.Success)
+		case k == bulk.KindRateLimited:
+			slot.Release(throttle.Throttled)
+			a.Logger.Info("server throttled downloads", "server", server, "limit", lim.Limit())
+		default:
+			slot.Release(throttle.Other)
+		}
+		// A 429 on a file is the server asking us to wait, not the file
+		// failing: wait here, heartbeating, so it does not use up one of
+		// the file's attempts (issue 13 §4).
+		wait, ok := rateLimitWait(ctx, err, waited, time.Now())
+		if !ok {
+			break
+		}
+		rec.Emit("download_throttled", map[string]any{"fileName": item.Path, "waitMs": wait.Milliseconds(), "waitedMs": waited.Milliseconds()})
+		a.Logger.Info("file download throttled: waiting as the server asked", "file", item.Path, "wait", wait, "waited_so_far", waited)
+		if err := sleepBeating(ctx, wait, every, resume, beat); err != nil {
+			return FileResult{}, err
+		}
+		waited += wait
 	}
+	err = forbiddenFile(err, p)
 	if err != nil {
 		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
-		te := temporalError(err)
+		te := temporalErrorCtx(ctx, err)
 		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
 			"errorType": errorType(te), "message": err.Error()})
 		a.observeOutcome(in.ServerRef, "file", err)
@@ -495,10 +517,9 @@ func fileRecordObject(index int, chunkRun string, attempt int32) string {
 }
 
 func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, run string, requiresToken bool, item plannedFile, layout Layout) (FileResult, error) {
-	srcURL := stripQuery(item.URL)
-	if !requiresToken {
-		srcURL = redactCapability(item.URL) // the URL itself is the credential
-	}
+	// A URL fetched without credentials may itself be the credential: only
+	// its origin and a hash appear in errors and logs (bulk.RedactFileURL).
+	srcURL := c.RedactFileURL(item.URL, requiresToken)
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	h := sha256.New()
 	if item.Kind == KindOutput && !layout.plain() {
@@ -709,8 +730,11 @@ func (a *Activities) limiter(c *bulk.Client, ref ServerRef) *throttle.Limiter {
 }
 
 // acquire waits for a download slot, heartbeating so that a long wait
-// behind a throttled server is not mistaken for a stalled download.
-func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration) (*throttle.Slot, error) {
+// behind a throttled server is not mistaken for a stalled download. Each
+// heartbeat carries resume, the checkpoint an earlier attempt left: the
+// last heartbeat's details are what the next attempt resumes from, so an
+// empty one would throw a real resume point away.
+func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration, resume checkpoint, beat func(checkpoint)) (*throttle.Slot, error) {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, every)
 		slot, err := l.Acquire(wctx)
@@ -721,7 +745,7 @@ func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration) (*th
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		activity.RecordHeartbeat(ctx, checkpoint{})
+		beat(resume)
 	}
 }
 
@@ -843,6 +867,84 @@ func (s *idSet) check() error {
 		s.path, first, dup.line)).(*validationError)
 	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup.line)
 	return ve
+}
+
+// lastCheckpoint is the checkpoint an earlier attempt heartbeated, or the
+// zero checkpoint.
+func lastCheckpoint(ctx context.Context) checkpoint {
+	var cp checkpoint
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+		return checkpoint{}
+	}
+	return cp
+}
+
+// maxRateLimitWait bounds the time one download attempt waits out 429s.
+// Past it (or too near the attempt's deadline), the 429 is returned with
+// its Retry-After as the next retry's delay, as before.
+const maxRateLimitWait = 30 * time.Minute
+
+// rateLimitWait says how long to wait before trying a rate-limited download
+// again within the same attempt: the server's Retry-After (clamped by the
+// client), else a backoff; ok=false when err is not a 429 or the wait would
+// pass maxRateLimitWait or the attempt's deadline (less a minute to spare).
+func rateLimitWait(ctx context.Context, err error, waited time.Duration, now time.Time) (time.Duration, bool) {
+	if bulk.KindOf(err) != bulk.KindRateLimited {
+		return 0, false
+	}
+	var wait time.Duration
+	if be := (*bulk.Error)(nil); errors.As(err, &be) {
+		wait = be.RetryAfter
+	}
+	if wait <= 0 {
+		wait = bulk.BackoffCeiling(int(waited/(10*time.Second)), 5*time.Second, 2*time.Minute)
+	}
+	if waited+wait > maxRateLimitWait {
+		return 0, false
+	}
+	if activity.IsActivity(ctx) {
+		if dl := activity.GetInfo(ctx).Deadline; !dl.IsZero() && now.Add(wait+time.Minute).After(dl) {
+			return 0, false
+		}
+	}
+	return wait, true
+}
+
+// sleepBeating waits d, heartbeating resume every so often.
+func sleepBeating(ctx context.Context, d, every time.Duration, resume checkpoint, beat func(checkpoint)) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			return nil
+		case <-tick.C:
+			beat(resume)
+		}
+	}
+}
+
+// forbiddenFile reads a 403 on a file. Only links that can expire (signed
+// capability URLs, or a manifest whose Expires has passed) make it an
+// expired link worth a fresh manifest (FileGone); a file fetched with the
+// token before any expiry was refused on purpose: the client's scopes do
+// not cover it, and a new manifest would not change that.
+func forbiddenFile(err error, p *plan) error {
+	var be *bulk.Error
+	if !errors.As(err, &be) || be.StatusCode != 403 || be.Kind != bulk.KindFileGone {
+		return err
+	}
+	mayExpire := !p.RequiresAccessToken || (!p.Expires.IsZero() && time.Now().After(p.Expires))
+	if mayExpire {
+		return err
+	}
+	be.Kind = bulk.KindPermanent
+	be.Err = errors.Join(be.Err, errors.New("the server refused the file with 403 Forbidden although its links have not expired: check the client's scopes (e.g. system/<Type>.rs) for this server"))
+	return err
 }
 
 // nextResource reads and validates the next line of a file. Errors say
@@ -1085,7 +1187,7 @@ func (a *Activities) DeleteJob(ctx context.Context, in DeleteJobInput) error {
 		return err
 	}
 	if err := c.Delete(ctx, in.StatusURL); err != nil {
-		return temporalError(err)
+		return temporalErrorCtx(ctx, err)
 	}
 	return nil
 }
@@ -1140,10 +1242,8 @@ func stripQuery(u string) string {
 }
 
 // redactCapability keeps only the origin of a capability URL
-// (requiresAccessToken false, BD3 L701): its path may be the secret.
+// (requiresAccessToken false, BD3 L701), whose path as well as query may be
+// the secret, and a short hash to tell files apart (bulk.RedactCapability).
 func redactCapability(u string) string {
-	if pu, err := url.Parse(u); err == nil && pu.Host != "" {
-		return pu.Scheme + "://" + pu.Host + "/(capability URL)"
-	}
-	return "(capability URL)"
+	return bulk.RedactCapability(u)
 }

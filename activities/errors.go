@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/bulkflow/bulkflow/internal/bulk"
@@ -23,6 +24,26 @@ const (
 	ErrTruncatedFile  = "TruncatedFile"
 	ErrInvalidContent = "InvalidContent"
 	ErrPermanent      = "Permanent"
+	// ErrKickoffUnanswered: the kick-off request got no response in time.
+	// The server may have started an export anyway, so a retry may start a
+	// second one: retryable by type, so the workflow decides (list it as
+	// non-retryable, or find and DELETE the orphan before retrying).
+	ErrKickoffUnanswered = "KickoffUnanswered"
+)
+
+// Budgets for failures that are transient by nature but, repeated, mean the
+// server will not get better (issue 12 §3, issue 16 §4). Counted with the
+// activity's attempt number, so they hold whatever the workflow's retry
+// policy says.
+const (
+	// A refused connection is retried quickly this many attempts in all
+	// (about 10s, 20s, 40s apart), then permanent: a server restarting is
+	// back by then, a wrong port never is.
+	refusedAttempts = 4
+	refusedDelay    = 10 * time.Second
+	// A request that stalls (no bytes for the idle timeout, or a body that
+	// never ends) is retried this many attempts in all, then permanent.
+	stalledAttempts = 3
 )
 
 // NonRetryable lists the error types no retry can fix.
@@ -34,17 +55,57 @@ var NonRetryable = []string{ErrJobGone, ErrFileGone, ErrInvalidContent, ErrPerma
 // server-supplied Retry-After becomes NextRetryDelay, so 429s and 503s are
 // waited out exactly as long as the server asked (clamped by the client).
 func temporalError(err error) error {
+	return temporalErrorAt(0, err)
+}
+
+// temporalErrorCtx is temporalError with the attempt budgets of the
+// activity running in ctx applied: a refused connection or a stalled
+// request that keeps happening becomes permanent, saying how many attempts
+// it had.
+func temporalErrorCtx(ctx context.Context, err error) error {
+	var attempt int32
+	if activity.IsActivity(ctx) {
+		attempt = activity.GetInfo(ctx).Attempt
+	}
+	return temporalErrorAt(attempt, err)
+}
+
+// temporalErrorAt decides with the attempt number (1-based; 0 = unknown,
+// no budget applies).
+func temporalErrorAt(attempt int32, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
+	if bulk.KindOf(err) == bulk.KindTransient && attempt > 0 {
+		switch {
+		case bulk.ConnRefused(err):
+			if attempt >= refusedAttempts {
+				return permanent(ErrPermanent, fmt.Errorf("%w (attempt %d of at most %d for a refused connection: giving up)", err, attempt, refusedAttempts))
+			}
+			return temporal.NewApplicationErrorWithOptions(err.Error(), ErrTransient, temporal.ApplicationErrorOptions{
+				NextRetryDelay: refusedDelay << (attempt - 1)})
+		case errors.Is(err, bulk.ErrStalled):
+			if attempt >= stalledAttempts {
+				return permanent(ErrPermanent, fmt.Errorf("%w (attempt %d of at most %d for a stalled request: giving up)", err, attempt, stalledAttempts))
+			}
+		}
+	}
+	return temporalErrorKind(err)
+}
+
+func temporalErrorKind(err error) error {
 	var retryAfter time.Duration
 	if be := (*bulk.Error)(nil); errors.As(err, &be) {
 		retryAfter = be.RetryAfter
 	}
 	typ, nonRetryable := ErrTransient, false
+	var be *bulk.Error
+	if errors.As(err, &be) && be.Op == "kickoff" && errors.Is(err, bulk.ErrStalled) {
+		typ = ErrKickoffUnanswered
+	}
 	switch bulk.KindOf(err) {
 	case bulk.KindRateLimited:
 		typ = ErrRateLimited

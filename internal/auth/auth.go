@@ -202,10 +202,16 @@ func (c Config) TokenSource(ctx context.Context, base *http.Client, fhirBase str
 // Client wraps base so that requests carry the bearer token from ts.
 // A nil ts returns base unchanged.
 func Client(base *http.Client, ts oauth2.TokenSource) *http.Client {
+	return ClientFor(base, ts, nil)
+}
+
+// ClientFor is Client with the origin rule: the token goes only to origins
+// o allows (nil: to the request's own origin, never across a redirect).
+func ClientFor(base *http.Client, ts oauth2.TokenSource, o *Origins) *http.Client {
 	if ts == nil {
 		return base
 	}
 	c := *base
-	c.Transport = &Transport{Source: ts, Base: base.Transport}
+	c.Transport = &Transport{Source: ts, Base: base.Transport, Origins: o}
 	return &c
 }

@@ -33,6 +33,10 @@ type Invalidator interface {
 type Transport struct {
 	Source oauth2.TokenSource
 	Base   http.RoundTripper
+	// Origins, when set, is the origin rule: a request to any other origin
+	// goes out without the token, whatever its place in a redirect chain.
+	// nil keeps only the cross-origin-redirect rule (tests, direct use).
+	Origins *Origins
 }
 
 // maxDrain bounds how much of a discarded 401 body is read so the connection
@@ -45,7 +49,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	if crossOriginRedirect(req) {
+	if crossOriginRedirect(req) || (t.Origins != nil && !t.Origins.Allows(req.URL)) {
 		if req.Header.Get("Authorization") != "" {
 			req = req.Clone(req.Context())
 			req.Header.Del("Authorization")

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bulkflow/bulkflow/internal/auth"
 )
 
 // Client talks to one FHIR server. The zero value is not usable: set BaseURL.
@@ -28,6 +30,19 @@ type Client struct {
 	// Observe, when set, is told of every HTTP exchange this client makes
 	// (after the response headers, or the failure): the audit trail's source.
 	Observe func(ctx context.Context, ex Exchange)
+	// Origins is the credential rule (auth.Origins): the origins that may
+	// receive the token and client certificate. Status URLs and manifest
+	// pages must be on one of them (a foreign one is refused, see
+	// docs/security.md); nil means the FHIR base's origin only.
+	Origins *auth.Origins
+	// IdleTimeout fails a request that receives no bytes (headers or body)
+	// for this long (default 60s). MaxBodyTime bounds a whole kick-off,
+	// status, manifest-page or DELETE exchange however slowly its bytes
+	// trickle (default 2 min). MaxManifestPages bounds a link-next chain
+	// (default 1000).
+	IdleTimeout      time.Duration
+	MaxBodyTime      time.Duration
+	MaxManifestPages int
 }
 
 // Exchange is one HTTP request and its outcome, without secrets: the URL
@@ -41,18 +56,57 @@ type Exchange struct {
 	Duration time.Duration
 }
 
-// do sends req with hc and reports the exchange to Observe.
-func (c *Client) do(hc *http.Client, op string, req *http.Request) (*http.Response, error) {
+// do sends req with hc and reports the exchange to Observe. logURL is the
+// request URL as it may appear in logs and errors. Unless hc follows no
+// redirects itself, the redirect policy (checkRedirect) is applied. The
+// request is guarded by the idle timeout: no bytes for IdleTimeout, while
+// waiting for headers or reading the body, fails it with a *Error that is
+// ErrStalled and names the URL and the phase.
+func (c *Client) do(hc *http.Client, op string, req *http.Request, logURL string) (*http.Response, error) {
+	if hc.CheckRedirect == nil {
+		cp := *hc
+		cp.CheckRedirect = c.checkRedirect(op)
+		hc = &cp
+	}
 	start := time.Now()
+	req, g := c.guard(req, op, logURL)
 	resp, err := hc.Do(req)
+	if err != nil {
+		err = g.fail(err)
+	} else {
+		g.headers(resp)
+	}
 	if c.Observe != nil {
-		ex := Exchange{Op: op, Method: req.Method, URL: redactURL(req.URL.String()), Err: err, Duration: time.Since(start)}
+		ex := Exchange{Op: op, Method: req.Method, URL: logURL, Err: err, Duration: time.Since(start)}
 		if resp != nil {
 			ex.Status = resp.StatusCode
 		}
 		c.Observe(req.Context(), ex)
 	}
 	return resp, err
+}
+
+func (c *Client) origins() *auth.Origins {
+	if c.Origins != nil {
+		return c.Origins
+	}
+	o, err := auth.NewOrigins(c.BaseURL, "", nil)
+	if err != nil {
+		return nil // allows nothing; base() reports the bad BaseURL
+	}
+	return o
+}
+
+// foreign is the permanent error for a URL the server named on an origin
+// the credentials may not go to (issue 16 §2). Polling it without
+// credentials would, at best, fail with 401 after hours of retries and, at
+// worst, take an export's data from a host the user never configured.
+func (c *Client) foreign(op, what, rawURL string) *Error {
+	u, _ := url.Parse(rawURL)
+	return &Error{Op: op, URL: redactOrigin(rawURL), Kind: KindPermanent,
+		Err: fmt.Errorf("%w: the server named a %s on %s, which is neither this server's origin nor in its allowedOrigins (%s); "+
+			"bulkflow does not send credentials there or follow it. If that origin belongs to the FHIR server, add it to allowedOrigins for this server in the worker's servers file",
+			ErrForeignOrigin, what, auth.Origin(u), strings.Join(c.origins().List(), ", "))}
 }
 
 // Status is one poll result.
@@ -68,7 +122,12 @@ const (
 	defaultMinRetryAfter = time.Second
 	defaultMaxRetryAfter = 10 * time.Minute
 	maxManifestBody      = 256 << 20 // thousands of files fit in a few MB; this only stops runaway bodies
-	maxManifestPages     = 100000
+	// A page holds hundreds to thousands of files, so 1000 pages is a
+	// million-plus files: more than any export seen, while an endless chain
+	// still fails within minutes instead of hours.
+	defaultMaxManifestPages = 1000
+	defaultIdleTimeout      = 60 * time.Second
+	defaultMaxBodyTime      = 2 * time.Minute
 )
 
 func (c *Client) minRetry() time.Duration {
@@ -186,7 +245,7 @@ func (c *Client) Kickoff(ctx context.Context, kr KickoffRequest) (string, error)
 	}
 	req.Header.Set("Prefer", prefer)
 
-	resp, err := c.do(c.httpClient(), opKickoff, req)
+	resp, err := c.do(c.httpClient(), opKickoff, req, redactURL(endpoint))
 	if err != nil {
 		return "", transportError(opKickoff, endpoint, err)
 	}
@@ -216,6 +275,9 @@ func (c *Client) Kickoff(ctx context.Context, kr KickoffRequest) (string, error)
 	if err != nil {
 		return "", &Error{Op: opKickoff, URL: redactURL(endpoint), StatusCode: resp.StatusCode, Kind: KindPermanent,
 			Err: fmt.Errorf("bad Content-Location: %w", err)}
+	}
+	if !c.origins().AllowsString(abs) {
+		return "", c.foreign(opKickoff, "status URL (Content-Location)", abs)
 	}
 	return abs, nil
 }
@@ -257,12 +319,15 @@ func (c *Client) statusOnce(ctx context.Context, statusURL string) (*Status, *Er
 		return nil, &Error{Op: opStatus, URL: redactURL(statusURL), Kind: KindPermanent,
 			Err: errors.New("status URL must be absolute")}, false
 	}
+	if !c.origins().Allows(u) {
+		return nil, c.foreign(opStatus, "status URL", statusURL), false
+	}
 	req, err := c.newRequest(ctx, "GET", statusURL, nil)
 	if err != nil {
 		return nil, &Error{Op: opStatus, URL: redactURL(statusURL), Kind: KindPermanent, Err: err}, false
 	}
 	req.Header.Set("Accept", "application/json") // BD2 L316
-	resp, err := c.do(c.httpClient(), opStatus, req)
+	resp, err := c.do(c.httpClient(), opStatus, req, redactURL(statusURL))
 	if err != nil {
 		return nil, transportError(opStatus, statusURL, err), false
 	}
@@ -353,12 +418,15 @@ func (c *Client) manifestOnce(ctx context.Context, pageURL string) (*Manifest, *
 		return nil, &Error{Op: opManifest, URL: redactURL(pageURL), Kind: KindPermanent,
 			Err: errors.New("manifest page URL must be absolute")}, false
 	}
+	if !c.origins().Allows(u) {
+		return nil, c.foreign(opManifest, "manifest page (link next)", pageURL), false
+	}
 	req, err := c.newRequest(ctx, "GET", pageURL, nil)
 	if err != nil {
 		return nil, &Error{Op: opManifest, URL: redactURL(pageURL), Kind: KindPermanent, Err: err}, false
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := c.do(c.httpClient(), opManifest, req)
+	resp, err := c.do(c.httpClient(), opManifest, req, redactURL(pageURL))
 	if err != nil {
 		return nil, transportError(opManifest, pageURL, err), false
 	}
@@ -409,13 +477,20 @@ func (c *Client) FetchAll(ctx context.Context, first *Manifest) (*Manifest, erro
 	all.Error = mergeItems(nil, first.Error, seen)
 	all.Deleted = mergeItems(nil, first.Deleted, seen)
 	visited := map[string]bool{}
+	limit := c.MaxManifestPages
+	if limit <= 0 {
+		limit = defaultMaxManifestPages
+	}
 	for next := first.Next; next != ""; {
 		if visited[next] {
-			break // a link cycle: every page already merged
-		}
-		if len(visited) >= maxManifestPages {
+			// A server whose chain loops would loop forever: its manifest
+			// cannot be trusted to be complete either.
 			return nil, &Error{Op: opManifest, URL: redactURL(next), Kind: KindPermanent,
-				Err: fmt.Errorf("more than %d manifest pages", maxManifestPages)}
+				Err: fmt.Errorf("the manifest's link-next chain loops back to a page already read after %d pages: the server's paging is broken", len(visited)+1)}
+		}
+		if len(visited) >= limit {
+			return nil, &Error{Op: opManifest, URL: redactURL(next), Kind: KindPermanent,
+				Err: fmt.Errorf("the manifest's link-next chain goes on past %d pages (the limit): the server's paging looks endless", limit)}
 		}
 		visited[next] = true
 		page, err := c.ManifestPage(ctx, next)
@@ -447,12 +522,15 @@ func mergeItems(dst, src []FileItem, seen map[string]bool) []FileItem {
 // Delete cancels a job or tells the server the client is done (BD2 L287-303).
 // 202 (any 2xx) is success; 404/410 mean the job is already gone: nil.
 func (c *Client) Delete(ctx context.Context, statusURL string) error {
+	if !c.origins().AllowsString(statusURL) {
+		return c.foreign(opDelete, "status URL", statusURL)
+	}
 	req, err := c.newRequest(ctx, "DELETE", statusURL, nil)
 	if err != nil {
 		return &Error{Op: opDelete, URL: redactURL(statusURL), Kind: KindPermanent, Err: err}
 	}
 	req.Header.Set("Accept", "application/fhir+json")
-	resp, err := c.do(c.httpClient(), opDelete, req)
+	resp, err := c.do(c.httpClient(), opDelete, req, redactURL(statusURL))
 	if err != nil {
 		return transportError(opDelete, statusURL, err)
 	}

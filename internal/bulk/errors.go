@@ -2,8 +2,10 @@ package bulk
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -134,6 +137,13 @@ func KindOf(err error) ErrorKind {
 	if errors.As(err, &perm) && perm.Permanent() {
 		return KindPermanent
 	}
+	if unreachable(err) != "" && !errors.Is(err, syscall.ECONNREFUSED) {
+		// Unknown host, TLS/scheme mismatch, a certificate the worker does
+		// not trust: the configuration is wrong, and no retry fixes it
+		// (issue 12 §3). A refused connection stays transient: the
+		// activity retries it a few times quickly (ConnRefused).
+		return KindPermanent
+	}
 	var certErr *tls.CertificateVerificationError
 	var alert tls.AlertError
 	var unknownCA x509.UnknownAuthorityError
@@ -189,9 +199,94 @@ func Truncated(fileURL string, reason string) *Error {
 		Err: errors.New(sanitize(reason, maxDiagnostics))}
 }
 
+// ConnRefused reports whether err is a refused TCP connection: nothing
+// listens at the URL's host and port. Transient (a server restarting), but
+// callers bound it to a few quick attempts: a wrong port refuses forever.
+func ConnRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// unreachable names the configuration problem behind a transport error that
+// no retry can fix, with what to do, or "" when err is not one. A refused
+// connection is named too (ConnRefused decides its budget).
+func unreachable(err error) string {
+	if err == nil {
+		return ""
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return fmt.Sprintf("unknown host %s (DNS has no such name): is the FHIR server URL right?", sanitize(dnsErr.Name, 100))
+	}
+	var rhe tls.RecordHeaderError
+	if errors.As(err, &rhe) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return "the server answered plain HTTP on an https:// URL (tls: first record does not look like a TLS handshake): use http:// or the server's TLS port"
+	}
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &unknownCA):
+		return "the server's certificate is signed by an authority this worker does not trust: set tls.caFile for this server in the servers file (or fix the server's chain)"
+	case errors.As(err, &hostErr):
+		return fmt.Sprintf("the server's certificate is not valid for %s (%s): is the FHIR server URL's host name right?", sanitize(hostErr.Host, 100), sanitize(hostErr.Error(), 200))
+	case errors.As(err, &invalid):
+		return fmt.Sprintf("the server's certificate is invalid (%s)", sanitize(invalid.Error(), 200))
+	case errors.As(err, &certErr):
+		return fmt.Sprintf("the server's certificate failed verification (%s)", sanitize(certErr.Error(), 200))
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		var op *net.OpError
+		addr := "the server"
+		if errors.As(err, &op) && op.Addr != nil {
+			addr = op.Addr.String()
+		}
+		return fmt.Sprintf("connection refused by %s: is the FHIR server URL right and the server running?", sanitize(addr, 100))
+	}
+	return ""
+}
+
+// explained wraps a transport error with its cause in words, keeping the
+// original for errors.Is/As.
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg + " (" + e.err.Error() + ")" }
+func (e *explained) Unwrap() error { return e.err }
+
 func isConnReset(err error) bool {
 	s := err.Error()
 	return strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+}
+
+// redactOrigin keeps only scheme://host[:port] of a URL.
+func redactOrigin(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "(unparseable URL)"
+	}
+	return sanitize(u.Scheme, 20) + "://" + sanitize(u.Host, 200)
+}
+
+// RedactCapability is how a URL that is itself a credential appears in
+// errors, logs and the audit trail: a capability URL (requiresAccessToken
+// false, BD3 L701) may carry its secret in the path as well as the query, so
+// only the origin is kept, with a short hash of the whole URL so that lines
+// about the same file can be matched. 32 bits of hash reveal nothing of a
+// secret with real entropy.
+func RedactCapability(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return redactOrigin(s) + "/(capability URL " + hex.EncodeToString(sum[:4]) + ")"
+}
+
+// RedactFileURL is how a file URL appears in errors, logs and the audit
+// trail: with its path (query dropped) when it is fetched with credentials
+// on an origin they may go to, else as a capability URL (RedactCapability).
+func (c *Client) RedactFileURL(fileURL string, requiresAccessToken bool) string {
+	if requiresAccessToken && c.origins().AllowsString(fileURL) {
+		return redactURL(fileURL)
+	}
+	return RedactCapability(fileURL)
 }
 
 // redactURL strips userinfo, query and fragment: query strings can hold
@@ -212,14 +307,30 @@ func redactURL(s string) string {
 	return u.String()
 }
 
-// transportError wraps an error from http.Client.Do or a body read. Go's
-// *url.Error embeds the full URL (with query), so it is rebuilt without it.
+// transportError wraps an error from http.Client.Do or a body read.
 func transportError(op, rawURL string, err error) *Error {
+	return transportErrorAs(op, redactURL(rawURL), err)
+}
+
+// transportErrorAs is transportError with the URL already redacted. An
+// *Error of our own (a guard timeout, a refused redirect) is returned as it
+// is; a transport failure with a known configuration cause says so first.
+func transportErrorAs(op, logURL string, err error) *Error {
+	var own *Error
+	if errors.As(err, &own) && own.Op != "" {
+		return own
+	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		err = &url.Error{Op: ue.Op, URL: redactURL(ue.URL), Err: ue.Err}
+		// Go's *url.Error embeds the full URL (query included): rebuilt
+		// with the redacted one.
+		err = &url.Error{Op: ue.Op, URL: logURL, Err: ue.Err}
 	}
-	return &Error{Op: op, URL: redactURL(rawURL), Kind: KindOf(err), Err: err}
+	kind := KindOf(err)
+	if msg := unreachable(err); msg != "" {
+		err = &explained{msg: msg, err: err}
+	}
+	return &Error{Op: op, URL: logURL, Kind: kind, Err: err}
 }
 
 // transientIssueCodes are IssueType "transient" and its children (FHIR R4

@@ -93,9 +93,12 @@ func (c *Client) openFile(ctx context.Context, fileURL string, requiresAccessTok
 	if offset < 0 {
 		offset = 0
 	}
+	// A capability URL is the credential: errors, logs and the audit trail
+	// see only its origin (RedactFileURL), from the very first exchange.
+	logURL := c.RedactFileURL(fileURL, requiresAccessToken)
 	req, err := c.newRequest(ctx, "GET", fileURL, nil)
 	if err != nil {
-		return nil, &Error{Op: opDownload, URL: redactURL(fileURL), Kind: KindPermanent, Err: err}
+		return nil, &Error{Op: opDownload, URL: logURL, Kind: KindPermanent, Err: errors.New("bad file URL")}
 	}
 	// BD2 L566: Accept is optional and defaults to application/fhir+ndjson.
 	req.Header.Set("Accept", "application/fhir+ndjson")
@@ -113,9 +116,9 @@ func (c *Client) openFile(ctx context.Context, fileURL string, requiresAccessTok
 	if !requiresAccessToken {
 		req.Header.Del("Authorization")
 	}
-	resp, err := c.doFile(req, requiresAccessToken)
+	resp, err := c.doFile(req, requiresAccessToken, logURL)
 	if err != nil {
-		return nil, transportError(opDownload, fileURL, err)
+		return nil, transportErrorAs(opDownload, logURL, err)
 	}
 	fail := func(e *Error) (*File, error) {
 		drainClose(resp.Body)
@@ -133,30 +136,35 @@ func (c *Client) openFile(ctx context.Context, fileURL string, requiresAccessTok
 	case http.StatusPartialContent:
 		if offset == 0 {
 			// We sent no Range; a 206 here is a partial body we cannot use.
-			return fail(&Error{Op: opDownload, URL: redactURL(fileURL), StatusCode: resp.StatusCode, Kind: KindTruncated,
+			return fail(&Error{Op: opDownload, URL: logURL, StatusCode: resp.StatusCode, Kind: KindTruncated,
 				Err: errors.New("206 Partial Content without a Range request")})
 		}
 		start, ok := contentRangeStart(resp.Header.Get("Content-Range"))
 		if !ok || start != offset {
-			return fail(&Error{Op: opDownload, URL: redactURL(fileURL), StatusCode: resp.StatusCode, Kind: KindTruncated,
+			return fail(&Error{Op: opDownload, URL: logURL, StatusCode: resp.StatusCode, Kind: KindTruncated,
 				Err: fmt.Errorf("206 with Content-Range %q does not start at the requested offset %d: download the whole file", sanitize(resp.Header.Get("Content-Range"), 60), offset)})
 		}
 		if f.Encoding != "" && f.Encoding != "identity" {
-			return fail(&Error{Op: opDownload, URL: redactURL(fileURL), StatusCode: resp.StatusCode, Kind: KindTruncated,
+			return fail(&Error{Op: opDownload, URL: logURL, StatusCode: resp.StatusCode, Kind: KindTruncated,
 				Err: fmt.Errorf("206 range of a %q-encoded body cannot be decoded mid-stream: download the whole file", sanitize(f.Encoding, 20))})
 		}
 		f.Offset = offset
 	default:
 		if resp.StatusCode >= 200 && resp.StatusCode < 400 {
-			return fail(&Error{Op: opDownload, URL: redactURL(fileURL), StatusCode: resp.StatusCode, Kind: KindPermanent,
+			return fail(&Error{Op: opDownload, URL: logURL, StatusCode: resp.StatusCode, Kind: KindPermanent,
 				Err: errors.New("unexpected status for a file: want 200")})
 		}
 		e := c.errorFromResponse(opDownload, fileURL, resp, resp.StatusCode)
+		e.URL = logURL
+		if requiresAccessToken && (e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden) && !c.origins().AllowsString(fileURL) {
+			e.Kind = KindPermanent
+			e.Err = fmt.Errorf("the manifest says the file needs the access token, but it is on %s, where this server's credentials may not go, so it was requested without them; if that origin serves this server's files, add it to allowedOrigins in the worker's servers file", redactOrigin(fileURL))
+		}
 		_ = resp.Body.Close()
 		return nil, e
 	}
 
-	wire := &wireReader{rc: resp.Body, want: resp.ContentLength, op: opDownload, url: redactURL(fileURL)}
+	wire := &wireReader{rc: resp.Body, want: resp.ContentLength, op: opDownload, url: logURL}
 	body, err := decodeBody(f.Encoding, wire)
 	if err != nil {
 		_ = resp.Body.Close()
@@ -177,15 +185,19 @@ const maxRedirects = 10
 // Authorization an oauth2 Transport adds on every round trip, and object
 // stores reject a request carrying both a token and a signature
 // (checklist 3 #23).
-func (c *Client) doFile(req *http.Request, requiresAccessToken bool) (*http.Response, error) {
+//
+// Every hop is checked (checkHop): a Location that is not http(s), or more
+// than maxRedirects hops, is a permanent error, never a transport error
+// retried for hours.
+func (c *Client) doFile(req *http.Request, requiresAccessToken bool, logURL string) (*http.Response, error) {
 	if !requiresAccessToken {
-		return c.do(c.fileClient(false), opDownload, req)
+		return c.do(c.fileClient(false), opDownload, req, logURL)
 	}
 	noFollow := *c.httpClient()
 	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	origin := req.URL
 	for hop := 0; ; hop++ {
-		resp, err := c.do(&noFollow, opDownload, req)
+		resp, err := c.do(&noFollow, opDownload, req, logURL)
 		if err != nil {
 			return nil, err
 		}
@@ -201,18 +213,18 @@ func (c *Client) doFile(req *http.Request, requiresAccessToken bool) (*http.Resp
 		next, err := req.URL.Parse(loc)
 		drainClose(resp.Body)
 		if err != nil {
-			return nil, fmt.Errorf("bad redirect Location: %w", err)
-		}
-		if hop >= maxRedirects {
-			return nil, fmt.Errorf("stopped after %d redirects", maxRedirects)
+			return nil, &Error{Op: opDownload, URL: logURL, Kind: KindPermanent, Err: fmt.Errorf("%w: unparseable redirect Location", ErrBadRedirect)}
 		}
 		nreq := req.Clone(req.Context())
 		nreq.URL, nreq.Host = next, ""
+		if err := checkHop(opDownload, nreq, hop+1); err != nil {
+			return nil, err
+		}
 		if next.Scheme != origin.Scheme || next.Host != origin.Host {
 			nreq.Header.Del("Authorization")
-			return c.do(c.fileClient(false), opDownload, nreq)
+			return c.do(c.fileClient(false), opDownload, nreq, RedactCapability(next.String()))
 		}
-		req = nreq
+		req, logURL = nreq, c.RedactFileURL(next.String(), true)
 	}
 }
 

@@ -38,7 +38,8 @@ func recorder(t *testing.T, respond func(w http.ResponseWriter, r *http.Request)
 func accepted(loc string) func(http.ResponseWriter, *http.Request) {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if loc != "" {
-			w.Header().Set("Content-Location", loc)
+			// BASE: this test server's own origin.
+			w.Header().Set("Content-Location", strings.Replace(loc, "BASE", "http://"+r.Host, 1))
 		}
 		w.WriteHeader(http.StatusAccepted)
 	}
@@ -79,7 +80,7 @@ func TestKickoffGET(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv, reqs := recorder(t, accepted("https://ehr.example.org/fhir/status/abc"))
-			c := &Client{BaseURL: srv.URL + "/fhir/", HTTP: srv.Client(), UserAgent: "bulkflow-test"}
+			c := &Client{BaseURL: srv.URL + "/fhir/", HTTP: srv.Client(), UserAgent: "bulkflow-test", Origins: allow(t, srv.URL, "https://ehr.example.org")}
 			loc, err := c.Kickoff(context.Background(), tt.req)
 			if err != nil {
 				t.Fatal(err)
@@ -183,7 +184,7 @@ func TestKickoffPOST(t *testing.T) {
 
 func TestKickoffPatientsForcePOSTAndExplicitPOST(t *testing.T) {
 	srv, reqs := recorder(t, accepted("https://h/status/1"))
-	c := &Client{BaseURL: srv.URL, HTTP: srv.Client()}
+	c := &Client{BaseURL: srv.URL, HTTP: srv.Client(), Origins: allow(t, srv.URL, "https://h")}
 	if _, err := c.Kickoff(context.Background(), KickoffRequest{Level: LevelSystem, Method: "post"}); err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,9 @@ func TestKickoffResponses(t *testing.T) {
 		kind    ErrorKind
 		contain string
 	}{
-		{"absolute", accepted("https://other.example.org/status/1"), "https://other.example.org/status/1", 0, ""},
+		{"absolute", accepted("BASE/other/status/1"), "BASE/other/status/1", 0, ""},
+		// issue 16 §2: a status URL on another origin is refused, not polled.
+		{"absolute foreign origin", accepted("https://other.example.org/status/1"), "", KindPermanent, "https://other.example.org:443, which is neither"},
 		{"relative path", accepted("status/1"), "BASE/fhir/status/1", 0, ""},
 		{"missing", accepted(""), "", KindPermanent, "without a Content-Location"},
 		{"200 not async", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }, "", KindPermanent, "expected 202"},

@@ -110,8 +110,12 @@ func TestFetchAll(t *testing.T) {
 		case "/fhir/status/1":
 			io.WriteString(w, page1)
 		case "/fhir/status/page/2":
-			// A page that links back to the first: the loop must stop.
-			io.WriteString(w, strings.Replace(page2, `"deleted"`, `"link":[{"relation":"next","url":"`+srvURL+`/fhir/status/1"}],"deleted"`, 1))
+			io.WriteString(w, page2)
+		case "/fhir/status/page/loop":
+			// 2b -> loop -> 2b: a cycle.
+			io.WriteString(w, strings.Replace(page2, `"deleted"`, `"link":[{"relation":"next","url":"`+srvURL+`/fhir/status/page/2b"}],"deleted"`, 1))
+		case "/fhir/status/page/2b":
+			io.WriteString(w, strings.Replace(page2, `"deleted"`, `"link":[{"relation":"next","url":"`+srvURL+`/fhir/status/page/loop"}],"deleted"`, 1))
 		default:
 			w.WriteHeader(404)
 		}
@@ -137,9 +141,17 @@ func TestFetchAll(t *testing.T) {
 	if len(all.Error) != 1 || len(all.Deleted) != 1 || all.Next != "" || all.TransactionTime != "2024-03-01T12:00:00+01:00" {
 		t.Errorf("%+v", all)
 	}
-	// status, page 2, then page 1 again via the cycle link, then stop.
-	if len(*reqs) != 3 {
+	// status, page 2.
+	if len(*reqs) != 2 {
 		t.Errorf("%d requests", len(*reqs))
+	}
+
+	// A cycle (status -> loop -> status -> page 2 ...) is a permanent
+	// error naming the count, not a silent stop (issue 16 §4).
+	loop := *st.Manifest
+	loop.Next = srv.URL + "/fhir/status/page/2b"
+	if _, err := c.FetchAll(context.Background(), &loop); KindOf(err) != KindPermanent || !strings.Contains(err.Error(), "loops back to a page already read after 3 pages") {
+		t.Errorf("cycle: %v", err)
 	}
 
 	// A failing next page: its error kind surfaces.

@@ -36,6 +36,13 @@ type Server struct {
 	// the worker adapts below it (AIMD) when the server answers 429/503.
 	// Default 16.
 	MaxConcurrentDownloads int `json:"maxConcurrentDownloads,omitempty"`
+	// AllowedOrigins are further origins (scheme://host[:port], e.g. a CDN
+	// serving this server's files with requiresAccessToken true) that may
+	// receive this server's credentials: the bearer token and the mTLS
+	// client certificate. The FHIR base's origin and tokenURL's origin are
+	// always allowed; nothing else is, whatever the server sends
+	// (docs/security.md, "Where credentials go").
+	AllowedOrigins []string `json:"allowedOrigins,omitempty"`
 }
 
 // TLSConfig holds file paths for a custom CA and a client certificate (mTLS).
@@ -103,6 +110,9 @@ func (r *Registry) Add(s Server) error {
 	}
 	if s.MaxConcurrentDownloads < 0 || s.MaxConcurrentDownloads > 1024 {
 		return fmt.Errorf("server %q: maxConcurrentDownloads %d: use 1 to 1024 (0 = default %d)", s.Name, s.MaxConcurrentDownloads, DefaultMaxConcurrentDownloads)
+	}
+	if _, err := origins(s); err != nil {
+		return fmt.Errorf("server %q: %w", s.Name, err)
 	}
 	if (s.TLS.CertFile == "") != (s.TLS.KeyFile == "") {
 		return fmt.Errorf("server %q: tls.certFile and tls.keyFile go together", s.Name)
@@ -225,7 +235,22 @@ func (r *Registry) Client(name, baseURL string) (*bulk.Client, error) {
 	return c, nil
 }
 
+// origins is the server's credential rule (auth.Origins).
+func origins(s Server) (*auth.Origins, error) {
+	return auth.NewOrigins(s.BaseURL, s.Auth.TokenURL, s.AllowedOrigins)
+}
+
+// build wires the server's clients so that credentials follow the origin
+// rule on every request, redirect hops included: requests to allowed
+// origins go through the transport holding the client certificate (and,
+// for the protocol client, get the token); every other request goes
+// through a transport without a certificate and loses any Authorization
+// header (auth.SplitTransport).
 func (r *Registry) build(s Server) (*bulk.Client, error) {
+	allowed, err := origins(s)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", s.Name, err)
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = 64
 	tr.ResponseHeaderTimeout = 5 * time.Minute
@@ -248,16 +273,25 @@ func (r *Registry) build(s Server) (*bulk.Client, error) {
 		}
 		tlsCfg.Certificates = []tls.Certificate{cert}
 	}
+	// The plain transport trusts the same CAs but never holds the client
+	// certificate, so a foreign origin cannot be shown it.
+	plainTr := tr.Clone()
+	plainCfg := tlsCfg.Clone()
+	plainCfg.Certificates = nil
+	plainTr.TLSClientConfig = plainCfg
 	tr.TLSClientConfig = tlsCfg
-	plain := &http.Client{Transport: tr}
-	ts, err := s.Auth.TokenSource(context.Background(), plain, s.BaseURL)
+	split := &http.Client{Transport: &auth.SplitTransport{Origins: allowed, Trusted: tr, Plain: plainTr}}
+	ts, err := s.Auth.TokenSource(context.Background(), split, s.BaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("server %q: %w", s.Name, err)
 	}
 	c := &bulk.Client{
-		BaseURL:   strings.TrimRight(s.BaseURL, "/"),
-		HTTP:      auth.Client(plain, ts),
-		FileHTTP:  plain,
+		BaseURL: strings.TrimRight(s.BaseURL, "/"),
+		HTTP:    auth.ClientFor(split, ts, allowed),
+		// requiresAccessToken false: never the token; the client certificate
+		// only on allowed origins (a server that demands mTLS for everything).
+		FileHTTP:  &http.Client{Transport: split.Transport},
+		Origins:   allowed,
 		UserAgent: r.UserAgent,
 		Observe:   audit.Observe, // every exchange lands in the calling activity's audit trail
 	}

@@ -27,6 +27,11 @@ func TestLoadValidates(t *testing.T) {
 		{"bad duration", `{"servers":[{"name":"a","baseURL":"https://x","retryAfterMax":"ten"}]}`, "Go durations"},
 		{"bad auth", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"bearer"}}]}`, "exactly one"},
 		{"smart without key", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"smart","clientID":"c"}}]}`, "privateKeyFile"},
+		{"allowed origins", `{"servers":[{"name":"a","baseURL":"https://x","allowedOrigins":["https://cdn.example.org","http://127.0.0.1:9000"]}]}`, ""},
+		{"allowed origin with path", `{"servers":[{"name":"a","baseURL":"https://x","allowedOrigins":["https://cdn.example.org/files"]}]}`, "allowedOrigins[0]"},
+		{"allowed origin wildcard", `{"servers":[{"name":"a","baseURL":"https://x","allowedOrigins":["https://*.example.org"]}]}`, "wildcards"},
+		{"allowed origin not a URL", `{"servers":[{"name":"a","baseURL":"https://x","allowedOrigins":["cdn.example.org"]}]}`, "must be an origin"},
+		{"allowed origins not a list", `{"servers":[{"name":"a","baseURL":"https://x","allowedOrigins":"https://cdn.example.org"}]}`, "cannot unmarshal"},
 		{"smart unreadable key", `{"servers":[{"name":"a","baseURL":"https://x","auth":{"type":"smart","clientID":"c","privateKeyFile":"/nonexistent.pem","kid":"k"}}]}`, "no such file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -72,6 +72,7 @@ type faultRun struct {
 	err     error
 	elapsed time.Duration
 	fired   int64 // wrapper faults
+	id      string
 }
 
 func runFaultTable(t *testing.T, cases []faultCase) {
@@ -134,6 +135,7 @@ func runFaultCase(t *testing.T, c faultCase) *faultRun {
 	}
 	queue := faultWorker(t, r.out, servers.Server{Name: "ehr", BaseURL: base, Auth: creds, RetryAfterMax: faultRetryAfterMax})
 	run := start(t, queue, workflows.ExportInput{BaseURL: base, Types: c.types, Options: c.options})
+	r.id = run.GetID()
 	began := time.Now()
 	if c.during != nil {
 		c.during(t, r.srv)
@@ -411,7 +413,7 @@ func TestFaultExpiredLinksAndLostJobs(t *testing.T) {
 	}
 	runFaultTable(t, []faultCase{{
 		name: "file-links-expired",
-		opts: testsuite.Options{Faults: "file:Observation=gone@1; file:Patient=403@1"},
+		opts: testsuite.Options{Faults: "file:Observation=gone@1"},
 		check: checks(wantKickoffs(1), func(t *testing.T, r *faultRun) {
 			if r.res.Restarts != 0 {
 				t.Errorf("restarts %d: expired links need no new export", r.res.Restarts)
@@ -420,6 +422,15 @@ func TestFaultExpiredLinksAndLostJobs(t *testing.T) {
 				t.Errorf("warnings %q do not report the refresh", r.res.Warnings)
 			}
 		}),
+	}, {
+		// A 403 on a token-protected file whose links have not expired
+		// (Expires is an hour ahead) is the server refusing the client,
+		// not an expired link: a new manifest would not help (issue 13 §4).
+		name:    "file-forbidden-before-expiry",
+		bearer:  true, // requiresAccessToken true: the links are not signed URLs
+		opts:    testsuite.Options{Faults: "file:Patient=403@1"},
+		wantErr: []string{"403 Forbidden", "check the client's scopes"},
+		check:   wantKickoffs(1),
 	}, {
 		// Links that never work: three manifest refreshes, then the
 		// export is run again, twice; then the run gives up, saying why.
