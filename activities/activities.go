@@ -323,7 +323,17 @@ func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 				typ = fixedType
 			}
 			if !resourceTypeName.MatchString(typ) {
-				return fmt.Errorf("manifest %s entry %q has type %q, which is not a FHIR resource type", kind, stripQuery(it.URL), typ)
+				// The entry's URL may be a capability URL (the secret in its
+				// path) and the type is the server's text: neither goes into
+				// history as it came.
+				u := stripQuery(it.URL)
+				if !m.RequiresAccessToken {
+					u = redactCapability(it.URL)
+				}
+				if len(typ) > 64 {
+					typ = typ[:64] + "…"
+				}
+				return fmt.Errorf("manifest %s entry %q has type %q, which is not a FHIR resource type", kind, u, typ)
 			}
 			seq[typ]++
 			d := dir

@@ -539,3 +539,24 @@ func BenchmarkIDSet(b *testing.B) {
 		runtime.KeepAlive(s)
 	}
 }
+
+// A manifest entry with a bad type must not carry its capability URL (the
+// secret is in the path) or an unbounded server string into the error, which
+// lands in Temporal history.
+func TestBuildPlanErrorRedactsCapabilityURL(t *testing.T) {
+	m := &bulk.Manifest{TransactionTime: "2026-01-01T00:00:00Z", RequiresAccessToken: false,
+		Output: []bulk.FileItem{{Type: "not a type " + strings.Repeat("x", 5000), URL: "https://files.example.org/_cap/SECRETPATH/Patient.ndjson?sig=SECRETSIG"}}}
+	_, err := buildPlan(m, time.Time{}, time.Now())
+	if err == nil {
+		t.Fatal("a bad type must be refused")
+	}
+	msg := err.Error()
+	for _, secret := range []string{"SECRETPATH", "SECRETSIG"} {
+		if strings.Contains(msg, secret) {
+			t.Errorf("error carries the capability URL's secret %q: %s", secret, msg)
+		}
+	}
+	if len(msg) > 1000 {
+		t.Errorf("error is %d bytes: the server's type string must be clipped", len(msg))
+	}
+}
