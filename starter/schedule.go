@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -76,15 +75,6 @@ func scheduleUsage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nRun 'starter schedule <subcommand> --help' for its flags.")
 	fmt.Fprintln(w, "Exit codes: 0 success, 1 Temporal refused (e.g. no such schedule), 2 usage error, 4 Temporal unreachable.")
-}
-
-// scheduleInput is the action's input: the export plus "incremental", which
-// tells the workflow to take _since from the watermark committed with the
-// previous run's data. The outer field wins over a same-named field should
-// ExportInput grow one, so the JSON stays right either way.
-type scheduleInput struct {
-	workflows.ExportInput
-	Incremental bool `json:"incremental,omitempty"`
 }
 
 // overlapPolicies maps --overlap names to Temporal's policies.
@@ -177,48 +167,6 @@ func checkCron(expr string) error {
 	return nil
 }
 
-// exportFlags are the flags of `starter export` that make sense on every run
-// of a schedule: no --until (a fixed end would repeat every run), no --run
-// (each run needs its own folder) and no --id.
-type exportFlags struct {
-	in                        workflows.ExportInput
-	types, elements, patients listFlag
-	typeFilters               rawListFlag
-}
-
-func addExportFlags(fs *flag.FlagSet) *exportFlags {
-	f := &exportFlags{}
-	in := &f.in
-	fs.StringVar(&in.BaseURL, "fhir-url", "", "FHIR base URL, e.g. https://ehr.example.org/fhir (or use --server)")
-	fs.StringVar(&in.Server, "server", "", "a server name from the worker's servers file (credentials stay with the worker)")
-	fs.StringVar(&in.Level, "level", "system", "export level: system, patient or group")
-	fs.StringVar(&in.Group, "group", "", "Group id, with --level group")
-	fs.Var(&f.types, "types", "resource types, comma-separated or repeated (_type)")
-	fs.StringVar(&in.Since, "since", "", "_since of the first run (later incremental runs take it from the watermark), e.g. 2024-01-01T00:00:00Z")
-	fs.Var(&f.elements, "elements", "elements to keep (_elements)")
-	fs.Var(&f.typeFilters, "type-filter", "a _typeFilter query such as 'Observation?category=laboratory'; repeatable")
-	fs.Var(&f.patients, "patient", "a Patient reference such as Patient/123 (POST kick-off); repeatable")
-	fs.StringVar(&in.Method, "method", "", "kick-off method: GET or POST (default GET, POST with --patient)")
-	fs.BoolVar(&in.Lenient, "lenient", false, "send Prefer: handling=lenient")
-	fs.StringVar(&in.Output, "out", "", "output directory or URL (default: the worker's output root); each run gets a folder named after its workflow ID")
-	fs.IntVar(&in.Options.Concurrency, "concurrency", 0, "files downloaded at once (default 8)")
-	fs.BoolVar(&in.Options.KeepJob, "keep-job", false, "do not DELETE the server's export job at the end")
-	return f
-}
-
-func (f *exportFlags) input() workflows.ExportInput {
-	in := f.in
-	in.Types, in.Elements, in.Patients, in.TypeFilters = f.types, f.elements, f.patients, f.typeFilters
-	if in.Output != "" && !strings.Contains(in.Output, "://") {
-		// The worker resolves relative paths against its own root; the user
-		// means this shell's directory.
-		if abs, err := filepath.Abs(in.Output); err == nil {
-			in.Output = abs
-		}
-	}
-	return in
-}
-
 const createSynopsis = `schedule create --id ID (--every DURATION | --cron "EXPR") (--fhir-url URL | --server NAME) [flags]
 
 Creates a Temporal Schedule that starts BulkExportWorkflow. Each run's workflow
@@ -245,7 +193,7 @@ no data for incremental runs (the next run starts from the watermark).
 func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptions, temporalFlags, int) {
 	fs := newFS("schedule create", stderr)
 	tf := addTemporalFlags(fs)
-	ef := addExportFlags(fs)
+	ef := addExportFlags(fs, true)
 	id := fs.String("id", "", "schedule ID (required); also the prefix of each run's workflow ID")
 	every := fs.String("every", "", "run every DURATION, e.g. 1h, 24h, 7d; 24h/2h adds an offset (intervals count from 00:00 UTC)")
 	cron := fs.String("cron", "", `run at the times of a cron expression, e.g. "0 2 * * *" or @daily`)
@@ -255,13 +203,13 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 	pauseOnFailure := fs.Bool("pause-on-failure", false, "pause the schedule when a run fails, until starter schedule unpause")
 	note := fs.String("note", "", "a note shown with the schedule")
 	paused := fs.Bool("paused", false, "create the schedule paused")
-	incremental := fs.Bool("incremental", true, `set "incremental": true: each run takes _since from the committed watermark`)
-	if err := parse(fs, args, createSynopsis); err != nil {
+	pos, err := parse(fs, args, createSynopsis)
+	if err != nil {
 		return nil, tf, scheduleUsageErr("create", err, stderr)
 	}
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected argument %q (flags only; the ID goes in --id)", fs.Arg(0)))
+	if len(pos) > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q (flags only; the ID goes in --id)", pos[0]))
 	}
 	if strings.TrimSpace(*id) == "" {
 		errs = append(errs, errors.New("give the schedule an --id, e.g. --id nightly-epic"))
@@ -297,16 +245,13 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 		// Temporal raises shorter windows to 10s; refuse rather than surprise.
 		errs = append(errs, fmt.Errorf("--catchup-window %q: use a duration of at least 10s, e.g. 1h or 1d", *catchup))
 	}
-	in := scheduleInput{ExportInput: ef.input(), Incremental: *incremental}
-	if err := validateAsWorkflow(in); err != nil {
+	in := ef.input(fs)
+	if err := ef.check(in); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		// One line per problem, so all of them can be fixed in one go.
-		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "starter schedule create: %s\n", line)
-		}
-		return nil, tf, exitUsage
+		return nil, tf, usageError(stderr, "schedule create", err)
 	}
 	return &client.ScheduleOptions{
 		ID:   *id,
@@ -316,7 +261,7 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 			Workflow:      scheduleWorkflowType,
 			Args:          []any{in},
 			TaskQueue:     *tf.taskQueue,
-			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), workflows.ServerLabel(in.ExportInput), *id),
+			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), workflows.ServerLabel(in), *id),
 		},
 		Overlap:        policy,
 		CatchupWindow:  cw,
@@ -324,20 +269,6 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 		Note:           *note,
 		Paused:         *paused,
 	}, tf, exitOK
-}
-
-// validateAsWorkflow validates the input as the workflow will decode it, so
-// rules ExportInput.Validate gains for "incremental" apply here as well.
-func validateAsWorkflow(in scheduleInput) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	var decoded workflows.ExportInput
-	if err := json.Unmarshal(b, &decoded); err != nil {
-		return err
-	}
-	return decoded.Validate()
 }
 
 func orSystem(level string) string {
@@ -348,11 +279,7 @@ func orSystem(level string) string {
 }
 
 func scheduleUsageErr(sub string, err error, stderr io.Writer) int {
-	if isHelp(err) {
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "starter schedule %s: %v\n", sub, err)
-	return exitUsage
+	return usageError(stderr, "schedule "+sub, err)
 }
 
 // scheduleErr reports a failed Temporal call with the exit code it deserves.
@@ -376,7 +303,7 @@ func scheduleErr(sub, id string, tf temporalFlags, err error, stderr io.Writer) 
 
 func runScheduleCreate(args []string, stdout, stderr io.Writer) int {
 	opts, tf, code := parseScheduleCreate(args, stderr)
-	if opts == nil {
+	if opts == nil || parseOnly {
 		return code
 	}
 	c, code := tf.dial(stderr)
@@ -590,15 +517,9 @@ func calendarWords(c client.ScheduleCalendarSpec, tz string) string {
 // parseWithID parses flags before or after the one schedule ID, so both
 // `describe --json ID` and `describe ID --json` work.
 func parseWithID(fs *flag.FlagSet, args []string, synopsis string) (string, error) {
-	if err := parse(fs, args, synopsis); err != nil {
+	pos, err := parse(fs, args, synopsis)
+	if err != nil {
 		return "", err
-	}
-	var pos []string
-	for fs.NArg() > 0 {
-		pos = append(pos, fs.Arg(0))
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return "", err
-		}
 	}
 	if len(pos) != 1 || pos[0] == "" {
 		return "", errors.New("give exactly one schedule ID")
@@ -737,6 +658,9 @@ func runScheduleDescribe(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return scheduleUsageErr("describe", err, stderr)
 	}
+	if parseOnly {
+		return exitOK
+	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {
 		return code
@@ -818,11 +742,15 @@ func runScheduleList(args []string, stdout, stderr io.Writer) int {
 	tf := addTemporalFlags(fs)
 	asJSON := fs.Bool("json", false, "print machine-readable JSON")
 	all := fs.Bool("all", false, "list every schedule in the namespace, not only those running "+scheduleWorkflowType)
-	if err := parse(fs, args, "schedule list [flags]\n\nThe list comes from Temporal's visibility store: a schedule created a moment\nago may take a second or two to appear."); err != nil {
+	pos, err := parse(fs, args, "schedule list [flags]\n\nThe list comes from Temporal's visibility store: a schedule created a moment\nago may take a second or two to appear.")
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if err != nil {
 		return scheduleUsageErr("list", err, stderr)
 	}
-	if fs.NArg() > 0 {
-		return scheduleUsageErr("list", fmt.Errorf("unexpected argument %q", fs.Arg(0)), stderr)
+	if parseOnly {
+		return exitOK
 	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {
@@ -901,6 +829,9 @@ func handleCommand(sub, synopsis string, args []string, stdout, stderr io.Writer
 	}
 	if err != nil {
 		return scheduleUsageErr(sub, err, stderr)
+	}
+	if parseOnly {
+		return exitOK
 	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {

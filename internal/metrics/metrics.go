@@ -28,6 +28,8 @@ import (
 	tallyprom "github.com/uber-go/tally/v4/prometheus"
 	"go.temporal.io/sdk/client"
 	sdktally "go.temporal.io/sdk/contrib/tally"
+
+	"github.com/bulkflow/bulkflow/internal/fhirtypes"
 )
 
 // Other is the label value that stands for anything the guards refuse.
@@ -285,7 +287,7 @@ func nonNegative(n int64) float64 {
 
 // resourceTypeLabel admits FHIR resource type names only.
 func resourceTypeLabel(t string) string {
-	if fhirTypes[t] {
+	if fhirtypes.Known(t) {
 		return t
 	}
 	return Other
