@@ -63,8 +63,7 @@ func runSchedule(args []string, stdout, stderr io.Writer) int {
 			return c.run(args[1:], stdout, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "starter schedule: unknown subcommand %q\n\n", args[0])
-	scheduleUsage(stderr)
+	fmt.Fprintf(stderr, "starter schedule: unknown subcommand %q\nRun 'starter schedule --help' for the subcommands.\n", args[0])
 	return exitUsage
 }
 
