@@ -424,7 +424,7 @@ func cannotDecode(stderr io.Writer, id, status string, err error) int {
 
 func printSummary(w io.Writer, res workflows.ExportResult) {
 	fmt.Fprintf(w, "Export committed: %s files, %s resources, %s\n", humanize.Count(int64(res.Totals.Files)), humanize.Count(res.Totals.ResourceCount()), humanize.Bytes(res.Totals.Bytes))
-	if res.Watermark != "" {
+	if res.Watermark != "" || res.SinceFrom == "watermark" {
 		fmt.Fprintf(w, "  transactionTime: %s (the watermark %s now stands there: the next incremental run starts from it)\n", res.TransactionTime, res.Watermark)
 	} else {
 		fmt.Fprintf(w, "  transactionTime: %s (use as --since for the next run, or use --incremental)\n", res.TransactionTime)
