@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,13 @@ func main() {
 	}
 	reg.AllowUnconfigured = !*strict
 	reg.UserAgent = "bulkflow"
+	// Credentials, TLS files and the output root now, not hours into an export.
+	if err := bulkworker.Preflight(reg, *serversFile, *output); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "worker:", line)
+		}
+		os.Exit(2)
+	}
 
 	cdc, err := codec.Load(*codecKeyFile)
 	if err != nil {

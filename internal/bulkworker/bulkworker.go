@@ -3,11 +3,18 @@
 package bulkworker
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/workflows"
 )
 
@@ -43,4 +50,47 @@ func New(c client.Client, taskQueue string, acts *activities.Activities, maxActi
 	})
 	Register(w, acts)
 	return w
+}
+
+// Preflight checks at start-up what an export would otherwise find only
+// after the EHR has done hours of work: every configured server's
+// credentials resolve (a bearer tokenEnv that is set, secret and key files
+// that exist) and its TLS files load, and the output root is writable. It
+// reads secrets but makes no network request; messages say what to fix.
+func Preflight(reg *servers.Registry, serversFile, outputRoot string) error {
+	var errs []error
+	names := reg.Names()
+	sort.Strings(names)
+	for _, name := range names {
+		if _, err := reg.Client(name, ""); err != nil {
+			errs = append(errs, fmt.Errorf("servers file %s: %w: set it in the worker's environment or fix the file, then restart", serversFile, err))
+		}
+	}
+	if err := checkWritable(outputRoot); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// checkWritable creates the output root if needed and writes and removes a
+// file in it. URLs other than file:// are checked by their sink on use.
+func checkWritable(root string) error {
+	if strings.Contains(root, "://") {
+		p, ok := strings.CutPrefix(root, "file://")
+		if !ok {
+			return nil
+		}
+		root = p
+	}
+	fix := "give -output (or $BULKFLOW_OUTPUT) a directory the worker's user can write"
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return fmt.Errorf("output root %s cannot be created: %w; %s", root, err, fix)
+	}
+	f, err := os.CreateTemp(root, ".bulkflow-write-check-*")
+	if err != nil {
+		return fmt.Errorf("output root %s is not writable: %w; %s", root, err, fix)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
 }
