@@ -137,6 +137,12 @@ func stepName(activity string) string {
 		return "download"
 	case "Commit":
 		return "commit"
+	case "ReadWatermark":
+		return "read watermark"
+	case "DeleteJob":
+		return "delete server job"
+	case "Abort":
+		return "remove staged files"
 	}
 	return activity
 }
@@ -522,7 +528,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "%s: running\n  UI: %s\n", id, tf.link(id))
 		if err == nil || p.Retrying != nil {
-			fmt.Fprintf(stdout, "  %s\n", renderProgress(p, &l, time.Now(), 200))
+			fmt.Fprintf(stdout, "  %s\n", renderProgress(p, &l, time.Now(), 1<<16)) // not a redrawn line: whole
 		}
 		if l.taskQueue != "" {
 			if ok, err := hasPoller(ctx, c, l.taskQueue); err == nil && !ok {

@@ -316,3 +316,31 @@ func TestStarterWaitTemporalUnreachable(t *testing.T) {
 		t.Errorf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
 	}
 }
+
+// §3: while a step is retried, status shows the attempt, the next retry and
+// the last error, read from Temporal's pending activities (it works even
+// while the workflow's progress query has nothing to say about it).
+func TestStarterStatusShowsRetries(t *testing.T) {
+	requireE2E(t)
+	starter := buildBinary(t, "./starter")
+	queue, _ := startWorker(t, t.TempDir())
+	common := []string{"--temporal-address", dev.FrontendHostPort(), "--task-queue", queue}
+	// Nothing listens on port 9: every kick-off attempt is refused.
+	code, o, e := runStarter(t, starter, append([]string{"export", "--fhir-url", "http://127.0.0.1:9/fhir", "--id", "cli-retrying"}, common...)...)
+	if code != 0 {
+		t.Fatalf("start: exit %d\n%s%s", code, o, e)
+	}
+	t.Cleanup(func() { tclient.TerminateWorkflow(context.Background(), "cli-retrying", "", "test cleanup") })
+	var last string
+	for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		_, o, e = runStarter(t, starter, append([]string{"status", "cli-retrying"}, common...)...)
+		last = o + e
+		if strings.Contains(o, "retrying kick-off: attempt ") && strings.Contains(o, "refused") {
+			return
+		}
+		if !strings.Contains(o, "running") {
+			break // failed fast: the retry window closed before we looked
+		}
+	}
+	t.Errorf("status never showed the kick-off being retried with its error:\n%s", last)
+}
