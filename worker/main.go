@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -107,6 +108,8 @@ func main() {
 
 	acts := activities.New(reg, *output, logger)
 	acts.Metrics = rec // nil (metrics disabled) records nothing
+	aliasServers(rec, *serversFile)
+	rec.CountRunningExports(bulkworker.RunningByPhase(c))
 	if *keysetFile != "" {
 		ks, err := atrest.LoadKeyset(*keysetFile)
 		if err != nil {
@@ -155,6 +158,26 @@ func serveMetrics(addr string, logger *slog.Logger) (rec *metrics.Recorder, stop
 		defer cancel()
 		srv.Shutdown(ctx)
 	}, nil
+}
+
+// aliasServers gives metrics each configured server's base URL, so an
+// export that names the URL counts under the server's name. The file was
+// validated by servers.Load already.
+func aliasServers(rec *metrics.Recorder, path string) {
+	if rec == nil || path == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var f servers.File
+	if json.Unmarshal(b, &f) != nil {
+		return
+	}
+	for _, s := range f.Servers {
+		rec.AliasServer(s.BaseURL, s.Name)
+	}
 }
 
 // metricsURL says in the start-up log where to scrape.

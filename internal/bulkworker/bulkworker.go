@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/interceptor"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
@@ -26,7 +27,7 @@ type WorkflowRegistry interface {
 // RegisterWorkflows adds every workflow to w, under stable names that
 // `temporal workflow start --type` and Schedules use.
 func RegisterWorkflows(w WorkflowRegistry) {
-	w.RegisterWorkflowWithOptions(workflows.BulkExportWorkflow, workflow.RegisterOptions{Name: "BulkExportWorkflow"})
+	w.RegisterWorkflowWithOptions(workflows.BulkExportWorkflow, workflow.RegisterOptions{Name: ExportWorkflowName})
 	w.RegisterWorkflowWithOptions(workflows.DownloadChunkWorkflow, workflow.RegisterOptions{Name: "DownloadChunkWorkflow"})
 }
 
@@ -47,6 +48,8 @@ func New(c client.Client, taskQueue string, acts *activities.Activities, maxActi
 		// Let in-flight downloads notice the shutdown and stop cleanly; their
 		// retries resume on another worker.
 		WorkerStopTimeout: 30e9,
+		// Export outcomes (failed, cancelled) and kick-off failures.
+		Interceptors: []interceptor.WorkerInterceptor{NewMetricsInterceptor(acts.Metrics)},
 	})
 	Register(w, acts)
 	return w
