@@ -51,11 +51,15 @@ func main() {
 		"payload encryption key file: workflow inputs, results and failures are stored encrypted in Temporal (see docs/security.md); without it $"+codec.EnvKey+" is used if set")
 	metricsAddr := envflag.String(fs, "metrics-addr", "BULKFLOW_METRICS_ADDR", ":9464",
 		"listen address for Prometheus /metrics (bulkflow and Temporal SDK metrics) and /healthz; empty disables (see docs/metrics.md)")
+	probe := fs.String("probe", "", "only GET this URL and exit 0 on a 2xx answer, else 1: the container healthcheck (the image has no shell or curl), e.g. http://localhost:9464/healthz")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: worker [flags]\n\nRuns bulkflow's Temporal worker. Flags:")
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[1:])
+	if *probe != "" {
+		os.Exit(probeURL(*probe, os.Stderr))
+	}
 
 	logger, err := logging.New(os.Stderr, *logFormat, *logLevel)
 	if err == nil {
@@ -178,6 +182,22 @@ func aliasServers(rec *metrics.Recorder, path string) {
 	for _, s := range f.Servers {
 		rec.AliasServer(s.BaseURL, s.Name)
 	}
+}
+
+// probeURL is a healthcheck: GET url within 5 s, exit code 0 on 2xx.
+func probeURL(url string, stderr io.Writer) int {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(stderr, "probe:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		fmt.Fprintln(stderr, "probe:", url, resp.Status)
+		return 1
+	}
+	return 0
 }
 
 // metricsURL says in the start-up log where to scrape.
