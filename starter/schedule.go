@@ -571,6 +571,11 @@ type scheduleView struct {
 	WorkflowID     string          `json:"workflowId,omitempty"`
 	TaskQueue      string          `json:"taskQueue,omitempty"`
 	Input          json.RawMessage `json:"input,omitempty"`
+	// Incremental runs: where the watermark stands, after the last run
+	// that committed (its transactionTime), and that run.
+	Incremental   bool   `json:"incremental"`
+	Watermark     string `json:"watermark,omitempty"`
+	WatermarkFrom string `json:"watermarkFrom,omitempty"`
 	NextRuns       []time.Time     `json:"nextRuns"`
 	RecentActions  []actionView    `json:"recentActions"`
 	Running        []string        `json:"runningWorkflows,omitempty"`
@@ -613,12 +618,29 @@ func describeView(ctx context.Context, c client.Client, tf temporalFlags, id str
 		}
 		if len(a.Args) > 0 {
 			v.Input = decodeInput(tf, a.Args[0])
+			var in struct {
+				Incremental bool `json:"incremental"`
+			}
+			v.Incremental = json.Unmarshal(v.Input, &in) == nil && in.Incremental
 		}
 	}
 	for _, t := range d.Info.NextActionTimes {
 		v.NextRuns = append(v.NextRuns, t.UTC())
 	}
 	v.RecentActions = actionViews(ctx, c, d.Info.RecentActions)
+	if v.Incremental {
+		for i := len(v.RecentActions) - 1; i >= 0; i-- {
+			a := v.RecentActions[i]
+			if a.Status != "Completed" {
+				continue
+			}
+			var res workflows.ExportResult
+			if c.GetWorkflow(ctx, a.WorkflowID, a.RunID).Get(ctx, &res) == nil && res.TransactionTime != "" {
+				v.Watermark, v.WatermarkFrom = res.TransactionTime, a.WorkflowID
+			}
+			break
+		}
+	}
 	for _, r := range d.Info.RunningWorkflows {
 		v.Running = append(v.Running, r.WorkflowID)
 	}
@@ -692,6 +714,14 @@ func printView(w io.Writer, v scheduleView) {
 	fmt.Fprintf(w, "  Paused:           %s%s\n", yes[v.Paused], noteSuffix(v.Note))
 	fmt.Fprintf(w, "  Workflow:         %s on task queue %s, workflow IDs %s-<scheduled time>\n", v.WorkflowType, v.TaskQueue, v.WorkflowID)
 	fmt.Fprintf(w, "  Runs started:     %d (skipped for overlap: %d, missed the catch-up window: %d)\n", v.Actions, v.SkippedOverlap, v.MissedCatchup)
+	switch {
+	case v.Incremental && v.Watermark != "":
+		fmt.Fprintf(w, "  Incremental:      yes; the watermark stands at %s (committed by %s): the next run exports what changed since\n", v.Watermark, v.WatermarkFrom)
+	case v.Incremental:
+		fmt.Fprintln(w, "  Incremental:      yes; no recent run committed: the next run starts from the watermark in the output location (or the input's since)")
+	default:
+		fmt.Fprintln(w, "  Incremental:      no; every run exports the same query")
+	}
 	for i, t := range v.NextRuns {
 		if i == 3 {
 			break

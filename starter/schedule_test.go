@@ -297,3 +297,18 @@ func TestDecodeInput(t *testing.T) {
 		}
 	}
 }
+
+// §5: an incremental schedule's summary says where the watermark stands and
+// never advises --since.
+func TestDescribeSaysWhereTheWatermarkStands(t *testing.T) {
+	var b bytes.Buffer
+	printView(&b, scheduleView{ID: "nightly", Incremental: true, Watermark: "2026-11-30T02:00:00Z", WatermarkFrom: "nightly-2026-11-30T02:00:00Z"})
+	if s := b.String(); !strings.Contains(s, "the watermark stands at 2026-11-30T02:00:00Z (committed by nightly-2026-11-30T02:00:00Z)") || strings.Contains(s, "--since") {
+		t.Errorf("incremental:\n%s", s)
+	}
+	b.Reset()
+	printView(&b, scheduleView{ID: "weekly"})
+	if s := b.String(); !strings.Contains(s, "Incremental:      no") {
+		t.Errorf("not incremental:\n%s", s)
+	}
+}
