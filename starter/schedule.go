@@ -573,17 +573,17 @@ type scheduleView struct {
 	Input          json.RawMessage `json:"input,omitempty"`
 	// Incremental runs: where the watermark stands, after the last run
 	// that committed (its transactionTime), and that run.
-	Incremental   bool   `json:"incremental"`
-	Watermark     string `json:"watermark,omitempty"`
-	WatermarkFrom string `json:"watermarkFrom,omitempty"`
-	NextRuns       []time.Time     `json:"nextRuns"`
-	RecentActions  []actionView    `json:"recentActions"`
-	Running        []string        `json:"runningWorkflows,omitempty"`
-	Actions        int             `json:"actions"`
-	SkippedOverlap int             `json:"skippedOverlap"`
-	MissedCatchup  int             `json:"missedCatchupWindow"`
-	CreatedAt      time.Time       `json:"createdAt"`
-	UI             string          `json:"ui"`
+	Incremental    bool         `json:"incremental"`
+	Watermark      string       `json:"watermark,omitempty"`
+	WatermarkFrom  string       `json:"watermarkFrom,omitempty"`
+	NextRuns       []time.Time  `json:"nextRuns"`
+	RecentActions  []actionView `json:"recentActions"`
+	Running        []string     `json:"runningWorkflows,omitempty"`
+	Actions        int          `json:"actions"`
+	SkippedOverlap int          `json:"skippedOverlap"`
+	MissedCatchup  int          `json:"missedCatchupWindow"`
+	CreatedAt      time.Time    `json:"createdAt"`
+	UI             string       `json:"ui"`
 }
 
 // payloadConverter decodes the action's input as the workers do: with the
