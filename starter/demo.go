@@ -93,7 +93,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	defer w.Stop()
 
 	// 4. The export.
-	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405Z")
+	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405.000Z")
 	in := workflows.ExportInput{BaseURL: srv.BaseURL(), Output: outAbs, Format: *format, PartitionBy: *partitionBy}
 	if err := in.Validate(); err != nil {
 		fmt.Fprintln(stderr, "starter demo:", err)
@@ -123,19 +123,21 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "starter demo: VERIFICATION FAILED:", err)
 		return exitFailed
 	}
-	fmt.Fprintf(stdout, "\nOutput:      %s\n", res.Location)
-	switch {
-	case *keep || !started:
-		fmt.Fprintf(stdout, "Temporal UI: %s\n", link)
-	default:
-		// The dev server stops with the demo: a link would lead nowhere.
-		fmt.Fprintln(stdout, "Temporal UI: the demo's Temporal dev server stops now; run `go run ./starter demo --keep` to keep it and browse the export")
-	}
+	fmt.Fprintf(stdout, "\nOutput:      %s\n%s\n", res.Location, demoUILine(link, *keep, started))
 	if *keep {
 		fmt.Fprintf(stdout, "Everything keeps running (FHIR server %s, Temporal %s). Ctrl-C to stop.\n", srv.BaseURL(), *address)
 		<-ctx.Done()
 	}
 	return exitOK
+}
+
+// demoUILine is the demo's last word on the UI: no link to a dev server
+// that stops as the demo ends.
+func demoUILine(link string, keep, startedServer bool) string {
+	if keep || !startedServer {
+		return "Temporal UI: " + link
+	}
+	return "Temporal UI: the demo's Temporal dev server stops now; run `go run ./starter demo --keep` to keep it and browse the export"
 }
 
 func verifyDemo(stdout io.Writer, srv *testsuite.Server, dir string) error {

@@ -87,3 +87,17 @@ func TestFinishTexts(t *testing.T) {
 		t.Errorf("full export summary:\n%s", s)
 	}
 }
+
+// After the demo its dev server stops: no link to it, but how to keep it.
+func TestDemoUILine(t *testing.T) {
+	link := "http://localhost:8233/namespaces/default/workflows/x"
+	if s := demoUILine(link, false, true); strings.Contains(s, "http://") || !strings.Contains(s, "starter demo --keep") {
+		t.Errorf("stopping server: %q", s)
+	}
+	if s := demoUILine(link, true, true); !strings.Contains(s, link) {
+		t.Errorf("--keep: %q", s)
+	}
+	if s := demoUILine(link, false, false); !strings.Contains(s, link) {
+		t.Errorf("reused server: %q", s)
+	}
+}
