@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -75,8 +76,10 @@ func Preflight(reg *servers.Registry, serversFile, outputRoot string) error {
 	return errors.Join(errs...)
 }
 
-// checkWritable creates the output root if needed and writes and removes a
-// file in it. URLs other than file:// are checked by their sink on use.
+// checkWritable checks that the output root, or the nearest directory
+// above it that exists (the root is created on first use), takes a file:
+// it writes and removes one. URLs other than file:// are checked by their
+// sink on use.
 func checkWritable(root string) error {
 	if strings.Contains(root, "://") {
 		p, ok := strings.CutPrefix(root, "file://")
@@ -86,10 +89,22 @@ func checkWritable(root string) error {
 		root = p
 	}
 	fix := "give -output (or $BULKFLOW_OUTPUT) a directory the worker's user can write"
-	if err := os.MkdirAll(root, 0o750); err != nil {
-		return fmt.Errorf("output root %s cannot be created: %w; %s", root, err, fix)
+	dir := filepath.Clean(root)
+	for {
+		st, err := os.Stat(dir)
+		if err == nil {
+			if !st.IsDir() {
+				return fmt.Errorf("output root %s cannot be created: %s is not a directory; %s", root, dir, fix)
+			}
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return fmt.Errorf("output root %s: %w; %s", root, err, fix)
+		}
+		dir = parent
 	}
-	f, err := os.CreateTemp(root, ".bulkflow-write-check-*")
+	f, err := os.CreateTemp(dir, ".bulkflow-write-check-*")
 	if err != nil {
 		return fmt.Errorf("output root %s is not writable: %w; %s", root, err, fix)
 	}

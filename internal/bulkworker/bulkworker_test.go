@@ -32,6 +32,7 @@ func TestPreflight(t *testing.T) {
 			`server "tls": CA bundle`},
 		{"missing client certificate", `{"name":"mtls","baseURL":"https://ehr.example.org/fhir","tls":{"certFile":"` + filepath.Join(dir, "c.pem") + `","keyFile":"` + filepath.Join(dir, "k.pem") + `"}}`, dir,
 			`server "mtls": client certificate`},
+		{"output root not there yet", `{"name":"ok","baseURL":"https://ehr.example.org/fhir"}`, filepath.Join(dir, "new", "out"), ""},
 		{"output root under a file", `{"name":"ok","baseURL":"https://ehr.example.org/fhir"}`, filepath.Join(notADir, "out"),
 			"output root " + filepath.Join(notADir, "out") + " cannot be created"},
 	}
@@ -52,7 +53,10 @@ func TestPreflight(t *testing.T) {
 			}
 		})
 	}
-	// The write check leaves nothing behind.
+	// The write check leaves nothing behind, and creates no directory.
+	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
+		t.Error("the check created the output root")
+	}
 	if left, _ := filepath.Glob(filepath.Join(dir, ".bulkflow-write-check-*")); len(left) > 0 {
 		t.Errorf("left %v", left)
 	}
