@@ -344,3 +344,19 @@ func TestStarterStatusShowsRetries(t *testing.T) {
 	}
 	t.Errorf("status never showed the kick-off being retried with its error:\n%s", last)
 }
+
+// §3: the worker binary refuses to start on an unset tokenEnv, before it
+// dials Temporal, saying what to fix (exit 2).
+func TestWorkerRefusesUnresolvableCredentials(t *testing.T) {
+	requireE2E(t)
+	workerBin := buildBinary(t, "./worker")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "servers.json")
+	os.WriteFile(file, []byte(`{"servers":[{"name":"epic","baseURL":"https://ehr.example.org/fhir","auth":{"type":"bearer","tokenEnv":"BULKFLOW_E2E_UNSET_TOKEN"}}]}`), 0o600)
+	cmd := exec.Command(workerBin, "-servers", file, "-output", dir, "-temporal-address", "127.0.0.1:1", "-metrics-addr", "")
+	cmd.Env = append(os.Environ(), "BULKFLOW_E2E_UNSET_TOKEN=")
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "environment variable BULKFLOW_E2E_UNSET_TOKEN is empty or unset: set it in the worker's environment") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+}
