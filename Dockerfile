@@ -13,7 +13,8 @@
 # fhirserver services.
 
 ############################ build ############################
-FROM golang:1.26 AS build
+# Pinned to go.mod's Go version (deploy/compose_test.go checks it).
+FROM golang:1.26.8 AS build
 WORKDIR /src
 
 # Module download first, keyed only on go.mod/go.sum, so source edits reuse

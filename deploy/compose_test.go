@@ -4,14 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/bulkflow/bulkflow/internal/servers"
+	"github.com/bulkflow/bulkflow/workflows"
 )
 
 // repoRoot is where docker-compose.yml and the Dockerfile live.
@@ -57,7 +61,7 @@ func service(t *testing.T, p *types.Project, name string) types.ServiceConfig {
 
 func TestComposeServices(t *testing.T) {
 	p := loadProject(t)
-	want := []string{"postgresql", "temporal", "temporal-ui", "fhirserver", "worker"}
+	want := []string{"postgresql", "temporal-schema", "temporal", "temporal-setup", "temporal-ui", "fhirserver", "worker"}
 	got := p.ServiceNames()
 	for _, name := range want {
 		if !slices.Contains(got, name) {
@@ -113,9 +117,12 @@ func TestComposeDependsOn(t *testing.T) {
 	tests := []struct {
 		service, on, condition string
 	}{
-		{"temporal", "postgresql", types.ServiceConditionHealthy},
-		{"temporal-ui", "temporal", types.ServiceConditionStarted},
-		{"worker", "temporal", types.ServiceConditionStarted},
+		{"temporal-schema", "postgresql", types.ServiceConditionHealthy},
+		{"temporal", "temporal-schema", types.ServiceConditionCompletedSuccessfully},
+		{"temporal-setup", "temporal", types.ServiceConditionHealthy},
+		{"temporal-ui", "temporal", types.ServiceConditionHealthy},
+		{"worker", "temporal-setup", types.ServiceConditionCompletedSuccessfully},
+		{"worker", "fhirserver", types.ServiceConditionHealthy},
 	}
 	for _, tc := range tests {
 		t.Run(tc.service+"->"+tc.on, func(t *testing.T) {
@@ -272,4 +279,127 @@ func TestServersJSONMatchesCompose(t *testing.T) {
 		}
 	}
 	t.Errorf("no server with baseURL %s in servers.json", want)
+}
+
+// §6: every image is pinned to a version tag: a floating one (latest, 16,
+// 1.26) moves under an existing volume or build without anyone deciding it.
+func TestComposeImagesPinned(t *testing.T) {
+	pinned := regexp.MustCompile(`:[0-9]+\.[0-9]+(\.[0-9]+)?(-[a-z0-9.-]+)?$`)
+	for name, s := range loadProject(t).Services {
+		if s.Image == "" {
+			continue // built from the Dockerfile
+		}
+		if !pinned.MatchString(s.Image) {
+			t.Errorf("service %s: image %q is not pinned to a version tag", name, s.Image)
+		}
+	}
+	df := readFile(t, filepath.Join(repoRoot, "Dockerfile"))
+	gomod := readFile(t, filepath.Join(repoRoot, "go.mod"))
+	goVersion := regexp.MustCompile(`(?m)^go ([0-9.]+)$`).FindStringSubmatch(gomod)
+	if goVersion == nil || !strings.Contains(df, "FROM golang:"+goVersion[1]+" ") {
+		t.Errorf("the Dockerfile's golang image is not pinned to go.mod's Go version %v", goVersion)
+	}
+}
+
+// §6: Temporal as the Temporal project sets it up today: temporalio/server
+// with the schema migrated by admin-tools (auto-setup is deprecated), and
+// bulkflow's search attributes registered before the worker starts.
+func TestComposeTemporalSetup(t *testing.T) {
+	p := loadProject(t)
+	for name, s := range p.Services {
+		if strings.Contains(s.Image, "auto-setup") {
+			t.Errorf("service %s uses the deprecated auto-setup image", name)
+		}
+	}
+	if img := service(t, p, "temporal").Image; !strings.HasPrefix(img, "temporalio/server:") {
+		t.Errorf("temporal image %q, want temporalio/server", img)
+	}
+	server := strings.TrimPrefix(service(t, p, "temporal").Image, "temporalio/server:")
+	for _, tool := range []string{"temporal-schema", "temporal-setup"} {
+		if img := service(t, p, tool).Image; img != "temporalio/admin-tools:"+server {
+			t.Errorf("%s image %q, want temporalio/admin-tools:%s (the server's version)", tool, img, server)
+		}
+	}
+	script := readFile(t, "temporal/setup-namespace.sh")
+	for name, v := range workflows.SearchAttributesToRegister().GetUntypedValues() {
+		typ := map[string]string{"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList", "TEXT": "Text", "INT": "Int", "DATETIME": "Datetime", "BOOL": "Bool", "DOUBLE": "Double"}[strings.TrimPrefix(name.GetValueType().String(), "INDEXED_VALUE_TYPE_")]
+		_ = v
+		if !strings.Contains(script, name.GetName()+":"+typ) {
+			t.Errorf("setup-namespace.sh does not register %s as %s", name.GetName(), typ)
+		}
+	}
+	if !strings.Contains(readFile(t, "temporal/setup-schema.sh"), "update-schema") {
+		t.Error("setup-schema.sh does not migrate the schema")
+	}
+}
+
+// §6: every long-running service has a healthcheck, and the worker's and
+// fhirserver's probe what they serve with a binary their image has.
+func TestComposeHealthchecks(t *testing.T) {
+	p := loadProject(t)
+	oneShot := map[string]bool{"temporal-schema": true, "temporal-setup": true}
+	for name, s := range p.Services {
+		if oneShot[name] {
+			continue
+		}
+		if s.HealthCheck == nil || len(s.HealthCheck.Test) == 0 || s.HealthCheck.Disable {
+			t.Errorf("service %s has no healthcheck", name)
+		}
+	}
+	for name, url := range map[string]string{"worker": "http://localhost:9464/healthz", "fhirserver": "http://localhost:9090/fhir/metadata"} {
+		want := []string{"CMD", "/usr/local/bin/worker", "-probe", url}
+		if got := service(t, p, name).HealthCheck.Test; !slices.Equal(got, want) {
+			t.Errorf("%s healthcheck %q, want %q", name, got, want)
+		}
+	}
+}
+
+// §6: the UI is the version the docs' screenshots show.
+func TestComposeUIVersionMatchesDocs(t *testing.T) {
+	m := regexp.MustCompile(`Temporal UI ([0-9]+\.[0-9]+\.[0-9]+)`).FindStringSubmatch(readFile(t, filepath.Join(repoRoot, "docs", "architecture.md")))
+	if m == nil {
+		t.Fatal("docs/architecture.md names no Temporal UI version")
+	}
+	if img := service(t, loadProject(t), "temporal-ui").Image; img != "temporalio/ui:"+m[1] {
+		t.Errorf("temporal-ui image %q, the screenshots show %s", img, m[1])
+	}
+}
+
+// §6: the Dockerfile's build stage builds, with the same flags, the
+// binaries `go build` builds, and the final stage copies each of them.
+func TestDockerfileBuildsTheBinaries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	df := strings.ReplaceAll(readFile(t, filepath.Join(repoRoot, "Dockerfile")), "\\\n", " ")
+	m := regexp.MustCompile(`CGO_ENABLED=0 go build (-trimpath -ldflags="-s -w") -o /out/\s+((?:\./[^\s]+\s*)+)`).FindStringSubmatch(df)
+	if m == nil {
+		t.Fatal("no `CGO_ENABLED=0 go build ... -o /out/ PKGS` in the Dockerfile")
+	}
+	pkgs := strings.Fields(m[2])
+	out := t.TempDir()
+	// Without -trimpath/-ldflags (checked above as text) the build shares
+	// the cache of every other build: seconds, not minutes.
+	cmd := exec.Command("go", append([]string{"build", "-o", out + "/"}, pkgs...)...)
+	cmd.Dir = repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %v: %v\n%s", pkgs, err, b)
+	}
+	for _, want := range []string{"worker", "starter", "fhirserver"} {
+		if _, err := os.Stat(filepath.Join(out, want)); err != nil {
+			t.Errorf("the Dockerfile's build does not produce %s", want)
+		}
+		if !strings.Contains(df, "/out/"+want) || !regexp.MustCompile(`COPY --from=build [^\n]*/out/`+want).MatchString(df) {
+			t.Errorf("the final stage does not copy /out/%s", want)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -50,14 +50,15 @@ func runCodecServer(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(fs.Output(), "Usage: starter codec-server [flags]\n\n%s\n\nFlags:\n", codecServerHelp)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return helpOr(err, stderr)
+	pos, err := parseFlags(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("codec-server takes no arguments, got %q", pos)
 	}
-	if err := envflag.Check(); err != nil {
-		return helpOr(err, stderr)
+	if err != nil {
+		return usageError(stderr, "codec-server", err)
 	}
-	if fs.NArg() > 0 {
-		return helpOr(fmt.Errorf("codec-server takes no arguments, got %q", fs.Args()), stderr)
+	if parseOnly {
+		return exitOK
 	}
 	c, err := codec.Load(*keyFile)
 	if err != nil {

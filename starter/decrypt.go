@@ -34,17 +34,21 @@ func runDecrypt(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(fs.Output(), "Usage: starter decrypt -keyset FILE [-name OBJECT-NAME] IN [OUT]\n\n%s\n\nFlags:\n", decryptHelp)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return helpOr(err, stderr)
+	pos, err := parseFlags(fs, args)
+	if err == nil && (len(pos) < 1 || len(pos) > 2) {
+		err = errors.New("give the encrypted file IN (or - for stdin) and optionally OUT")
 	}
-	if err := envflag.Check(); err != nil {
-		return helpOr(err, stderr)
+	if err == nil && *ksPath == "" {
+		err = errors.New("give the keyset: -keyset FILE (or $BULKFLOW_KEYSET)")
 	}
-	if fs.NArg() < 1 || fs.NArg() > 2 || *ksPath == "" {
-		fs.Usage()
-		return exitUsage
+	if err != nil {
+		return usageError(stderr, "decrypt", err)
 	}
-	in, out := fs.Arg(0), fs.Arg(1)
+	if parseOnly {
+		return exitOK
+	}
+	pos = append(pos, "")
+	in, out := pos[0], pos[1]
 	if *name == "" {
 		if in == "-" {
 			fmt.Fprintln(stderr, "starter: decrypting stdin needs -name")
@@ -133,12 +137,18 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return helpOr(err, stderr)
+	pos, err := parseFlags(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("keygen takes no arguments, got %q", pos)
 	}
-	if *ksPath == "" || fs.NArg() > 0 {
-		fs.Usage()
-		return exitUsage
+	if err == nil && *ksPath == "" {
+		err = errors.New("name the keyset file to create: -keyset FILE")
+	}
+	if err != nil {
+		return usageError(stderr, "keygen", err)
+	}
+	if parseOnly {
+		return exitOK
 	}
 	h, err := atrest.NewKeysetHandle()
 	if err == nil {

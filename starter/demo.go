@@ -42,14 +42,21 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	address := fs.String("temporal-address", "127.0.0.1:7233", "Temporal dev server address (reused if one is already running there)")
 	uiPort := fs.String("ui-port", "8233", "Temporal UI port of a dev server started by the demo")
 	cli := envflag.String(fs, "temporal-cli", "BULKFLOW_TEMPORAL_CLI", "", "path to the Temporal CLI (default: ./bin/temporal, then $PATH)")
-	if err := parse(fs, args, "demo [flags]"); err != nil {
-		return helpOr(err, stderr)
+	pos, err := parse(fs, args, "demo [flags]")
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if err != nil {
+		return usageError(stderr, "demo", err)
+	}
+	if parseOnly {
+		return exitOK
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	// 1. Temporal.
-	c, uiURL, shutdown, err := demoTemporal(ctx, *address, *uiPort, *cli, stdout)
+	c, uiURL, started, shutdown, err := demoTemporal(ctx, *address, *uiPort, *cli, stdout)
 	if err != nil {
 		fmt.Fprintln(stderr, "starter demo:", err)
 		return exitNoTemporal
@@ -86,7 +93,7 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	defer w.Stop()
 
 	// 4. The export.
-	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405Z")
+	id := "bulkflow-demo-" + time.Now().UTC().Format("20060102T150405.000Z")
 	in := workflows.ExportInput{BaseURL: srv.BaseURL(), Output: outAbs, Format: *format, PartitionBy: *partitionBy}
 	if err := in.Validate(); err != nil {
 		fmt.Fprintln(stderr, "starter demo:", err)
@@ -100,7 +107,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	link := fmt.Sprintf("%s/namespaces/default/workflows/%s", uiURL, id)
 	fmt.Fprintf(stdout, "Export workflow:   %s\n  Temporal UI:     %s\n", id, link)
-	if code := watch(ctx, c, run.GetID(), stdout, stderr, false); code != exitOK {
+	ns, noKey := "default", ""
+	tf := temporalFlags{address: address, namespace: &ns, taskQueue: &queue, uiURL: &uiURL, codecKeyFile: &noKey}
+	if code := watch(ctx, c, tf, run.GetID(), stdout, stderr, false); code != exitOK {
 		return code
 	}
 
@@ -114,12 +123,21 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "starter demo: VERIFICATION FAILED:", err)
 		return exitFailed
 	}
-	fmt.Fprintf(stdout, "\nOutput:      %s\nTemporal UI: %s\n", res.Location, link)
+	fmt.Fprintf(stdout, "\nOutput:      %s\n%s\n", res.Location, demoUILine(link, *keep, started))
 	if *keep {
 		fmt.Fprintf(stdout, "Everything keeps running (FHIR server %s, Temporal %s). Ctrl-C to stop.\n", srv.BaseURL(), *address)
 		<-ctx.Done()
 	}
 	return exitOK
+}
+
+// demoUILine is the demo's last word on the UI: no link to a dev server
+// that stops as the demo ends.
+func demoUILine(link string, keep, startedServer bool) string {
+	if keep || !startedServer {
+		return "Temporal UI: " + link
+	}
+	return "Temporal UI: the demo's Temporal dev server stops now; run `go run ./starter demo --keep` to keep it and browse the export"
 }
 
 func verifyDemo(stdout io.Writer, srv *testsuite.Server, dir string) error {
@@ -169,17 +187,17 @@ func verifyDemo(stdout io.Writer, srv *testsuite.Server, dir string) error {
 
 // demoTemporal connects to a dev server at address, or starts one from the
 // Temporal CLI.
-func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Writer) (client.Client, string, func(), error) {
+func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Writer) (c client.Client, uiURL string, started bool, shutdown func(), err error) {
 	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	c, err := client.DialContext(dctx, client.Options{HostPort: address, Logger: quietLogger()})
+	c, err = client.DialContext(dctx, client.Options{HostPort: address, Logger: quietLogger()})
 	cancel()
 	if err == nil {
 		fmt.Fprintf(stdout, "Temporal:          reusing the server at %s\n", address)
-		return c, "http://localhost:" + uiPort, func() {}, nil
+		return c, "http://localhost:" + uiPort, false, func() {}, nil
 	}
 	path, err := findTemporalCLI(cli)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, "", false, nil, err
 	}
 	fmt.Fprintf(stdout, "Temporal:          starting a dev server at %s (%s)\n", address, path)
 	logf, _ := os.CreateTemp("", "bulkflow-demo-temporal-*.log")
@@ -195,9 +213,9 @@ func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Wr
 		Stderr:           logf,
 	})
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("start the Temporal dev server (log: %s): %w", logf.Name(), err)
+		return nil, "", false, nil, fmt.Errorf("start the Temporal dev server (log: %s): %w", logf.Name(), err)
 	}
-	return srv.Client(), "http://localhost:" + uiPort, func() { srv.Stop(); logf.Close() }, nil
+	return srv.Client(), "http://localhost:" + uiPort, true, func() { srv.Stop(); logf.Close() }, nil
 }
 
 func findTemporalCLI(explicit string) (string, error) {

@@ -27,6 +27,8 @@ const (
 	exitUsage      = 2
 	exitCancelled  = 3
 	exitNoTemporal = 4
+	// exitInterrupted is Ctrl-C while watching: the export goes on.
+	exitInterrupted = 130
 )
 
 var commands = []struct {
@@ -61,8 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return c.run(args[1:], stdout, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "starter: unknown command %q\n\n", args[0])
-	usage(stderr)
+	fmt.Fprintf(stderr, "starter: unknown command %q\nRun 'starter --help' for the commands.\n", args[0])
 	return exitUsage
 }
 
@@ -114,17 +115,20 @@ func (t temporalFlags) link(workflowID string) string {
 	return fmt.Sprintf("%s/namespaces/%s/workflows/%s", strings.TrimRight(*t.uiURL, "/"), *t.namespace, workflowID)
 }
 
-// parse parses fs, printing a usage that names the command.
-func parse(fs *flag.FlagSet, args []string, synopsis string) error {
+// parse parses fs with flags on either side of positional arguments and
+// returns those; -h prints a usage that names the command.
+func parse(fs *flag.FlagSet, args []string, synopsis string) ([]string, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: starter %s\n\nFlags:\n", synopsis)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	return envflag.Check()
+	return parseFlags(fs, args)
 }
+
+// parseOnly makes commands return after parsing and checking their flags,
+// before they dial Temporal or touch a file: the docs test runs every
+// example command of README.md and docs/ that way.
+var parseOnly bool
 
 func isHelp(err error) bool { return errors.Is(err, flag.ErrHelp) }
 
@@ -152,14 +156,6 @@ func newFS(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	return fs
-}
-
-func helpOr(err error, stderr io.Writer) int {
-	if isHelp(err) {
-		return exitOK
-	}
-	fmt.Fprintln(stderr, "starter:", err)
-	return exitUsage
 }
 
 var discardSlog = slog.New(slog.DiscardHandler)

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -64,8 +63,7 @@ func runSchedule(args []string, stdout, stderr io.Writer) int {
 			return c.run(args[1:], stdout, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "starter schedule: unknown subcommand %q\n\n", args[0])
-	scheduleUsage(stderr)
+	fmt.Fprintf(stderr, "starter schedule: unknown subcommand %q\nRun 'starter schedule --help' for the subcommands.\n", args[0])
 	return exitUsage
 }
 
@@ -76,15 +74,6 @@ func scheduleUsage(w io.Writer) {
 	}
 	fmt.Fprintln(w, "\nRun 'starter schedule <subcommand> --help' for its flags.")
 	fmt.Fprintln(w, "Exit codes: 0 success, 1 Temporal refused (e.g. no such schedule), 2 usage error, 4 Temporal unreachable.")
-}
-
-// scheduleInput is the action's input: the export plus "incremental", which
-// tells the workflow to take _since from the watermark committed with the
-// previous run's data. The outer field wins over a same-named field should
-// ExportInput grow one, so the JSON stays right either way.
-type scheduleInput struct {
-	workflows.ExportInput
-	Incremental bool `json:"incremental,omitempty"`
 }
 
 // overlapPolicies maps --overlap names to Temporal's policies.
@@ -177,48 +166,6 @@ func checkCron(expr string) error {
 	return nil
 }
 
-// exportFlags are the flags of `starter export` that make sense on every run
-// of a schedule: no --until (a fixed end would repeat every run), no --run
-// (each run needs its own folder) and no --id.
-type exportFlags struct {
-	in                        workflows.ExportInput
-	types, elements, patients listFlag
-	typeFilters               rawListFlag
-}
-
-func addExportFlags(fs *flag.FlagSet) *exportFlags {
-	f := &exportFlags{}
-	in := &f.in
-	fs.StringVar(&in.BaseURL, "fhir-url", "", "FHIR base URL, e.g. https://ehr.example.org/fhir (or use --server)")
-	fs.StringVar(&in.Server, "server", "", "a server name from the worker's servers file (credentials stay with the worker)")
-	fs.StringVar(&in.Level, "level", "system", "export level: system, patient or group")
-	fs.StringVar(&in.Group, "group", "", "Group id, with --level group")
-	fs.Var(&f.types, "types", "resource types, comma-separated or repeated (_type)")
-	fs.StringVar(&in.Since, "since", "", "_since of the first run (later incremental runs take it from the watermark), e.g. 2024-01-01T00:00:00Z")
-	fs.Var(&f.elements, "elements", "elements to keep (_elements)")
-	fs.Var(&f.typeFilters, "type-filter", "a _typeFilter query such as 'Observation?category=laboratory'; repeatable")
-	fs.Var(&f.patients, "patient", "a Patient reference such as Patient/123 (POST kick-off); repeatable")
-	fs.StringVar(&in.Method, "method", "", "kick-off method: GET or POST (default GET, POST with --patient)")
-	fs.BoolVar(&in.Lenient, "lenient", false, "send Prefer: handling=lenient")
-	fs.StringVar(&in.Output, "out", "", "output directory or URL (default: the worker's output root); each run gets a folder named after its workflow ID")
-	fs.IntVar(&in.Options.Concurrency, "concurrency", 0, "files downloaded at once (default 8)")
-	fs.BoolVar(&in.Options.KeepJob, "keep-job", false, "do not DELETE the server's export job at the end")
-	return f
-}
-
-func (f *exportFlags) input() workflows.ExportInput {
-	in := f.in
-	in.Types, in.Elements, in.Patients, in.TypeFilters = f.types, f.elements, f.patients, f.typeFilters
-	if in.Output != "" && !strings.Contains(in.Output, "://") {
-		// The worker resolves relative paths against its own root; the user
-		// means this shell's directory.
-		if abs, err := filepath.Abs(in.Output); err == nil {
-			in.Output = abs
-		}
-	}
-	return in
-}
-
 const createSynopsis = `schedule create --id ID (--every DURATION | --cron "EXPR") (--fhir-url URL | --server NAME) [flags]
 
 Creates a Temporal Schedule that starts BulkExportWorkflow. Each run's workflow
@@ -245,7 +192,7 @@ no data for incremental runs (the next run starts from the watermark).
 func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptions, temporalFlags, int) {
 	fs := newFS("schedule create", stderr)
 	tf := addTemporalFlags(fs)
-	ef := addExportFlags(fs)
+	ef := addExportFlags(fs, true)
 	id := fs.String("id", "", "schedule ID (required); also the prefix of each run's workflow ID")
 	every := fs.String("every", "", "run every DURATION, e.g. 1h, 24h, 7d; 24h/2h adds an offset (intervals count from 00:00 UTC)")
 	cron := fs.String("cron", "", `run at the times of a cron expression, e.g. "0 2 * * *" or @daily`)
@@ -255,13 +202,13 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 	pauseOnFailure := fs.Bool("pause-on-failure", false, "pause the schedule when a run fails, until starter schedule unpause")
 	note := fs.String("note", "", "a note shown with the schedule")
 	paused := fs.Bool("paused", false, "create the schedule paused")
-	incremental := fs.Bool("incremental", true, `set "incremental": true: each run takes _since from the committed watermark`)
-	if err := parse(fs, args, createSynopsis); err != nil {
+	pos, err := parse(fs, args, createSynopsis)
+	if err != nil {
 		return nil, tf, scheduleUsageErr("create", err, stderr)
 	}
 	var errs []error
-	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Errorf("unexpected argument %q (flags only; the ID goes in --id)", fs.Arg(0)))
+	if len(pos) > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q (flags only; the ID goes in --id)", pos[0]))
 	}
 	if strings.TrimSpace(*id) == "" {
 		errs = append(errs, errors.New("give the schedule an --id, e.g. --id nightly-epic"))
@@ -297,16 +244,13 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 		// Temporal raises shorter windows to 10s; refuse rather than surprise.
 		errs = append(errs, fmt.Errorf("--catchup-window %q: use a duration of at least 10s, e.g. 1h or 1d", *catchup))
 	}
-	in := scheduleInput{ExportInput: ef.input(), Incremental: *incremental}
-	if err := validateAsWorkflow(in); err != nil {
+	in := ef.input(fs)
+	if err := ef.check(in); err != nil {
 		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		// One line per problem, so all of them can be fixed in one go.
-		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "starter schedule create: %s\n", line)
-		}
-		return nil, tf, exitUsage
+		return nil, tf, usageError(stderr, "schedule create", err)
 	}
 	return &client.ScheduleOptions{
 		ID:   *id,
@@ -316,7 +260,7 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 			Workflow:      scheduleWorkflowType,
 			Args:          []any{in},
 			TaskQueue:     *tf.taskQueue,
-			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), workflows.ServerLabel(in.ExportInput), *id),
+			StaticSummary: fmt.Sprintf("FHIR %s export from %s (schedule %s)", orSystem(in.Level), workflows.ServerLabel(in), *id),
 		},
 		Overlap:        policy,
 		CatchupWindow:  cw,
@@ -324,20 +268,6 @@ func parseScheduleCreate(args []string, stderr io.Writer) (*client.ScheduleOptio
 		Note:           *note,
 		Paused:         *paused,
 	}, tf, exitOK
-}
-
-// validateAsWorkflow validates the input as the workflow will decode it, so
-// rules ExportInput.Validate gains for "incremental" apply here as well.
-func validateAsWorkflow(in scheduleInput) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	var decoded workflows.ExportInput
-	if err := json.Unmarshal(b, &decoded); err != nil {
-		return err
-	}
-	return decoded.Validate()
 }
 
 func orSystem(level string) string {
@@ -348,11 +278,7 @@ func orSystem(level string) string {
 }
 
 func scheduleUsageErr(sub string, err error, stderr io.Writer) int {
-	if isHelp(err) {
-		return exitOK
-	}
-	fmt.Fprintf(stderr, "starter schedule %s: %v\n", sub, err)
-	return exitUsage
+	return usageError(stderr, "schedule "+sub, err)
 }
 
 // scheduleErr reports a failed Temporal call with the exit code it deserves.
@@ -376,7 +302,7 @@ func scheduleErr(sub, id string, tf temporalFlags, err error, stderr io.Writer) 
 
 func runScheduleCreate(args []string, stdout, stderr io.Writer) int {
 	opts, tf, code := parseScheduleCreate(args, stderr)
-	if opts == nil {
+	if opts == nil || parseOnly {
 		return code
 	}
 	c, code := tf.dial(stderr)
@@ -590,15 +516,9 @@ func calendarWords(c client.ScheduleCalendarSpec, tz string) string {
 // parseWithID parses flags before or after the one schedule ID, so both
 // `describe --json ID` and `describe ID --json` work.
 func parseWithID(fs *flag.FlagSet, args []string, synopsis string) (string, error) {
-	if err := parse(fs, args, synopsis); err != nil {
+	pos, err := parse(fs, args, synopsis)
+	if err != nil {
 		return "", err
-	}
-	var pos []string
-	for fs.NArg() > 0 {
-		pos = append(pos, fs.Arg(0))
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return "", err
-		}
 	}
 	if len(pos) != 1 || pos[0] == "" {
 		return "", errors.New("give exactly one schedule ID")
@@ -651,14 +571,19 @@ type scheduleView struct {
 	WorkflowID     string          `json:"workflowId,omitempty"`
 	TaskQueue      string          `json:"taskQueue,omitempty"`
 	Input          json.RawMessage `json:"input,omitempty"`
-	NextRuns       []time.Time     `json:"nextRuns"`
-	RecentActions  []actionView    `json:"recentActions"`
-	Running        []string        `json:"runningWorkflows,omitempty"`
-	Actions        int             `json:"actions"`
-	SkippedOverlap int             `json:"skippedOverlap"`
-	MissedCatchup  int             `json:"missedCatchupWindow"`
-	CreatedAt      time.Time       `json:"createdAt"`
-	UI             string          `json:"ui"`
+	// Incremental runs: where the watermark stands, after the last run
+	// that committed (its transactionTime), and that run.
+	Incremental    bool         `json:"incremental"`
+	Watermark      string       `json:"watermark,omitempty"`
+	WatermarkFrom  string       `json:"watermarkFrom,omitempty"`
+	NextRuns       []time.Time  `json:"nextRuns"`
+	RecentActions  []actionView `json:"recentActions"`
+	Running        []string     `json:"runningWorkflows,omitempty"`
+	Actions        int          `json:"actions"`
+	SkippedOverlap int          `json:"skippedOverlap"`
+	MissedCatchup  int          `json:"missedCatchupWindow"`
+	CreatedAt      time.Time    `json:"createdAt"`
+	UI             string       `json:"ui"`
 }
 
 // payloadConverter decodes the action's input as the workers do: with the
@@ -693,12 +618,29 @@ func describeView(ctx context.Context, c client.Client, tf temporalFlags, id str
 		}
 		if len(a.Args) > 0 {
 			v.Input = decodeInput(tf, a.Args[0])
+			var in struct {
+				Incremental bool `json:"incremental"`
+			}
+			v.Incremental = json.Unmarshal(v.Input, &in) == nil && in.Incremental
 		}
 	}
 	for _, t := range d.Info.NextActionTimes {
 		v.NextRuns = append(v.NextRuns, t.UTC())
 	}
 	v.RecentActions = actionViews(ctx, c, d.Info.RecentActions)
+	if v.Incremental {
+		for i := len(v.RecentActions) - 1; i >= 0; i-- {
+			a := v.RecentActions[i]
+			if a.Status != "Completed" {
+				continue
+			}
+			var res workflows.ExportResult
+			if c.GetWorkflow(ctx, a.WorkflowID, a.RunID).Get(ctx, &res) == nil && res.TransactionTime != "" {
+				v.Watermark, v.WatermarkFrom = res.TransactionTime, a.WorkflowID
+			}
+			break
+		}
+	}
 	for _, r := range d.Info.RunningWorkflows {
 		v.Running = append(v.Running, r.WorkflowID)
 	}
@@ -737,6 +679,9 @@ func runScheduleDescribe(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return scheduleUsageErr("describe", err, stderr)
 	}
+	if parseOnly {
+		return exitOK
+	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {
 		return code
@@ -769,6 +714,14 @@ func printView(w io.Writer, v scheduleView) {
 	fmt.Fprintf(w, "  Paused:           %s%s\n", yes[v.Paused], noteSuffix(v.Note))
 	fmt.Fprintf(w, "  Workflow:         %s on task queue %s, workflow IDs %s-<scheduled time>\n", v.WorkflowType, v.TaskQueue, v.WorkflowID)
 	fmt.Fprintf(w, "  Runs started:     %d (skipped for overlap: %d, missed the catch-up window: %d)\n", v.Actions, v.SkippedOverlap, v.MissedCatchup)
+	switch {
+	case v.Incremental && v.Watermark != "":
+		fmt.Fprintf(w, "  Incremental:      yes; the watermark stands at %s (committed by %s): the next run exports what changed since\n", v.Watermark, v.WatermarkFrom)
+	case v.Incremental:
+		fmt.Fprintln(w, "  Incremental:      yes; no recent run committed: the next run starts from the watermark in the output location (or the input's since)")
+	default:
+		fmt.Fprintln(w, "  Incremental:      no; every run exports the same query")
+	}
 	for i, t := range v.NextRuns {
 		if i == 3 {
 			break
@@ -818,11 +771,15 @@ func runScheduleList(args []string, stdout, stderr io.Writer) int {
 	tf := addTemporalFlags(fs)
 	asJSON := fs.Bool("json", false, "print machine-readable JSON")
 	all := fs.Bool("all", false, "list every schedule in the namespace, not only those running "+scheduleWorkflowType)
-	if err := parse(fs, args, "schedule list [flags]\n\nThe list comes from Temporal's visibility store: a schedule created a moment\nago may take a second or two to appear."); err != nil {
+	pos, err := parse(fs, args, "schedule list [flags]\n\nThe list comes from Temporal's visibility store: a schedule created a moment\nago may take a second or two to appear.")
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q", pos[0])
+	}
+	if err != nil {
 		return scheduleUsageErr("list", err, stderr)
 	}
-	if fs.NArg() > 0 {
-		return scheduleUsageErr("list", fmt.Errorf("unexpected argument %q", fs.Arg(0)), stderr)
+	if parseOnly {
+		return exitOK
 	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {
@@ -901,6 +858,9 @@ func handleCommand(sub, synopsis string, args []string, stdout, stderr io.Writer
 	}
 	if err != nil {
 		return scheduleUsageErr(sub, err, stderr)
+	}
+	if parseOnly {
+		return exitOK
 	}
 	c, code := tf.dial(stderr)
 	if code != exitOK {

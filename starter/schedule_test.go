@@ -17,6 +17,7 @@ import (
 	"go.temporal.io/sdk/converter"
 
 	"github.com/bulkflow/bulkflow/internal/codec"
+	"github.com/bulkflow/bulkflow/workflows"
 )
 
 func scheduleCmd(args ...string) (int, string, string) {
@@ -160,7 +161,9 @@ func TestScheduleCreateInvalid(t *testing.T) {
 		{"bad since", append([]string{"--every", "1h", "--since", "yesterday"}, ok...), "FHIR instant"},
 		{"bad type", append([]string{"--every", "1h", "--types", "patient"}, ok...), "not a FHIR resource type"},
 		{"positional argument", append([]string{"--every", "1h", "nightly"}, ok...), "unexpected argument"},
-		{"unknown flag", append([]string{"--every", "1h", "--until", "2024-01-01T00:00:00Z"}, ok...), "flag provided but not defined"},
+		{"until with incremental", append([]string{"--every", "1h", "--until", "2024-01-01T00:00:00Z"}, ok...), "do not go together"},
+		{"run folder", append([]string{"--every", "1h", "--run", "r1"}, ok...), "--run does not go with a schedule"},
+		{"unknown flag", append([]string{"--every", "1h", "--bogus"}, ok...), "flag provided but not defined"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -266,7 +269,7 @@ func TestDecodeInput(t *testing.T) {
 	os.WriteFile(keyFile, raw, 0o600)
 	k, _ := codec.NewKey(codec.DefaultKeyID, raw)
 	c, _ := codec.New(k)
-	in := scheduleInput{Incremental: true}
+	in := workflows.ExportInput{Incremental: true}
 	plain, _ := converter.GetDefaultDataConverter().ToPayload(in)
 	sealed, err := codec.DataConverter(c).ToPayload(in)
 	if err != nil {
@@ -292,5 +295,20 @@ func TestDecodeInput(t *testing.T) {
 		if !tc.ok && (err == nil || !strings.Contains(string(got), "--codec-key-file")) {
 			t.Errorf("%s: got %s, want a note asking for --codec-key-file", tc.name, got)
 		}
+	}
+}
+
+// §5: an incremental schedule's summary says where the watermark stands and
+// never advises --since.
+func TestDescribeSaysWhereTheWatermarkStands(t *testing.T) {
+	var b bytes.Buffer
+	printView(&b, scheduleView{ID: "nightly", Incremental: true, Watermark: "2026-11-30T02:00:00Z", WatermarkFrom: "nightly-2026-11-30T02:00:00Z"})
+	if s := b.String(); !strings.Contains(s, "the watermark stands at 2026-11-30T02:00:00Z (committed by nightly-2026-11-30T02:00:00Z)") || strings.Contains(s, "--since") {
+		t.Errorf("incremental:\n%s", s)
+	}
+	b.Reset()
+	printView(&b, scheduleView{ID: "weekly"})
+	if s := b.String(); !strings.Contains(s, "Incremental:      no") {
+		t.Errorf("not incremental:\n%s", s)
 	}
 }

@@ -45,8 +45,12 @@ func runWatermark(args []string, stdout, stderr io.Writer) int {
 	tt := fs.String("transaction-time", "", "set: the new watermark, a FHIR instant not in the future, e.g. 2026-01-02T03:04:05Z")
 	typ := fs.String("type", "", "set, per-type watermarks: the resource type to set (default: every type it has)")
 	asJSON := fs.Bool("json", false, "show: print the watermark objects as JSON")
-	if err := parse(fs, args[1:], synopsis); err != nil {
-		return helpOr(err, stderr)
+	pos, err := parse(fs, args[1:], synopsis)
+	if err == nil && len(pos) > 0 {
+		err = fmt.Errorf("unexpected argument %q: every value is given with a flag", pos[0])
+	}
+	if err != nil {
+		return usageError(stderr, "watermark "+sub, err)
 	}
 	if *out == "" {
 		fmt.Fprintln(stderr, "starter: --out is required (the export's output location)")
@@ -65,6 +69,9 @@ func runWatermark(args []string, stdout, stderr io.Writer) int {
 	if *name != "" && (strings.ContainsAny(*name, `/\`) || !strings.HasPrefix(*name, "watermark-") || !strings.HasSuffix(*name, ".json")) {
 		fmt.Fprintf(stderr, "starter: --name %q: want a file name like watermark-....json, as `starter watermark show` lists\n", *name)
 		return exitUsage
+	}
+	if parseOnly {
+		return exitOK
 	}
 	ctx := context.Background()
 	now := time.Now()

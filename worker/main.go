@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -50,11 +52,15 @@ func main() {
 		"payload encryption key file: workflow inputs, results and failures are stored encrypted in Temporal (see docs/security.md); without it $"+codec.EnvKey+" is used if set")
 	metricsAddr := envflag.String(fs, "metrics-addr", "BULKFLOW_METRICS_ADDR", ":9464",
 		"listen address for Prometheus /metrics (bulkflow and Temporal SDK metrics) and /healthz; empty disables (see docs/metrics.md)")
+	probe := fs.String("probe", "", "only GET this URL and exit 0 on a 2xx answer, else 1: the container healthcheck (the image has no shell or curl), e.g. http://localhost:9464/healthz")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: worker [flags]\n\nRuns bulkflow's Temporal worker. Flags:")
 		fs.PrintDefaults()
 	}
 	fs.Parse(os.Args[1:])
+	if *probe != "" {
+		os.Exit(probeURL(*probe, os.Stderr))
+	}
 
 	logger, err := logging.New(os.Stderr, *logFormat, *logLevel)
 	if err == nil {
@@ -71,6 +77,13 @@ func main() {
 	}
 	reg.AllowUnconfigured = !*strict
 	reg.UserAgent = "bulkflow"
+	// Credentials, TLS files and the output root now, not hours into an export.
+	if err := bulkworker.Preflight(reg, *serversFile, *output); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintln(os.Stderr, "worker:", line)
+		}
+		os.Exit(2)
+	}
 
 	cdc, err := codec.Load(*codecKeyFile)
 	if err != nil {
@@ -105,6 +118,8 @@ func main() {
 		os.Exit(2)
 	}
 	acts.MaxLineBytes = *maxLineMiB << 20
+	aliasServers(rec, *serversFile)
+	rec.CountRunningExports(bulkworker.RunningByPhase(c))
 	if *keysetFile != "" {
 		ks, err := atrest.LoadKeyset(*keysetFile)
 		if err != nil {
@@ -153,6 +168,42 @@ func serveMetrics(addr string, logger *slog.Logger) (rec *metrics.Recorder, stop
 		defer cancel()
 		srv.Shutdown(ctx)
 	}, nil
+}
+
+// aliasServers gives metrics each configured server's base URL, so an
+// export that names the URL counts under the server's name. The file was
+// validated by servers.Load already.
+func aliasServers(rec *metrics.Recorder, path string) {
+	if rec == nil || path == "" {
+		return
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	var f servers.File
+	if json.Unmarshal(b, &f) != nil {
+		return
+	}
+	for _, s := range f.Servers {
+		rec.AliasServer(s.BaseURL, s.Name)
+	}
+}
+
+// probeURL is a healthcheck: GET url within 5 s, exit code 0 on 2xx.
+func probeURL(url string, stderr io.Writer) int {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(stderr, "probe:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		fmt.Fprintln(stderr, "probe:", url, resp.Status)
+		return 1
+	}
+	return 0
 }
 
 // metricsURL says in the start-up log where to scrape.

@@ -15,6 +15,7 @@
 package metrics
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,6 +29,8 @@ import (
 	tallyprom "github.com/uber-go/tally/v4/prometheus"
 	"go.temporal.io/sdk/client"
 	sdktally "go.temporal.io/sdk/contrib/tally"
+
+	"github.com/bulkflow/bulkflow/internal/fhirtypes"
 )
 
 // Other is the label value that stands for anything the guards refuse.
@@ -71,7 +74,12 @@ type Recorder struct {
 	tokens     *prometheus.CounterVec
 	validation *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
+	lastCommit *prometheus.GaugeVec
+	kickoffErr *prometheus.CounterVec
 	sdkErrors  prometheus.Counter
+
+	aliasMu sync.RWMutex
+	aliases map[string]string // normalised base URL -> configured server name
 
 	mu   sync.Mutex
 	seen map[string]map[string]bool // label -> values admitted so far
@@ -107,15 +115,17 @@ func New() *Recorder {
 	r.validation = counter("bulkflow_validation_failures_total", "Downloaded files that failed validation, by reason (truncated, invalid_json, wrong_type, count_mismatch).", "server", "reason")
 	r.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "bulkflow_export_duration_seconds",
-		Help:    "Wall time of finished exports, from kickoff to the final status, by status.",
+		Help:    "Wall time of finished exports, from start to the final status, by status (committed, failed, cancelled).",
 		Buckets: exportBuckets,
 	}, []string{"server", "status"})
+	r.lastCommit = gauge("bulkflow_last_commit_timestamp_seconds", "Unix time of the last export of a server that committed (alert on time() minus this).", "server")
+	r.kickoffErr = counter("bulkflow_kickoff_failures_total", "Failed kick-off attempts of exports, by error type (retried or final).", "server", "reason")
 	r.sdkErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "bulkflow_sdk_metric_errors_total",
 		Help: "Temporal SDK metrics that could not be registered (a name reused with other labels); those metrics are dropped.",
 	})
 	r.reg.MustRegister(r.files, r.resources, r.bytes, r.retries, r.throttled, r.limit, r.inFlight,
-		r.tokens, r.validation, r.duration, r.sdkErrors,
+		r.tokens, r.validation, r.duration, r.lastCommit, r.kickoffErr, r.sdkErrors,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }
@@ -215,7 +225,8 @@ func (r *Recorder) ValidationFailed(server, reason string) {
 }
 
 // ExportFinished observes the duration of a finished export with its final
-// status (e.g. "completed", "failed", "cancelled").
+// status ("committed", "failed", "cancelled"); a committed one also sets the
+// server's last-commit time.
 func (r *Recorder) ExportFinished(server, status string, seconds float64) {
 	if r == nil {
 		return
@@ -223,7 +234,89 @@ func (r *Recorder) ExportFinished(server, status string, seconds float64) {
 	if seconds < 0 {
 		seconds = 0
 	}
-	r.duration.WithLabelValues(r.server(server), r.token("status", status, maxStatus)).Observe(seconds)
+	s := r.server(server)
+	r.duration.WithLabelValues(s, r.token("status", status, maxStatus)).Observe(seconds)
+	if status == "committed" {
+		r.lastCommit.WithLabelValues(s).Set(float64(time.Now().Unix()))
+	}
+}
+
+// KickoffFailed counts a failed kick-off attempt; reason is the error type,
+// e.g. "Transient", "Unauthorized", "BadRequest".
+func (r *Recorder) KickoffFailed(server, reason string) {
+	if r == nil {
+		return
+	}
+	r.kickoffErr.WithLabelValues(r.server(server), r.token("kickoff_reason", reason, maxReasons)).Inc()
+}
+
+// AliasServer makes a configured server's base URL count under its name, so
+// an export that gives the URL and one that names the server share a label.
+func (r *Recorder) AliasServer(baseURL, name string) {
+	if r == nil || baseURL == "" || name == "" {
+		return
+	}
+	r.aliasMu.Lock()
+	defer r.aliasMu.Unlock()
+	if r.aliases == nil {
+		r.aliases = map[string]string{}
+	}
+	r.aliases[normalBase(baseURL)] = name
+}
+
+// normalBase compares base URLs as servers.sameBase does: scheme and host
+// case-insensitive, no trailing slash.
+func normalBase(s string) string {
+	u, err := url.Parse(strings.TrimRight(s, "/"))
+	if err != nil {
+		return s
+	}
+	u.Scheme, u.Host, u.User = strings.ToLower(u.Scheme), strings.ToLower(u.Host), nil
+	u.RawQuery, u.Fragment = "", ""
+	return u.String()
+}
+
+// RunningCounter counts running exports by phase, e.g. from Temporal's
+// visibility store; see CountRunningExports.
+type RunningCounter func(ctx context.Context) (map[string]float64, error)
+
+// CountRunningExports adds bulkflow_exports_running{phase}, asked of count
+// at scrape time (at most every 15 s, bounded by 10 s). Phases count every
+// export of the namespace, not only this worker's: every worker reports the
+// same values (aggregate with max, not sum).
+func (r *Recorder) CountRunningExports(count RunningCounter) {
+	if r == nil || count == nil {
+		return
+	}
+	r.reg.MustRegister(&runningCollector{count: count, desc: prometheus.NewDesc("bulkflow_exports_running",
+		"Exports running now in the namespace, by phase (kickoff, waiting, downloading, committing, ...); the same on every worker.", []string{"phase"}, nil)})
+}
+
+type runningCollector struct {
+	count RunningCounter
+	desc  *prometheus.Desc
+
+	mu   sync.Mutex
+	at   time.Time
+	last map[string]float64
+}
+
+func (c *runningCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *runningCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last == nil || time.Since(c.at) > 15*time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		m, err := c.count(ctx)
+		cancel()
+		if err == nil {
+			c.last, c.at = m, time.Now()
+		}
+	}
+	for phase, n := range c.last {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, n, phase)
+	}
 }
 
 // TemporalMetricsHandler returns the handler to set as
@@ -285,7 +378,7 @@ func nonNegative(n int64) float64 {
 
 // resourceTypeLabel admits FHIR resource type names only.
 func resourceTypeLabel(t string) string {
-	if fhirTypes[t] {
+	if fhirtypes.Known(t) {
 		return t
 	}
 	return Other
@@ -298,6 +391,12 @@ func (r *Recorder) server(name string) string {
 	if rest, ok := strings.CutPrefix(name, "url:"); ok || strings.Contains(name, "://") {
 		if !ok {
 			rest = name
+		}
+		r.aliasMu.RLock()
+		alias, found := r.aliases[normalBase(rest)]
+		r.aliasMu.RUnlock()
+		if found {
+			return r.token("server", alias, maxServers)
 		}
 		u, err := url.Parse(rest)
 		if err != nil || u.Host == "" {

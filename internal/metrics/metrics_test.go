@@ -339,3 +339,30 @@ func TestTemporalSDKEmitsThroughHandler(t *testing.T) {
 		t.Errorf("SDK metrics clashed: %v", m.GetCounter().GetValue())
 	}
 }
+
+// §6: a committed export sets its server's last-commit time, a failed one
+// does not; a server's base URL counts under its configured name.
+func TestLastCommitAndOneLabelPerServer(t *testing.T) {
+	r := New()
+	r.AliasServer("https://ehr.example.org/fhir/", "epic")
+	before := float64(time.Now().Unix())
+	r.ExportFinished("url:https://EHR.example.org/fhir", "committed", 10)
+	r.ExportFinished("epic", "failed", 5)
+	r.ExportFinished("url:https://other.example.org/fhir", "failed", 5)
+	r.KickoffFailed("https://ehr.example.org/fhir", "Transient")
+	fams := scrape(t, r)
+	if v := value(t, fams, "bulkflow_last_commit_timestamp_seconds", map[string]string{"server": "epic"}); v < before {
+		t.Errorf("last commit %v, want at least %v", v, before)
+	}
+	if _, ok := series(fams, "bulkflow_last_commit_timestamp_seconds", map[string]string{"server": "url:other.example.org"}); ok {
+		t.Error("a failed export set the last-commit time")
+	}
+	for _, status := range []string{"committed", "failed"} {
+		if v := value(t, fams, "bulkflow_export_duration_seconds", map[string]string{"server": "epic", "status": status}); v != 1 {
+			t.Errorf("duration{epic,%s} count %v", status, v)
+		}
+	}
+	if v := value(t, fams, "bulkflow_kickoff_failures_total", map[string]string{"server": "epic", "reason": "Transient"}); v != 1 {
+		t.Errorf("kick-off failures %v", v)
+	}
+}

@@ -1,10 +1,54 @@
-package metrics
+// Package fhirtypes knows the names of FHIR's resource types, for checking
+// what users and servers write (the CLI's --types, metric labels).
+package fhirtypes
 
-// fhirTypes are the resource type names a bulkflow_*{type} label may carry:
-// FHIR R4 (4.0.1), R4B and R5 resource types. Anything else a server puts in
-// a manifest's "type" (a typo, a custom type, a path) is counted as "other",
-// so one odd server cannot blow up the number of series.
-var fhirTypes = setOf(
+import "strings"
+
+// Known reports whether name is a FHIR R4 (4.0.1), R4B or R5 resource type.
+// Case matters, as in FHIR.
+func Known(name string) bool { return names[name] }
+
+// Suggest returns the known type nearest to name (a case slip or a typo of
+// one or two letters), or "" when none is close.
+func Suggest(name string) string {
+	best, bestD := "", 3
+	for n := range names {
+		if strings.EqualFold(n, name) {
+			return n
+		}
+		if d := distance(strings.ToLower(n), strings.ToLower(name)); d < bestD || d == bestD && n < best {
+			best, bestD = n, d
+		}
+	}
+	if bestD > 2 {
+		return ""
+	}
+	return best
+}
+
+// distance is the Levenshtein distance of a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// names are FHIR R4 (4.0.1), R4B and R5 resource types.
+var names = setOf(
 	// R4
 	"Account", "ActivityDefinition", "AdverseEvent", "AllergyIntolerance",
 	"Appointment", "AppointmentResponse", "AuditEvent", "Basic", "Binary",
