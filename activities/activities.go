@@ -162,14 +162,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	if err != nil {
 		return KickoffResult{}, err
 	}
-	req := bulk.KickoffRequest{
-		Level: bulk.Level(in.Level), GroupID: in.Group, Types: in.Types, Since: in.Since, Until: in.Until,
-		Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients, OutputFormat: in.OutputFormat,
-		IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient,
-	}
-	if req.Level == "" {
-		req.Level = bulk.LevelSystem
-	}
+	req := in.Request()
 	if err := req.Validate(); err != nil {
 		return KickoffResult{}, permanent("InvalidInput", err)
 	}

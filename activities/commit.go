@@ -45,13 +45,19 @@ type ManifestFile struct {
 	Source int `json:"source"`
 }
 
-// Totals sums a run.
+// Totals sums a run: in the run manifest, the workflow's result and its
+// progress (one type for all three; its methods are in types.go).
 type Totals struct {
 	Files     int              `json:"files"`
 	Bytes     int64            `json:"bytes"`
 	Resources map[string]int64 `json:"resources"`         // output resources by type
 	Deleted   map[string]int64 `json:"deleted,omitempty"` // deletions by type
 	Issues    map[string]int64 `json:"issues,omitempty"`  // error[] OperationOutcome issues by severity
+	// Retries counts download attempts beyond the first (workflow result only).
+	Retries int `json:"retries,omitempty"`
+	// Unsubsetted counts resources that lack the SUBSETTED tag although
+	// _elements was asked (a lenient server ignored it).
+	Unsubsetted int64 `json:"unsubsetted,omitempty"`
 }
 
 // Commit writes the run manifest from the staged chunk records and promotes

@@ -1,6 +1,10 @@
 package activities
 
-import "time"
+import (
+	"time"
+
+	"github.com/bulkflow/bulkflow/internal/bulk"
+)
 
 // The inputs and results below travel through Temporal history. They hold
 // URLs, counts, names and paths only: never resource content, tokens or
@@ -35,6 +39,21 @@ type KickoffInput struct {
 	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
 	Method                string   `json:"method,omitempty"`
 	Lenient               bool     `json:"lenient,omitempty"`
+}
+
+// Request is the protocol client's kick-off request. The workflow validates
+// its input with the same value (bulk.KickoffRequest.Validate), so what the
+// workflow accepts the activity accepts too.
+func (in KickoffInput) Request() bulk.KickoffRequest {
+	r := bulk.KickoffRequest{
+		Level: bulk.Level(in.Level), GroupID: in.Group, Types: in.Types, Since: in.Since, Until: in.Until,
+		Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients, OutputFormat: in.OutputFormat,
+		IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient,
+	}
+	if r.Level == "" {
+		r.Level = bulk.LevelSystem
+	}
+	return r
 }
 
 // KickoffResult is where to poll.
@@ -160,4 +179,42 @@ type DeleteJobInput struct {
 	ServerRef
 	Target
 	StatusURL string `json:"statusURL"`
+}
+
+// Add counts one downloaded file.
+func (t *Totals) Add(f FileResult) {
+	t.Files++
+	t.Unsubsetted += f.Unsubsetted
+	t.Bytes += f.Bytes
+	if f.Attempt > 1 {
+		t.Retries += int(f.Attempt - 1)
+	}
+	switch f.Kind {
+	case KindOutput:
+		t.Resources = AddCounts(t.Resources, map[string]int64{f.Type: f.Resources})
+	case KindDeleted:
+		t.Deleted = AddCounts(t.Deleted, f.Deleted)
+	case KindError:
+		t.Issues = AddCounts(t.Issues, f.Severity)
+	}
+}
+
+// Merge adds o into t.
+func (t *Totals) Merge(o Totals) {
+	t.Files += o.Files
+	t.Unsubsetted += o.Unsubsetted
+	t.Bytes += o.Bytes
+	t.Retries += o.Retries
+	t.Resources = AddCounts(t.Resources, o.Resources)
+	t.Deleted = AddCounts(t.Deleted, o.Deleted)
+	t.Issues = AddCounts(t.Issues, o.Issues)
+}
+
+// ResourceCount sums resources over types.
+func (t Totals) ResourceCount() int64 {
+	var n int64
+	for _, v := range t.Resources {
+		n += v
+	}
+	return n
 }

@@ -157,8 +157,8 @@ func TestScheduleCreateInvalid(t *testing.T) {
 		{"bad catch-up", append([]string{"--every", "1h", "--catchup-window", "soon"}, ok...), "--catchup-window"},
 		{"catch-up below Temporal's minimum", append([]string{"--every", "1h", "--catchup-window", "5s"}, ok...), "at least 10s"},
 		{"no server", []string{"--id", "s", "--every", "1h"}, `give "server"`},
-		{"bad since", append([]string{"--every", "1h", "--since", "yesterday"}, ok...), "FHIR instant"},
-		{"bad type", append([]string{"--every", "1h", "--types", "patient"}, ok...), "not a FHIR resource type"},
+		{"bad since", append([]string{"--every", "1h", "--since", "yesterday"}, ok...), "RFC 3339 instant"},
+		{"bad type", append([]string{"--every", "1h", "--types", "patient"}, ok...), "not a resource type name"},
 		{"positional argument", append([]string{"--every", "1h", "nightly"}, ok...), "unexpected argument"},
 		{"unknown flag", append([]string{"--every", "1h", "--until", "2024-01-01T00:00:00Z"}, ok...), "flag provided but not defined"},
 	}

@@ -86,7 +86,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 				return
 			}
 			results = append(results, r)
-			totals.add(r)
+			totals.Add(r)
 			if parent != nil && workflow.Now(ctx).Sub(lastSignal) >= progressEvery {
 				lastSignal = workflow.Now(ctx)
 				// Best effort: progress only, so the signal's outcome is not awaited.
