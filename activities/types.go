@@ -117,9 +117,13 @@ type Group struct {
 type DownloadInput struct {
 	ServerRef
 	Target
-	Index       int    `json:"index"`
-	PlanVersion int    `json:"planVersion,omitempty"`
-	Layout      Layout `json:"layout,omitempty"`
+	Index       int `json:"index"`
+	PlanVersion int `json:"planVersion,omitempty"`
+	// Generation numbers the plan this download belongs to: it grows with
+	// every restart and manifest refresh of the export, so staging can keep
+	// a replaced plan's late writers apart from the current plan's files.
+	Generation int    `json:"generation,omitempty"`
+	Layout     Layout `json:"layout,omitempty"`
 }
 
 // FileResult describes one staged file. It is what the run manifest lists.

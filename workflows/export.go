@@ -314,7 +314,7 @@ func (r *exportRun) downloadChunk() (finished bool, err error) {
 		WaitForCancellation: true,
 		ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
 	})
-	in := ChunkInput{ServerRef: r.ref, Target: r.target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion,
+	in := ChunkInput{ServerRef: r.ref, Target: r.target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion, Generation: st.Generation,
 		Layout: r.set.Layout, Concurrency: r.set.Concurrency, MaxAttempts: r.set.MaxFileAttempts, HeartbeatTimeout: r.set.HeartbeatTimeout,
 		Groups: groupsIn(st.Plan.Groups, first, count)}
 	var cr ChunkResult
@@ -323,6 +323,14 @@ func (r *exportRun) downloadChunk() (finished bool, err error) {
 	r.child, r.live = "", Totals{}
 	if isType(err, activities.ErrFileGone) {
 		return false, r.refreshPlan("a file link expired")
+	}
+	var ce *temporal.CanceledError
+	if errors.As(err, &ce) && ce.HasDetails() {
+		// The files the chunk finished before the cancellation.
+		var part ChunkResult
+		if ce.Details(&part) == nil {
+			st.Totals.Merge(part.Totals)
+		}
 	}
 	if err != nil {
 		return false, fmt.Errorf("download: %w", err)
@@ -478,6 +486,7 @@ func (r *exportRun) restart(why string, cause error) error {
 		return err
 	}
 	st.StatusURL, st.Plan, st.NextChunk, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, Totals{}, 0, 0
+	st.Generation++
 	r.live = Totals{}
 	return nil
 }
@@ -503,6 +512,7 @@ func (r *exportRun) refreshPlan(why string) error {
 		return r.restart(why+"; the re-fetched manifest lists different files", nil)
 	}
 	st.PlanVersion++
+	st.Generation++
 	st.Plan = pr.Plan
 	st.Warnings = append(st.Warnings, fmt.Sprintf("%s; fresh links were fetched from the manifest (refresh %d)", why, st.Refreshes))
 	return nil

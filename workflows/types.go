@@ -121,10 +121,13 @@ type ResumeState struct {
 	Totals    Totals           `json:"totals"`
 	Progress  string           `json:"serverProgress,omitempty"`
 	// PlanVersion counts manifest refreshes of this job (fresh links).
-	PlanVersion int      `json:"planVersion,omitempty"`
-	Refreshes   int      `json:"refreshes,omitempty"`
-	Restarts    int      `json:"restarts,omitempty"`
-	Warnings    []string `json:"warnings,omitempty"`
+	PlanVersion int `json:"planVersion,omitempty"`
+	// Generation counts every plan this export had (restarts and
+	// refreshes); it never goes back, unlike PlanVersion.
+	Generation int      `json:"generation,omitempty"`
+	Refreshes  int      `json:"refreshes,omitempty"`
+	Restarts   int      `json:"restarts,omitempty"`
+	Warnings   []string `json:"warnings,omitempty"`
 }
 
 // Totals are the running sums of a run: the same type the run manifest uses.

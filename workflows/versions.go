@@ -11,4 +11,7 @@ const (
 	// Version 1: the server's job is deleted once its files are staged,
 	// before the commit (version 0: after the commit).
 	versionDeleteBeforeCommit = "delete-job-before-commit"
+	// Version 1 (DownloadChunkWorkflow): cancelled downloads are waited for
+	// (WaitForCancellation) before the chunk ends.
+	versionWaitDownloadCancel = "wait-download-cancellation"
 )
