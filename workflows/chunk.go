@@ -66,12 +66,12 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: int32(max(1, in.MaxAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
 	}
-	if workflow.GetVersion(ctx, versionWaitDownloadCancel, workflow.DefaultVersion, 1) >= 1 {
-		// A cancelled download is waited for until its activity confirms
-		// (it notices through its next heartbeat): only then may the
-		// parent remove staged files, so no late writer outlives cleanup.
-		base.WaitForCancellation = true
-	}
+	// Version 1: a cancelled download is waited for until its activity
+	// confirms (it notices through its next heartbeat): only then may the
+	// parent remove staged files, so no late writer outlives cleanup. And
+	// once cancelled, no new download starts.
+	waitCancel := workflow.GetVersion(ctx, versionWaitDownloadCancel, workflow.DefaultVersion, 1) >= 1
+	base.WaitForCancellation = waitCancel
 	wctx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	sel := workflow.NewSelector(ctx)
@@ -109,8 +109,9 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		c.Receive(ctx, &n)
 		conc = max(1, n)
 	})
-	for next, end := in.First, in.First+in.Count; next < end && failed == nil; {
-		for pending < conc && next < end {
+	stopped := func() bool { return failed != nil || waitCancel && ctx.Err() != nil }
+	for next, end := in.First, in.First+in.Count; next < end && !stopped(); {
+		for pending < conc && next < end && !stopped() {
 			start(next)
 			next++
 		}

@@ -568,6 +568,7 @@ func minimisationWarnings(in ExportInput, st *ResumeState) []string {
 			asked[t] = true
 		}
 		var extra []string
+		//workflowcheck:ignore the types are sorted below
 		for typ := range st.Totals.Resources {
 			if !asked[typ] && st.Totals.Resources[typ] > 0 {
 				extra = append(extra, typ)

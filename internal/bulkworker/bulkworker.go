@@ -40,6 +40,10 @@ func New(c client.Client, taskQueue string, acts *activities.Activities, maxActi
 		// Let in-flight downloads notice the shutdown and stop cleanly; their
 		// retries resume on another worker.
 		WorkerStopTimeout: 30e9,
+		// A cancelled download learns of it from its next heartbeat's
+		// response: at most this long, so a cancelled export's cleanup
+		// (which waits for its downloads) follows within seconds.
+		MaxHeartbeatThrottleInterval: 5e9,
 	})
 	Register(w, acts)
 	return w
