@@ -26,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.temporal.io/sdk/activity"
 
@@ -195,7 +196,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 			// BD2 L306: without Retry-After, clients SHOULD back off exponentially.
 			wait = bulk.Backoff(in.Poll, 2*time.Second, time.Minute)
 		}
-		return PollResult{Progress: st.Progress, Wait: wait}, nil
+		return PollResult{Progress: clipText(st.Progress, 256), Wait: wait}, nil
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)
 	if err != nil {
@@ -214,10 +215,26 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	a.cachePlan(in.Target, in.PlanVersion, p)
 	sum := summarize(p)
+	res := PollResult{Done: true, Progress: clipText(st.Progress, 256), Plan: &sum}
+	if b, _ := json.Marshal(res); len(b) > maxPollResult {
+		// Only server-supplied strings can still be this long.
+		return PollResult{}, permanent("PayloadTooLarge", fmt.Errorf("the manifest summary would be %d bytes in workflow history (limit %d): the server's manifest has an oversized transactionTime or request; report it to the server's operators", len(b), maxPollResult))
+	}
 	rec.Emit("manifest", map[string]any{"transactionTime": p.TransactionTime, "requiresAccessToken": p.RequiresAccessToken,
 		"outputFileCount": len(m.Output), "errorFileCount": len(m.Error), "deletedFileCount": len(m.Deleted), "expectedResources": sum.ExpectedResources})
 	a.Logger.Info("export ready", "server", serverName(in.ServerRef), "files", sum.Files, "transaction_time", p.TransactionTime)
-	return PollResult{Done: true, Progress: st.Progress, Plan: &sum}, nil
+	return res, nil
+}
+
+// clipText bounds a server-supplied string kept in workflow history.
+func clipText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 var resourceTypeName = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
@@ -268,7 +285,7 @@ func buildPlan(m *bulk.Manifest, expires time.Time) (*plan, error) {
 }
 
 func summarize(p *plan) Plan {
-	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
+	s := Plan{TransactionTime: p.TransactionTime, Request: clipText(stripQuery(p.Request), 2048), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files)}
 	for i, f := range p.Files {
 		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
 			s.Groups[n-1].Count++
@@ -278,6 +295,14 @@ func summarize(p *plan) Plan {
 		if f.Kind == KindOutput && f.HasCount {
 			s.ExpectedResources += f.Count
 		}
+	}
+	h := sha256.New()
+	for _, g := range s.Groups {
+		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\n", g.Kind, g.Type, g.First, g.Count)
+	}
+	s.Digest = hex.EncodeToString(h.Sum(nil))[:32]
+	if len(s.Groups) > MaxPlanGroups {
+		s.GroupsOmitted, s.Groups = len(s.Groups), nil
 	}
 	return s
 }

@@ -100,10 +100,25 @@ type Plan struct {
 	RequiresAccessToken bool      `json:"requiresAccessToken"`
 	Expires             time.Time `json:"expires,omitempty"`
 	Files               int       `json:"files"`
-	Groups              []Group   `json:"groups,omitempty"`
+	// Groups name the files for people (activity summaries). A manifest of
+	// more than MaxPlanGroups groups (one per kind and type) leaves them out:
+	// the plan must stay small in history whatever the server sends.
+	Groups        []Group `json:"groups,omitempty"`
+	GroupsOmitted int     `json:"groupsOmitted,omitempty"`
+	// Digest hashes every group: a re-fetched manifest for the same job
+	// must have the same one.
+	Digest string `json:"digest,omitempty"`
 	// ExpectedResources sums the manifest counts of output files that have one.
 	ExpectedResources int64 `json:"expectedResources"`
 }
+
+// MaxPlanGroups bounds the groups a plan summary carries through workflow
+// history (about 100 bytes each).
+const MaxPlanGroups = 1000
+
+// maxPollResult bounds a PollStatus result: far below Temporal's 2 MB
+// payload limit, whatever the manifest holds.
+const maxPollResult = 256 << 10
 
 // Group is a run of plan files of one kind and type.
 type Group struct {

@@ -535,7 +535,13 @@ func (r *exportRun) continueAsNew() error {
 }
 
 func samePlan(a, b *activities.Plan) bool {
-	if a.Files != b.Files || a.TransactionTime != b.TransactionTime || len(a.Groups) != len(b.Groups) {
+	if a.Files != b.Files || a.TransactionTime != b.TransactionTime {
+		return false
+	}
+	if a.Digest != "" && b.Digest != "" {
+		return a.Digest == b.Digest
+	}
+	if len(a.Groups) != len(b.Groups) {
 		return false
 	}
 	for i := range a.Groups {
