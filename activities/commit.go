@@ -9,6 +9,8 @@ import (
 	"sort"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+
 	"github.com/bulkflow/bulkflow/internal/sink"
 )
 
@@ -63,6 +65,11 @@ type Totals struct {
 // Commit writes the run manifest from the staged chunk records and promotes
 // the run. Safe to retry: the sink completes an interrupted commit.
 func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
+	// A commit can take minutes (GCS copies every object): heartbeats all
+	// along let the workflow's short heartbeat timeout notice a worker that
+	// died mid-commit in seconds, and retry it (the sink resumes it).
+	stop := heartbeatAlways(ctx, cmp.Or(a.HeartbeatEvery, 5*time.Second))
+	defer stop()
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
 		return CommitResult{}, err
@@ -123,6 +130,28 @@ func (a *Activities) finishCommit(ctx context.Context, s sink.Sink, in CommitInp
 		}
 	}
 	return res, nil
+}
+
+// heartbeatAlways heartbeats at once and then every interval until stopped.
+func heartbeatAlways(ctx context.Context, every time.Duration) (stop func()) {
+	if !activity.IsActivity(ctx) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	activity.RecordHeartbeat(ctx)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				activity.RecordHeartbeat(ctx)
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 func stringOf(v any) string {

@@ -19,6 +19,10 @@ var a *activities.Activities
 
 const chunkProgressSignal = "chunk-progress"
 
+// commitHeartbeatTimeout is how long a silent commit (its worker died) goes
+// unnoticed.
+const commitHeartbeatTimeout = 30 * time.Second
+
 // BulkExportWorkflow runs one FHIR Bulk Data export: kick-off, durable
 // polling, downloads in child workflows, commit, and DELETE of the job.
 //
@@ -389,7 +393,10 @@ func (r *exportRun) releaseJobEarly() {
 func (r *exportRun) commit() (activities.CommitResult, error) {
 	r.setPhase(PhaseCommitting, "**Committing** the run: promoting staged files, then _manifest.json")
 	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
-		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
+		// The commit heartbeats every few seconds: a worker that dies
+		// mid-commit is noticed in 30 s, not after the hour.
+		HeartbeatTimeout: commitHeartbeatTimeout,
+		RetryPolicy:      &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
 	var wm *activities.WatermarkUpdate
 	if r.in.Until == "" {
 		// A run bounded by _until holds no promise about later changes.
