@@ -151,11 +151,18 @@ func (a *Activities) client(ref ServerRef) (*bulk.Client, error) {
 	return c, nil
 }
 
-// Kickoff starts the export and returns its status URL.
+// Kickoff starts the export and returns its status URL. One attempt: the
+// workflow drives retries (it shows them in the progress query and bounds
+// them).
 //
-// A kickoff whose response is lost after the server accepted it cannot be
-// detected by the protocol; servers that allow one export per client answer
-// the retry with 429, which we wait out.
+// A kick-off whose 202 is lost (a network error after the server accepted
+// it) leaves a job whose status URL bulkflow never learns, so it cannot be
+// polled or DELETEd: the Bulk Data protocol has no way to find it. The
+// retry starts a new job; servers that allow one export per client answer
+// it with 429 until the lost job expires, which the workflow waits out
+// (429s do not count against the kick-off's 10 attempts, only against the
+// retry deadline). The audit log records every kick-off attempt, so an
+// operator can match orphaned jobs on the server's side.
 func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResult, error) {
 	ctx, _, finish := a.begin(ctx, in.ServerRef, in.Target)
 	defer finish()
@@ -193,9 +200,13 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	if !st.Done {
 		wait := st.RetryAfter
 		if wait <= 0 {
-			// BD2 L306: without Retry-After, clients SHOULD back off exponentially.
-			wait = bulk.Backoff(in.Poll, 2*time.Second, time.Minute)
+			// BD2 L306: without Retry-After, clients SHOULD back off
+			// exponentially. Half the ceiling is fixed, so jitter never
+			// turns into a burst of polls.
+			c := bulk.BackoffCeiling(in.Poll, 2*time.Second, time.Minute)
+			wait = c/2 + bulk.Backoff(in.Poll, 2*time.Second, time.Minute)/2
 		}
+		wait = max(wait, minPollWait)
 		return PollResult{Progress: clipText(st.Progress, 256), Wait: wait}, nil
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
@@ -94,5 +95,39 @@ func TestOversizedManifestSummaryIsPermanent(t *testing.T) {
 	var ae *temporal.ApplicationError
 	if !errors.As(err, &ae) || !ae.NonRetryable() {
 		t.Errorf("an oversized summary must not be retried: %v", err)
+	}
+}
+
+// Polls without Retry-After have a floor and back off: jitter never turns
+// into a burst of millisecond polls.
+func TestPollWaitHasAFloorAndBacksOff(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Progress", "working")
+		w.WriteHeader(http.StatusAccepted) // no Retry-After
+	}))
+	defer srv.Close()
+	reg, _ := servers.Load("")
+	acts := New(reg, t.TempDir(), nil)
+	var env testsuite.WorkflowTestSuite
+	wait := func(poll int) time.Duration {
+		aenv := env.NewTestActivityEnvironment()
+		aenv.RegisterActivity(acts)
+		v, err := aenv.ExecuteActivity(acts.PollStatus, PollInput{ServerRef: ServerRef{BaseURL: srv.URL}, Target: Target{Run: "run"}, StatusURL: srv.URL + "/status/1", Poll: poll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r PollResult
+		if err := v.Get(&r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Wait
+	}
+	for range 50 {
+		if w := wait(0); w < time.Second {
+			t.Fatalf("first poll waits %s: want at least 1s", w)
+		}
+		if w := wait(6); w < 30*time.Second {
+			t.Fatalf("seventh poll waits %s: want at least half the 1-minute ceiling", w)
+		}
 	}
 }

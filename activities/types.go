@@ -112,6 +112,10 @@ type Plan struct {
 	ExpectedResources int64 `json:"expectedResources"`
 }
 
+// minPollWait is the shortest wait between status polls, whatever the
+// server's Retry-After says.
+const minPollWait = time.Second
+
 // MaxPlanGroups bounds the groups a plan summary carries through workflow
 // history (about 100 bytes each).
 const MaxPlanGroups = 1000

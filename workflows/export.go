@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sort"
@@ -74,6 +75,7 @@ type exportRun struct {
 	failure    string
 	child      string // the running chunk's workflow ID
 	jobDeleted bool
+	retry      *RetryInfo // the step being retried now, for the progress query
 }
 
 // startExport validates the input, resolves what must not change for the
@@ -181,7 +183,7 @@ func (r *exportRun) sofar() Totals {
 func (r *exportRun) progress() Progress {
 	t := r.sofar()
 	p := Progress{Phase: r.phase, Run: r.st.Run, ServerProgress: r.st.Progress, Polls: r.st.Polls, Retries: t.Retries,
-		FilesDone: t.Files, Bytes: t.Bytes, Resources: t.ResourceCount(), Error: r.failure}
+		FilesDone: t.Files, Bytes: t.Bytes, Resources: t.ResourceCount(), Error: r.failure, Retrying: r.retry}
 	if r.st.Plan != nil {
 		p.FilesTotal, p.ExpectedResources, p.TransactionTime = r.st.Plan.Files, r.st.Plan.ExpectedResources, r.st.Plan.TransactionTime
 	}
@@ -203,6 +205,17 @@ func (r *exportRun) kickOff() error {
 		return nil
 	}
 	r.setPhase(PhaseKickoff, "**Kick-off**: starting the export on the FHIR server")
+	if r.workflowRetries() {
+		var kr activities.KickoffResult
+		err := r.retrying("kick-off", kickoffAttempts, 5*time.Minute, func(ctx workflow.Context) error {
+			return workflow.ExecuteActivity(ctx, a.Kickoff, r.in.kickoff(r.ref, r.target, r.st.Since)).Get(r.ctx, &kr)
+		})
+		if err != nil {
+			return fmt.Errorf("kick-off: %w", err)
+		}
+		r.st.StatusURL = kr.StatusURL
+		return nil
+	}
 	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 5 * time.Minute,
 		// 429 "export already running" is waited out (NextRetryDelay from
@@ -232,10 +245,98 @@ func (r *exportRun) pollCtx() workflow.Context {
 
 func (r *exportRun) poll(planVersion int) (activities.PollResult, error) {
 	var pr activities.PollResult
-	err := workflow.ExecuteActivity(r.pollCtx(), a.PollStatus, activities.PollInput{ServerRef: r.ref, Target: r.target,
-		StatusURL: r.st.StatusURL, Poll: r.st.Polls, PlanVersion: planVersion}).Get(r.ctx, &pr)
+	in := activities.PollInput{ServerRef: r.ref, Target: r.target, StatusURL: r.st.StatusURL, Poll: r.st.Polls, PlanVersion: planVersion}
+	var err error
+	if r.workflowRetries() {
+		err = r.retrying("status", 0, 10*time.Minute, func(ctx workflow.Context) error {
+			return workflow.ExecuteActivity(ctx, a.PollStatus, in).Get(r.ctx, &pr)
+		})
+	} else {
+		err = workflow.ExecuteActivity(r.pollCtx(), a.PollStatus, in).Get(r.ctx, &pr)
+	}
 	r.st.Polls++
 	return pr, err
+}
+
+// kickoffAttempts bounds kick-off tries that fail for other reasons than
+// "busy" (429): each could leave a job on the server if its 202 was lost,
+// and a kick-off that fails ten times in a row will not get better.
+const kickoffAttempts = 10
+
+// workflowRetries reports whether this run drives kick-off and status
+// retries itself (version 1) rather than leaving them to activity retry
+// policies, which nobody can see from the progress query.
+func (r *exportRun) workflowRetries() bool {
+	return workflow.GetVersion(r.ctx, versionWorkflowRetries, workflow.DefaultVersion, 1) >= 1
+}
+
+// retrying runs one attempt of a step per activity and retries failures
+// that may pass on durable timers: the server's Retry-After when it gave
+// one, else exponential backoff (2 s to 5 min). While it waits, the
+// progress query and the UI show the attempt, the last error and the next
+// try. It gives up, non-retryably, when the step has failed for longer than
+// the retry deadline (options.retryDeadline), or after maxAttempts failures
+// other than 429 (0: no such bound).
+func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration, try func(workflow.Context) error) error {
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: timeout,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 1}, Summary: step})
+	deadline := cmp.Or(r.set.RetryDeadline, defaultRetryDeadline)
+	defer func() { r.retry = nil }()
+	var first time.Time
+	failures := 0
+	for attempt := 1; ; attempt++ {
+		err := try(ctx)
+		if err == nil || !mayPass(err) {
+			return err
+		}
+		now := workflow.Now(r.ctx)
+		if attempt == 1 {
+			first = now
+		}
+		var ae *temporal.ApplicationError
+		last := err.Error()
+		if errors.As(err, &ae) {
+			last = ae.Error()
+		}
+		if !isType(err, activities.ErrRateLimited) {
+			failures++
+		}
+		wait := min(2*time.Second<<min(attempt-1, 10), 5*time.Minute)
+		if ae != nil && ae.NextRetryDelay() > 0 {
+			wait = ae.NextRetryDelay()
+		}
+		if maxAttempts > 0 && failures >= maxAttempts || now.Add(wait).Sub(first) > deadline {
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s kept failing for %s (%d attempts, retry deadline %s); last error: %s",
+				step, now.Sub(first).Round(time.Second), attempt, deadline, last), "RetriesExhausted", err)
+		}
+		r.retry = &RetryInfo{Step: step, Attempt: attempt, LastError: last, NextRetry: now.Add(wait)}
+		workflow.SetCurrentDetails(r.ctx, fmt.Sprintf("**%s** failed (attempt %d): %s; next try at %s", step, attempt, last, now.Add(wait).UTC().Format(time.RFC3339)))
+		if err := workflow.NewTimerWithOptions(r.ctx, wait, workflow.TimerOptions{Summary: step + " retry"}).Get(r.ctx, nil); err != nil {
+			return err
+		}
+	}
+}
+
+// mayPass reports whether a failed attempt may succeed if tried again:
+// timeouts and application errors not marked non-retryable.
+func mayPass(err error) bool {
+	if temporal.IsCanceledError(err) {
+		return false
+	}
+	var te *temporal.TimeoutError
+	if errors.As(err, &te) {
+		return true
+	}
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.NonRetryable() {
+		return false
+	}
+	for _, t := range activities.NonRetryable {
+		if ae.Type() == t {
+			return false
+		}
+	}
+	return true
 }
 
 // waitForManifest polls the status URL, sleeping on durable timers, until
@@ -487,6 +588,11 @@ func (r *exportRun) restart(why string, cause error) error {
 	st.Restarts++
 	st.Warnings = append(st.Warnings, fmt.Sprintf("%s; the export was run again (restart %d)", why, st.Restarts))
 	workflow.GetLogger(r.ctx).Warn("restarting the export", "why", why)
+	if st.StatusURL != "" && !r.set.KeepJob && workflow.GetVersion(r.ctx, versionDeleteAbandonedJob, workflow.DefaultVersion, 1) >= 1 {
+		// The job is abandoned: tell the server (BD2 L287), best effort; a
+		// job that is already gone answers 404, which counts as deleted.
+		_ = deleteJob(r.ctx, r.ref, r.target, st.StatusURL)
+	}
 	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "drop staged files of the lost job"})
 	if err := workflow.ExecuteActivity(ctx, a.Abort, r.target).Get(r.ctx, nil); err != nil {

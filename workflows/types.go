@@ -85,6 +85,10 @@ type Options struct {
 	// MaxHistoryEvents is the history length at which a run continues as
 	// new even before the server suggests it (default 5000).
 	MaxHistoryEvents int `json:"maxHistoryEvents,omitempty"`
+	// RetryDeadline is how long the kick-off or the status URL may keep
+	// failing (5xx, timeouts, 429s) before the export fails, e.g. "2h"
+	// (default 6h).
+	RetryDeadline string `json:"retryDeadline,omitempty"`
 
 	unknown []string
 }
@@ -101,6 +105,7 @@ type Settings struct {
 	KeepJob          bool              `json:"keepJob,omitempty"`
 	MaxHistoryEvents int               `json:"maxHistoryEvents"`
 	Layout           activities.Layout `json:"layout"`
+	RetryDeadline    time.Duration     `json:"retryDeadline,omitempty"`
 }
 
 // ResumeState is what one workflow run hands the next on continue-as-new:
@@ -250,6 +255,11 @@ func (in *ExportInput) Validate() error {
 			errs = append(errs, fmt.Errorf(`"options.heartbeatTimeout" %q: use a duration of at least 1s, such as "90s"`, o.HeartbeatTimeout))
 		}
 	}
+	if o.RetryDeadline != "" {
+		if d, err := time.ParseDuration(o.RetryDeadline); err != nil || d < time.Minute {
+			errs = append(errs, fmt.Errorf(`"options.retryDeadline" %q: use a duration of at least 1m, such as "2h"`, o.RetryDeadline))
+		}
+	}
 	if o.MaxFileAttempts < 0 {
 		errs = append(errs, fmt.Errorf(`"options.maxFileAttempts" %d must not be negative`, o.MaxFileAttempts))
 	}
@@ -274,6 +284,7 @@ const (
 	defaultMaxFileAttempts  = 10
 	defaultHeartbeatTimeout = 2 * time.Minute
 	defaultMaxHistoryEvents = 5000
+	defaultRetryDeadline    = 6 * time.Hour
 )
 
 // settings resolves the options against today's defaults (validated input).
@@ -284,6 +295,10 @@ func (in *ExportInput) settings() Settings {
 		KeepJob: o.KeepJob, MaxHistoryEvents: cmp.Or(o.MaxHistoryEvents, defaultMaxHistoryEvents), Layout: in.layout()}
 	if d, err := time.ParseDuration(o.HeartbeatTimeout); err == nil {
 		s.HeartbeatTimeout = d
+	}
+	s.RetryDeadline = defaultRetryDeadline
+	if d, err := time.ParseDuration(o.RetryDeadline); err == nil {
+		s.RetryDeadline = d
 	}
 	return s
 }

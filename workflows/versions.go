@@ -14,4 +14,10 @@ const (
 	// Version 1 (DownloadChunkWorkflow): cancelled downloads are waited for
 	// (WaitForCancellation) before the chunk ends.
 	versionWaitDownloadCancel = "wait-download-cancellation"
+	// Version 1: kick-off and status retries are driven by the workflow
+	// (one attempt per activity, durable timers between them), so the
+	// progress query shows them and a deadline bounds them.
+	versionWorkflowRetries = "workflow-driven-retries"
+	// Version 1: a job abandoned by a restart is DELETEd (best effort).
+	versionDeleteAbandonedJob = "delete-abandoned-job"
 )
