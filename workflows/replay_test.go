@@ -16,7 +16,7 @@ import (
 
 // Every history in testdata, recorded from real runs, must replay against
 // the current workflow code: a change that would break running exports
-// fails here. testdata/*.json were recorded by the code before the first
+// fails here. testdata/v0 was recorded by the code before the first
 // GetVersion patch (version N); testdata/corpus/<path>/ holds one
 // directory per path of the workflow, re-recorded with `make replay-record`
 // (testsuite/e2e TestReplayCorpus). See docs/versioning.md.

@@ -87,14 +87,14 @@ func TestNewExportResolvesEverySetting(t *testing.T) {
 		MaxHistoryEvents: 5000, Layout: activities.Layout{Format: "both"}, RetryDeadline: 6 * time.Hour}, in.settings())
 }
 
-// Version N's recorded history (testdata/export-history.json was recorded
+// Version N's recorded history (testdata/v0/export-history.json was recorded
 // before any GetVersion patch existed), cut after every workflow task, is
 // taken over by today's code: at whatever point a worker upgrade lands,
 // the running export continues on the new code without a non-determinism
 // error. testsuite/e2e TestUpgradeMidDownload finishes such an export for
 // real on a newer worker.
 func TestVersionNHistoryContinuesAtEveryPoint(t *testing.T) {
-	f, err := os.Open("testdata/export-history.json")
+	f, err := os.Open("testdata/v0/export-history.json")
 	require.NoError(t, err)
 	defer f.Close()
 	full, err := client.HistoryFromJSON(f, client.HistoryJSONOptions{})
