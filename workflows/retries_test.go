@@ -16,7 +16,6 @@ import (
 	"github.com/bulkflow/bulkflow/activities"
 )
 
-
 // Issue 16 §4: a status URL that keeps answering 5xx fails the export at
 // the retry deadline from the options, not after days, and the last error
 // is visible in the progress query all along.
