@@ -146,7 +146,7 @@ func historyBytes(t *testing.T, id string) ([]byte, []string) {
 	t.Helper()
 	var buf bytes.Buffer
 	var failures []string
-	for _, wid := range []string{id, id + "/chunk-00000"} {
+	for _, wid := range []string{id, chunkIDs(t, id)[0]} {
 		it := tclient.GetWorkflowHistory(context.Background(), wid, "", false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		n := 0
 		for it.HasNext() {

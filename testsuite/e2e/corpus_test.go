@@ -405,3 +405,17 @@ func corpusUpgrade(t *testing.T) []string {
 	}
 	return []string{run.GetID()}
 }
+
+// chunkIDs lists the workflow IDs of the chunks an export's latest run
+// started, in order. Chunk IDs carry the parent run's identity
+// (workflows.chunkID), so tests read them from history.
+func chunkIDs(t *testing.T, exportID string) []string {
+	t.Helper()
+	var ids []string
+	for _, ev := range runHistory(t, exportID, "").Events {
+		if a := ev.GetChildWorkflowExecutionStartedEventAttributes(); a != nil {
+			ids = append(ids, a.GetWorkflowExecution().GetWorkflowId())
+		}
+	}
+	return ids
+}

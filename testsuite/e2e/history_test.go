@@ -68,8 +68,8 @@ func TestHistoryStaysBoundedOnARealServer(t *testing.T) {
 	if parent > 200 {
 		t.Errorf("parent history %d events for %d chunks", parent, files/perChunk)
 	}
-	for c := 0; c < files/perChunk; c++ {
-		n := count(fmt.Sprintf("%s/chunk-%05d", parentID, c))
+	for c, id := range chunkIDs(t, parentID) {
+		n := count(id)
 		t.Logf("chunk %d: %d events for %d files", c, n, perChunk)
 		if bound := 3 + 6*(perChunk+1); n > bound {
 			t.Errorf("chunk %d: %d events, above the model's bound %d that the 20,000-file test relies on", c, n, bound)
