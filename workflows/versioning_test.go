@@ -2,6 +2,7 @@ package workflows
 
 import (
 	"context"
+	"errors"
 	"os"
 	"sync"
 	"testing"
@@ -12,6 +13,8 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
@@ -114,4 +117,24 @@ func TestVersionNHistoryContinuesAtEveryPoint(t *testing.T) {
 		cuts++
 	}
 	require.Greater(t, cuts, 5)
+}
+
+// setConcurrency changes the carried settings: the export keeps the new
+// window after continue-as-new.
+func TestSetConcurrencySurvivesContinueAsNew(t *testing.T) {
+	env := newEnv()
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Wait: time.Hour}, nil)
+	env.RegisterDelayedCallback(func() {
+		env.UpdateWorkflow(SetConcurrencyUpdate, "u1", &testsuite.TestUpdateCallback{
+			OnReject: func(err error) { t.Errorf("rejected: %v", err) }, OnAccept: func() {}, OnComplete: func(any, error) {},
+		}, 3)
+	}, 10*time.Minute)
+	env.RegisterDelayedCallback(func() { env.SetContinueAsNewSuggested(true) }, 30*time.Minute)
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	var can *workflow.ContinueAsNewError
+	require.True(t, errors.As(env.GetWorkflowError(), &can), "want continue-as-new, got %v", env.GetWorkflowError())
+	var next ExportInput
+	require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, &next))
+	require.Equal(t, 3, next.Resume.Settings.Concurrency)
 }
