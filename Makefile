@@ -8,8 +8,11 @@ TEMPORAL_CLI := $(BIN)/temporal
 # v1.5.1 installs from the module proxy; later CLIs use a replace directive
 # that `go install` refuses.
 TEMPORAL_CLI_VERSION := v1.5.1
+# Temporal's static analyser for non-deterministic workflow code.
+WORKFLOWCHECK         := $(BIN)/workflowcheck
+WORKFLOWCHECK_VERSION := v0.6.0
 
-.PHONY: demo test test-short vet bench bench-smoke scale temporal-cli clean
+.PHONY: demo test test-short vet workflowcheck replay-record bench bench-smoke scale temporal-cli clean
 
 $(TEMPORAL_CLI):
 	@echo "Installing the Temporal CLI $(TEMPORAL_CLI_VERSION) into $(BIN) (first run only; builds from source, a few minutes)..."
@@ -17,10 +20,24 @@ $(TEMPORAL_CLI):
 
 temporal-cli: $(TEMPORAL_CLI)
 
+$(WORKFLOWCHECK):
+	GOBIN=$(BIN) $(GO) install go.temporal.io/sdk/contrib/tools/workflowcheck@$(WORKFLOWCHECK_VERSION)
+
+# Non-deterministic calls in workflow code (false positives are listed,
+# with their reasons, in workflowcheck.config.yaml).
+workflowcheck: $(WORKFLOWCHECK)
+	$(WORKFLOWCHECK) -config workflowcheck.config.yaml ./workflows/...
+
+# Re-record the replay corpus (workflows/testdata/corpus) from real runs;
+# `make test` replays it. See docs/versioning.md before re-recording.
+replay-record: $(TEMPORAL_CLI)
+	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) BULKFLOW_RECORD_CORPUS=1 $(GO) test -count=1 -run 'TestReplayCorpus' ./testsuite/e2e/
+
 demo: $(TEMPORAL_CLI)
 	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) $(GO) run ./starter demo
 
-test: $(TEMPORAL_CLI)
+# Includes the replay of every history in workflows/testdata (go test ./workflows/).
+test: $(TEMPORAL_CLI) workflowcheck
 	$(GO) vet ./...
 	BULKFLOW_TEMPORAL_CLI=$(TEMPORAL_CLI) $(GO) test -count=1 -timeout 30m ./...
 

@@ -28,6 +28,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.temporal.io/sdk/activity"
 
@@ -162,11 +163,18 @@ func (a *Activities) client(ref ServerRef) (*bulk.Client, error) {
 	return c, nil
 }
 
-// Kickoff starts the export and returns its status URL.
+// Kickoff starts the export and returns its status URL. One attempt: the
+// workflow drives retries (it shows them in the progress query and bounds
+// them).
 //
-// A kickoff whose response is lost after the server accepted it cannot be
-// detected by the protocol; servers that allow one export per client answer
-// the retry with 429, which we wait out.
+// A kick-off whose 202 is lost (a network error after the server accepted
+// it) leaves a job whose status URL bulkflow never learns, so it cannot be
+// polled or DELETEd: the Bulk Data protocol has no way to find it. The
+// retry starts a new job; servers that allow one export per client answer
+// it with 429 until the lost job expires, which the workflow waits out
+// (429s do not count against the kick-off's 10 attempts, only against the
+// retry deadline). The audit log records every kick-off attempt, so an
+// operator can match orphaned jobs on the server's side.
 func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResult, error) {
 	ctx, _, finish := a.begin(ctx, in.ServerRef, in.Target)
 	defer finish()
@@ -174,14 +182,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	if err != nil {
 		return KickoffResult{}, err
 	}
-	req := bulk.KickoffRequest{
-		Level: bulk.Level(in.Level), GroupID: in.Group, Types: in.Types, Since: in.Since, Until: in.Until,
-		Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients, OutputFormat: in.OutputFormat,
-		IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient,
-	}
-	if req.Level == "" {
-		req.Level = bulk.LevelSystem
-	}
+	req := in.Request()
 	if err := req.Validate(); err != nil {
 		return KickoffResult{}, permanent("InvalidInput", err)
 	}
@@ -211,10 +212,14 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	if !st.Done {
 		wait := st.RetryAfter
 		if wait <= 0 {
-			// BD2 L306: without Retry-After, clients SHOULD back off exponentially.
-			wait = bulk.Backoff(in.Poll, 2*time.Second, time.Minute)
+			// BD2 L306: without Retry-After, clients SHOULD back off
+			// exponentially. Half the ceiling is fixed, so jitter never
+			// turns into a burst of polls.
+			c := bulk.BackoffCeiling(in.Poll, 2*time.Second, time.Minute)
+			wait = c/2 + bulk.Backoff(in.Poll, 2*time.Second, time.Minute)/2
 		}
-		return PollResult{Progress: st.Progress, Wait: wait}, nil
+		wait = max(wait, minPollWait)
+		return PollResult{Progress: clipText(st.Progress, 256), Wait: wait}, nil
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)
 	if err != nil {
@@ -236,10 +241,37 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	a.cachePlan(in.Target, in.PlanVersion, p)
 	sum := summarize(p)
+	res := PollResult{Done: true, Progress: clipText(st.Progress, 256), Plan: &sum}
+	if err := checkPollResultSize(res); err != nil {
+		return PollResult{}, err
+	}
 	rec.Emit("manifest", map[string]any{"transactionTime": p.TransactionTime, "requiresAccessToken": p.RequiresAccessToken,
 		"outputFileCount": len(m.Output), "errorFileCount": len(m.Error), "deletedFileCount": len(m.Deleted), "expectedResources": sum.ExpectedResources})
 	a.Logger.Info("export ready", "server", serverName(in.ServerRef), "files", sum.Files, "transaction_time", p.TransactionTime)
-	return PollResult{Done: true, Progress: st.Progress, Plan: &sum}, nil
+	return res, nil
+}
+
+// checkPollResultSize is the last guard before a result enters workflow
+// history: every server string in it is validated or clipped already, so a
+// result this large is a defect to report, not something to retry.
+func checkPollResultSize(res PollResult) error {
+	if b, _ := json.Marshal(res); len(b) > maxPollResult {
+		return permanent("PayloadTooLarge", fmt.Errorf("the manifest summary would be %d bytes in workflow history (limit %d): the server's manifest has oversized fields; report it to the server's operators", len(b), maxPollResult))
+	}
+	return nil
+}
+
+// clipText bounds a server-supplied string kept in workflow history or an
+// error message, and makes it valid UTF-8.
+func clipText(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 var resourceTypeName = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
@@ -253,7 +285,7 @@ const ClockSkew = 5 * time.Minute
 func ParseInstant(s string) (time.Time, error) {
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil || strings.TrimSpace(s) != s || t.Year() < 1900 {
-		return time.Time{}, fmt.Errorf("%q is not a FHIR instant (like 2026-01-02T03:04:05.678Z)", clipText(s))
+		return time.Time{}, fmt.Errorf("%q is not a FHIR instant (like 2026-01-02T03:04:05.678Z)", clipText(s, 60))
 	}
 	return t, nil
 }
@@ -270,18 +302,6 @@ func CheckWatermarkTime(s string, now time.Time) error {
 		return fmt.Errorf("%s is %s ahead of this worker's clock (more than the %s allowed for clock skew)", s, ahead.Round(time.Second), ClockSkew)
 	}
 	return nil
-}
-
-func clipText(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) > 60 {
-		cut := 57
-		for cut > 0 && s[cut]&0xC0 == 0x80 {
-			cut--
-		}
-		s = s[:cut] + "..."
-	}
-	return s
 }
 
 // buildPlan turns the manifest into the run's plan. Server timestamps are
@@ -360,7 +380,7 @@ func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 }
 
 func summarize(p *plan) Plan {
-	s := Plan{TransactionTime: p.TransactionTime, Request: stripQuery(p.Request), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files), Warnings: p.Warnings, TransactionTimeAhead: p.TransactionTimeAhead}
+	s := Plan{TransactionTime: p.TransactionTime, Request: clipText(stripQuery(p.Request), 2048), RequiresAccessToken: p.RequiresAccessToken, Expires: p.Expires, Files: len(p.Files), Warnings: p.Warnings, TransactionTimeAhead: p.TransactionTimeAhead}
 	for i, f := range p.Files {
 		if n := len(s.Groups); n > 0 && s.Groups[n-1].Kind == f.Kind && s.Groups[n-1].Type == f.Type {
 			s.Groups[n-1].Count++
@@ -370,6 +390,14 @@ func summarize(p *plan) Plan {
 		if f.Kind == KindOutput && f.HasCount {
 			s.ExpectedResources += f.Count
 		}
+	}
+	h := sha256.New()
+	for _, g := range s.Groups {
+		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\n", g.Kind, g.Type, g.First, g.Count)
+	}
+	s.Digest = hex.EncodeToString(h.Sum(nil))[:32]
+	if len(s.Groups) > MaxPlanGroups {
+		s.GroupsOmitted, s.Groups = len(s.Groups), nil
 	}
 	return s
 }

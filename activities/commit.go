@@ -9,6 +9,8 @@ import (
 	"sort"
 	"time"
 
+	"go.temporal.io/sdk/activity"
+
 	"github.com/bulkflow/bulkflow/internal/sink"
 )
 
@@ -45,7 +47,8 @@ type ManifestFile struct {
 	Source int `json:"source"`
 }
 
-// Totals sums a run.
+// Totals sums a run: in the run manifest, the workflow's result and its
+// progress (one type for all three; its methods are in types.go).
 type Totals struct {
 	Files     int              `json:"files"`
 	Bytes     int64            `json:"bytes"`
@@ -55,11 +58,21 @@ type Totals struct {
 	// Failed sums the counts of error[] entries: servers put the number of
 	// resources they could not export there. The run holds the rest.
 	Failed int64 `json:"failed,omitempty"`
+	// Retries counts download attempts beyond the first (workflow result only).
+	Retries int `json:"retries,omitempty"`
+	// Unsubsetted counts resources that lack the SUBSETTED tag although
+	// _elements was asked (a lenient server ignored it).
+	Unsubsetted int64 `json:"unsubsetted,omitempty"`
 }
 
 // Commit writes the run manifest from the staged chunk records and promotes
 // the run. Safe to retry: the sink completes an interrupted commit.
 func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, error) {
+	// A commit can take minutes (GCS copies every object): heartbeats all
+	// along let the workflow's short heartbeat timeout notice a worker that
+	// died mid-commit in seconds, and retry it (the sink resumes it).
+	stop := heartbeatAlways(ctx, cmp.Or(a.HeartbeatEvery, 5*time.Second))
+	defer stop()
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
 		return CommitResult{}, err
@@ -147,6 +160,28 @@ func appendNew(list []string, s string) []string {
 		}
 	}
 	return append(list, s)
+}
+
+// heartbeatAlways heartbeats at once and then every interval until stopped.
+func heartbeatAlways(ctx context.Context, every time.Duration) (stop func()) {
+	if !activity.IsActivity(ctx) {
+		return func() {}
+	}
+	done := make(chan struct{})
+	activity.RecordHeartbeat(ctx)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				activity.RecordHeartbeat(ctx)
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 func stringOf(v any) string {

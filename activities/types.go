@@ -1,6 +1,10 @@
 package activities
 
-import "time"
+import (
+	"time"
+
+	"github.com/bulkflow/bulkflow/internal/bulk"
+)
 
 // The inputs and results below travel through Temporal history. They hold
 // URLs, counts, names and paths only: never resource content, tokens or
@@ -35,6 +39,21 @@ type KickoffInput struct {
 	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
 	Method                string   `json:"method,omitempty"`
 	Lenient               bool     `json:"lenient,omitempty"`
+}
+
+// Request is the protocol client's kick-off request. The workflow validates
+// its input with the same value (bulk.KickoffRequest.Validate), so what the
+// workflow accepts the activity accepts too.
+func (in KickoffInput) Request() bulk.KickoffRequest {
+	r := bulk.KickoffRequest{
+		Level: bulk.Level(in.Level), GroupID: in.Group, Types: in.Types, Since: in.Since, Until: in.Until,
+		Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients, OutputFormat: in.OutputFormat,
+		IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient,
+	}
+	if r.Level == "" {
+		r.Level = bulk.LevelSystem
+	}
+	return r
 }
 
 // KickoffResult is where to poll.
@@ -81,7 +100,14 @@ type Plan struct {
 	RequiresAccessToken bool      `json:"requiresAccessToken"`
 	Expires             time.Time `json:"expires,omitempty"`
 	Files               int       `json:"files"`
-	Groups              []Group   `json:"groups,omitempty"`
+	// Groups name the files for people (activity summaries). A manifest of
+	// more than MaxPlanGroups groups (one per kind and type) leaves them out:
+	// the plan must stay small in history whatever the server sends.
+	Groups        []Group `json:"groups,omitempty"`
+	GroupsOmitted int     `json:"groupsOmitted,omitempty"`
+	// Digest hashes every group: a re-fetched manifest for the same job
+	// must have the same one.
+	Digest string `json:"digest,omitempty"`
 	// ExpectedResources sums the manifest counts of output files that have one.
 	ExpectedResources int64 `json:"expectedResources"`
 	// Warnings about the manifest's timestamps: a transactionTime in the
@@ -93,6 +119,18 @@ type Plan struct {
 	// of the worker's clock; Commit does not advance the watermark to it.
 	TransactionTimeAhead bool `json:"transactionTimeAhead,omitempty"`
 }
+
+// minPollWait is the shortest wait between status polls, whatever the
+// server's Retry-After says.
+const minPollWait = time.Second
+
+// MaxPlanGroups bounds the groups a plan summary carries through workflow
+// history (about 100 bytes each).
+const MaxPlanGroups = 1000
+
+// maxPollResult bounds a PollStatus result: far below Temporal's 2 MB
+// payload limit, whatever the manifest holds.
+const maxPollResult = 256 << 10
 
 // Group is a run of plan files of one kind and type.
 type Group struct {
@@ -106,9 +144,13 @@ type Group struct {
 type DownloadInput struct {
 	ServerRef
 	Target
-	Index       int    `json:"index"`
-	PlanVersion int    `json:"planVersion,omitempty"`
-	Layout      Layout `json:"layout,omitempty"`
+	Index       int `json:"index"`
+	PlanVersion int `json:"planVersion,omitempty"`
+	// Generation numbers the plan this download belongs to: it grows with
+	// every restart and manifest refresh of the export, so staging can keep
+	// a replaced plan's late writers apart from the current plan's files.
+	Generation int    `json:"generation,omitempty"`
+	Layout     Layout `json:"layout,omitempty"`
 }
 
 // FileResult describes one staged file. It is what the run manifest lists.
@@ -174,4 +216,42 @@ type DeleteJobInput struct {
 	ServerRef
 	Target
 	StatusURL string `json:"statusURL"`
+}
+
+// Add counts one downloaded file.
+func (t *Totals) Add(f FileResult) {
+	t.Files++
+	t.Unsubsetted += f.Unsubsetted
+	t.Bytes += f.Bytes
+	if f.Attempt > 1 {
+		t.Retries += int(f.Attempt - 1)
+	}
+	switch f.Kind {
+	case KindOutput:
+		t.Resources = AddCounts(t.Resources, map[string]int64{f.Type: f.Resources})
+	case KindDeleted:
+		t.Deleted = AddCounts(t.Deleted, f.Deleted)
+	case KindError:
+		t.Issues = AddCounts(t.Issues, f.Severity)
+	}
+}
+
+// Merge adds o into t.
+func (t *Totals) Merge(o Totals) {
+	t.Files += o.Files
+	t.Unsubsetted += o.Unsubsetted
+	t.Bytes += o.Bytes
+	t.Retries += o.Retries
+	t.Resources = AddCounts(t.Resources, o.Resources)
+	t.Deleted = AddCounts(t.Deleted, o.Deleted)
+	t.Issues = AddCounts(t.Issues, o.Issues)
+}
+
+// ResourceCount sums resources over types.
+func (t Totals) ResourceCount() int64 {
+	var n int64
+	for _, v := range t.Resources {
+		n += v
+	}
+	return n
 }

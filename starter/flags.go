@@ -69,6 +69,8 @@ func addExportFlags(fs *flag.FlagSet, schedule bool) *exportFlags {
 	fs.IntVar(&in.Options.FilesPerChunk, "files-per-chunk", 0, "files per child workflow (default 500)")
 	fs.IntVar(&in.Options.MaxFileAttempts, "max-file-attempts", 0, "tries of one file before the export fails (default 10)")
 	fs.BoolVar(&in.Options.KeepJob, "keep-job", false, "do not DELETE the server's export job at the end")
+	fs.StringVar(&in.Options.RetryDeadline, "retry-deadline", "", "how long a failing kick-off or status URL is retried before the export fails, e.g. 2h (default 6h)")
+	fs.IntVar(&in.Options.MaxHistoryEvents, "max-history-events", 0, "history length at which a run continues as new (default 5000; for tests)")
 	fs.StringVar(&in.Options.HeartbeatTimeout, "heartbeat-timeout", "", "how long a download may receive nothing before it is retried, e.g. 90s (default 2m)")
 	return f
 }

@@ -15,8 +15,11 @@ import (
 type ChunkInput struct {
 	activities.ServerRef
 	activities.Target
-	Chunk       int               `json:"chunk"`
-	PlanVersion int               `json:"planVersion,omitempty"`
+	Chunk       int `json:"chunk"`
+	PlanVersion int `json:"planVersion,omitempty"`
+	// Generation counts the plans of this export (restarts and refreshes):
+	// downloads of a replaced plan stage apart from the current one's.
+	Generation  int               `json:"generation,omitempty"`
 	Layout      activities.Layout `json:"layout,omitempty"`
 	First       int               `json:"first"`
 	Count       int               `json:"count"`
@@ -63,6 +66,12 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: int32(max(1, in.MaxAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
 	}
+	// Version 1: a cancelled download is waited for until its activity
+	// confirms (it notices through its next heartbeat): only then may the
+	// parent remove staged files, so no late writer outlives cleanup. And
+	// once cancelled, no new download starts.
+	waitCancel := workflow.GetVersion(ctx, versionWaitDownloadCancel, workflow.DefaultVersion, 1) >= 1
+	base.WaitForCancellation = waitCancel
 	wctx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	sel := workflow.NewSelector(ctx)
@@ -73,7 +82,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
-			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Layout: in.Layout})
+			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Generation: in.Generation, Layout: in.Layout})
 		pending++
 		sel.AddFuture(f, func(f workflow.Future) {
 			pending--
@@ -86,7 +95,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 				return
 			}
 			results = append(results, r)
-			totals.add(r)
+			totals.Add(r)
 			if parent != nil && workflow.Now(ctx).Sub(lastSignal) >= progressEvery {
 				lastSignal = workflow.Now(ctx)
 				// Best effort: progress only, so the signal's outcome is not awaited.
@@ -100,8 +109,9 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		c.Receive(ctx, &n)
 		conc = max(1, n)
 	})
-	for next, end := in.First, in.First+in.Count; next < end && failed == nil; {
-		for pending < conc && next < end {
+	stopped := func() bool { return failed != nil || waitCancel && ctx.Err() != nil }
+	for next, end := in.First, in.First+in.Count; next < end && !stopped(); {
+		for pending < conc && next < end && !stopped() {
 			start(next)
 			next++
 		}
@@ -110,8 +120,10 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	for pending > 0 {
 		sel.Select(ctx)
 	}
-	if err := ctx.Err(); err != nil {
-		return ChunkResult{}, err // cancelled: not a file's fault
+	if ctx.Err() != nil {
+		// Cancelled: not a file's fault. The files that had finished go
+		// with the cancellation, so the export's summary counts them.
+		return ChunkResult{}, temporal.NewCanceledError(ChunkResult{Totals: totals})
 	}
 	if failed != nil {
 		return ChunkResult{}, failed

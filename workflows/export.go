@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sort"
@@ -17,11 +18,11 @@ import (
 // a is only used to name activity methods; the worker registers the real one.
 var a *activities.Activities
 
-// maxHistoryEvents is where a run continues as new even if the server has
-// not suggested it yet, keeping every run's history well below the limits.
-const maxHistoryEvents = 5000
-
 const chunkProgressSignal = "chunk-progress"
+
+// commitHeartbeatTimeout is how long a silent commit (its worker died) goes
+// unnoticed.
+const commitHeartbeatTimeout = 30 * time.Second
 
 // BulkExportWorkflow runs one FHIR Bulk Data export: kick-off, durable
 // polling, downloads in child workflows, commit, and DELETE of the job.
@@ -29,66 +30,119 @@ const chunkProgressSignal = "chunk-progress"
 // Polling uses durable timers rather than an activity retried with
 // NextRetryDelay: each poll's X-Progress then reaches the progress query and
 // the UI, and a worker crash mid-wait resumes polling the same status URL
-// (it is in history) instead of starting a second export. Polls cost about
-// five events each; the run continues as new long before that matters.
+// (it is in history) instead of starting a second export. Long waits and
+// many chunks continue as new; the run's state travels in ResumeState.
 func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult, err error) {
+	r, err := startExport(ctx, in) // validate, resolve options and _since once
+	if err != nil {
+		return nil, err
+	}
+	defer func() { err = r.cleanUpAfter(err) }() // failed or cancelled: delete the job, drop staging
+	for !r.downloaded() {
+		// Each step is a no-op once done; a lost job clears them and the
+		// loop starts the export over.
+		if err := r.kickOff(); err != nil {
+			return nil, err
+		}
+		if err := r.waitForManifest(); err != nil {
+			return nil, err
+		}
+		if err := r.download(); err != nil {
+			return nil, err
+		}
+	}
+	r.releaseJobEarly() // version 1: the server's job is done once its files are staged
+	cres, err := r.commit()
+	if err != nil {
+		return nil, err
+	}
+	return r.finish(cres), nil
+}
+
+// exportRun is one run of BulkExportWorkflow: its input, its resumable
+// state and what the progress query shows.
+type exportRun struct {
+	ctx    workflow.Context
+	in     ExportInput
+	st     *ResumeState // what continue-as-new hands on
+	set    *Settings    // st.Settings: resolved once per export
+	ref    activities.ServerRef
+	target activities.Target
+	wmKey  activities.WatermarkKey
+
+	phase      string
+	live       Totals // the running chunk's progress, from its signals
+	failure    string
+	child      string // the running chunk's workflow ID
+	jobDeleted bool
+	retry      *RetryInfo // the step being retried now, for the progress query
+}
+
+// startExport validates the input, resolves what must not change for the
+// rest of the export, and registers the query, update and signal handlers.
+func startExport(ctx workflow.Context, in ExportInput) (*exportRun, error) {
 	if verr := in.Validate(); verr != nil {
 		return nil, temporal.NewNonRetryableApplicationError("invalid export input: "+verr.Error(), "InvalidInput", nil)
 	}
-	opts := in.Options.withDefaults()
-	info := workflow.GetInfo(ctx)
 	st := in.Resume
 	if st == nil {
 		run := in.Run
 		if run == "" {
-			run = RunName(info.WorkflowExecution.ID)
+			run = RunName(workflow.GetInfo(ctx).WorkflowExecution.ID)
 		}
 		st = &ResumeState{StartedAt: workflow.Now(ctx), Run: run}
 	}
-	ref := activities.ServerRef{Server: in.Server, BaseURL: in.BaseURL}
-	target := activities.Target{Output: in.Output, Run: st.Run}
-	wmKey := activities.NewWatermarkKey(in.Server, in.BaseURL, in.Level, in.Group, in.Types, in.TypeFilters, in.Elements, in.Patients, in.WatermarkPerType)
+	if st.Settings == nil {
+		// A new export, or state from a version that did not carry them.
+		s := in.settings()
+		st.Settings = &s
+	}
+	r := &exportRun{ctx: ctx, in: in, st: st, set: st.Settings, phase: PhaseKickoff,
+		ref:    activities.ServerRef{Server: in.Server, BaseURL: in.BaseURL},
+		target: activities.Target{Output: in.Output, Run: st.Run},
+		wmKey:  activities.NewWatermarkKey(in.Server, in.BaseURL, in.Level, in.Group, in.Types, in.TypeFilters, in.Elements, in.Patients, in.WatermarkPerType),
+	}
 	if in.Resume == nil {
-		// Resolved once: a continued or restarted run keeps the same _since.
-		st.Since = in.Since
-		if in.Since != "" {
-			st.SinceFrom = "input"
-		}
-		if in.Incremental {
-			wctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
-				RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "read watermark"})
-			var wm *activities.Watermark
-			if err := workflow.ExecuteActivity(wctx, a.ReadWatermark, activities.ReadWatermarkInput{Output: in.Output, Key: wmKey}).Get(ctx, &wm); err != nil {
-				return nil, fmt.Errorf("read the watermark: %w", err)
-			}
-			if since := wm.Since(in.Types); since != "" {
-				st.Since, st.SinceFrom = since, "watermark"
-			}
+		if err := r.resolveSince(); err != nil {
+			return nil, err
 		}
 	}
+	return r, r.registerHandlers()
+}
 
-	phase := PhaseKickoff
-	var live Totals // the running chunk's progress, from its signals
-	var failure string
-	if err := workflow.SetQueryHandler(ctx, ProgressQuery, func() (Progress, error) {
-		p := Progress{Phase: phase, Run: st.Run, ServerProgress: st.Progress, Polls: st.Polls, Retries: st.Totals.Retries + live.Retries,
-			FilesDone: st.Totals.Files + live.Files, Bytes: st.Totals.Bytes + live.Bytes,
-			Resources: st.Totals.ResourceCount() + live.ResourceCount(), Error: failure}
-		if st.Plan != nil {
-			p.FilesTotal, p.ExpectedResources, p.TransactionTime = st.Plan.Files, st.Plan.ExpectedResources, st.Plan.TransactionTime
-		}
-		return p, nil
-	}); err != nil {
-		return nil, err
+// resolveSince fixes the run's _since once: a continued or restarted run
+// keeps it.
+func (r *exportRun) resolveSince() error {
+	r.st.Since = r.in.Since
+	if r.in.Since != "" {
+		r.st.SinceFrom = "input"
 	}
-	// setConcurrency changes the download window of this run (and of the
+	if !r.in.Incremental {
+		return nil
+	}
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "read watermark"})
+	var wm *activities.Watermark
+	if err := workflow.ExecuteActivity(ctx, a.ReadWatermark, activities.ReadWatermarkInput{Output: r.in.Output, Key: r.wmKey}).Get(r.ctx, &wm); err != nil {
+		return fmt.Errorf("read the watermark: %w", err)
+	}
+	if since := wm.Since(r.in.Types); since != "" {
+		r.st.Since, r.st.SinceFrom = since, "watermark"
+	}
+	return nil
+}
+
+func (r *exportRun) registerHandlers() error {
+	if err := workflow.SetQueryHandler(r.ctx, ProgressQuery, func() (Progress, error) { return r.progress(), nil }); err != nil {
+		return err
+	}
+	// setConcurrency changes the download window of this export (and of the
 	// chunk running now) without restarting anything.
-	var runningChild string
-	if err := workflow.SetUpdateHandlerWithOptions(ctx, SetConcurrencyUpdate, func(uctx workflow.Context, n int) (int, error) {
-		prev := opts.Concurrency
-		opts.Concurrency, in.Options.Concurrency = n, n
-		if runningChild != "" {
-			workflow.SignalExternalWorkflow(uctx, runningChild, "", setConcurrencySignal, n)
+	if err := workflow.SetUpdateHandlerWithOptions(r.ctx, SetConcurrencyUpdate, func(uctx workflow.Context, n int) (int, error) {
+		prev := r.set.Concurrency
+		r.set.Concurrency = n
+		if r.child != "" {
+			workflow.SignalExternalWorkflow(uctx, r.child, "", setConcurrencySignal, n)
 		}
 		return prev, nil
 	}, workflow.UpdateHandlerOptions{Validator: func(_ workflow.Context, n int) error {
@@ -97,245 +151,418 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 		}
 		return nil
 	}}); err != nil {
-		return nil, err
+		return err
 	}
-	progress := workflow.GetSignalChannel(ctx, chunkProgressSignal)
-	workflow.Go(ctx, func(gctx workflow.Context) {
+	progress := workflow.GetSignalChannel(r.ctx, chunkProgressSignal)
+	workflow.Go(r.ctx, func(gctx workflow.Context) {
 		for {
 			var p chunkProgress
 			if !progress.Receive(gctx, &p) {
 				return
 			}
-			if p.Chunk == st.NextChunk && st.Plan != nil {
-				live = p.Totals
+			if p.Chunk == r.st.NextChunk && r.st.Plan != nil {
+				r.live = p.Totals
 				// Not a command: the UI's current details follow the downloads.
+				t := r.sofar()
 				workflow.SetCurrentDetails(gctx, fmt.Sprintf("**Downloading**: %d of %d files; %d resources, %d bytes, %d retries",
-					st.Totals.Files+live.Files, st.Plan.Files, st.Totals.ResourceCount()+live.ResourceCount(), st.Totals.Bytes+live.Bytes, st.Totals.Retries+live.Retries))
+					t.Files, r.st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries))
 			}
 		}
 	})
+	return nil
+}
 
-	defer func() {
-		var can *workflow.ContinueAsNewError
-		if err == nil || errors.As(err, &can) {
-			return
-		}
-		cancelled := temporal.IsCanceledError(err)
-		phase, failure = PhaseFailed, err.Error()
-		if cancelled {
-			phase = PhaseCancelled
-		}
-		// Cleanup must run even though ctx may be cancelled.
-		dctx, _ := workflow.NewDisconnectedContext(ctx)
-		setPhase(dctx, phase, fmt.Sprintf("**%s**; staged files are being removed, nothing was committed", phase))
-		jobDeleted := false
-		if st.StatusURL != "" && !opts.KeepJob {
-			jobDeleted = deleteJob(dctx, ref, target, st.StatusURL) == nil
-		}
-		actx := workflow.WithActivityOptions(dctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
-			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "remove staged files"})
-		if aerr := workflow.ExecuteActivity(actx, a.Abort, target).Get(dctx, nil); aerr != nil {
-			workflow.GetLogger(ctx).Error("could not remove staged files", "run", st.Run, "error", aerr)
-		}
-		if cancelled {
-			err = temporal.NewCanceledError(ExportResult{Status: "cancelled", Run: st.Run, Totals: st.Totals, Polls: st.Polls, JobDeleted: jobDeleted})
-		}
-	}()
+// sofar is the finished chunks' totals plus the running chunk's.
+func (r *exportRun) sofar() Totals {
+	var t Totals
+	t.Merge(r.st.Totals)
+	t.Merge(r.live)
+	return t
+}
 
-	pctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+func (r *exportRun) progress() Progress {
+	t := r.sofar()
+	p := Progress{Phase: r.phase, Run: r.st.Run, ServerProgress: r.st.Progress, Polls: r.st.Polls, Retries: t.Retries,
+		FilesDone: t.Files, Bytes: t.Bytes, Resources: t.ResourceCount(), Error: r.failure, Retrying: r.retry}
+	if r.st.Plan != nil {
+		p.FilesTotal, p.ExpectedResources, p.TransactionTime = r.st.Plan.Files, r.st.Plan.ExpectedResources, r.st.Plan.TransactionTime
+	}
+	return p
+}
+
+func (r *exportRun) setPhase(phase, details string) {
+	r.phase = phase
+	setPhase(r.ctx, phase, details)
+}
+
+func (r *exportRun) downloaded() bool {
+	return r.st.Plan != nil && r.st.NextChunk >= r.set.chunks(r.st.Plan.Files)
+}
+
+// kickOff starts the export on the server, unless this run already has one.
+func (r *exportRun) kickOff() error {
+	if r.st.StatusURL != "" {
+		return nil
+	}
+	r.setPhase(PhaseKickoff, "**Kick-off**: starting the export on the FHIR server")
+	if r.workflowRetries() {
+		var kr activities.KickoffResult
+		err := r.retrying("kick-off", kickoffAttempts, 5*time.Minute, func(ctx workflow.Context) error {
+			return workflow.ExecuteActivity(ctx, a.Kickoff, r.in.kickoff(r.ref, r.target, r.st.Since)).Get(r.ctx, &kr)
+		})
+		if err != nil {
+			return fmt.Errorf("kick-off: %w", err)
+		}
+		r.st.StatusURL = kr.StatusURL
+		return nil
+	}
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{
+		StartToCloseTimeout: 5 * time.Minute,
+		// 429 "export already running" is waited out (NextRetryDelay from
+		// Retry-After); 5xx pages are retried a bounded number of times.
+		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 10 * time.Minute,
+			MaximumAttempts: 30, NonRetryableErrorTypes: activities.NonRetryable},
+		Summary: "kick-off",
+	})
+	var kr activities.KickoffResult
+	if err := workflow.ExecuteActivity(ctx, a.Kickoff, r.in.kickoff(r.ref, r.target, r.st.Since)).Get(r.ctx, &kr); err != nil {
+		return fmt.Errorf("kick-off: %w", err)
+	}
+	r.st.StatusURL = kr.StatusURL
+	return nil
+}
+
+// pollOptions: a status request that fails is retried with backoff; a lost
+// job (404/410) is not retried but handled by restart.
+func (r *exportRun) pollCtx() workflow.Context {
+	return workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 10 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: 20, NonRetryableErrorTypes: activities.NonRetryable},
 		Summary: "poll export status",
 	})
-	// restart starts the export over when the server's job is gone: its
-	// files (and staged copies of them) belong to a job that no longer
-	// exists, so they are dropped and a new job is kicked off.
-	restart := func(why string, cause error) error {
-		if st.Restarts >= maxRestarts {
-			msg := fmt.Sprintf("%s, and the export was already run again %d times; giving up", why, st.Restarts)
-			if cause == nil {
-				return temporal.NewNonRetryableApplicationError(msg, "ExportLost", nil)
-			}
-			return temporal.NewNonRetryableApplicationError(msg+": "+cause.Error(), "ExportLost", cause)
-		}
-		st.Restarts++
-		st.Warnings = append(st.Warnings, fmt.Sprintf("%s; the export was run again (restart %d)", why, st.Restarts))
-		workflow.GetLogger(ctx).Warn("restarting the export", "why", why)
-		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
-			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "drop staged files of the lost job"})
-		if err := workflow.ExecuteActivity(actx, a.Abort, target).Get(ctx, nil); err != nil {
+}
+
+func (r *exportRun) poll(planVersion int) (activities.PollResult, error) {
+	var pr activities.PollResult
+	in := activities.PollInput{ServerRef: r.ref, Target: r.target, StatusURL: r.st.StatusURL, Poll: r.st.Polls, PlanVersion: planVersion}
+	var err error
+	if r.workflowRetries() {
+		err = r.retrying("status", 0, 10*time.Minute, func(ctx workflow.Context) error {
+			return workflow.ExecuteActivity(ctx, a.PollStatus, in).Get(r.ctx, &pr)
+		})
+	} else {
+		err = workflow.ExecuteActivity(r.pollCtx(), a.PollStatus, in).Get(r.ctx, &pr)
+	}
+	r.st.Polls++
+	return pr, err
+}
+
+// kickoffAttempts bounds kick-off tries that fail for other reasons than
+// "busy" (429): each could leave a job on the server if its 202 was lost,
+// and a kick-off that fails ten times in a row will not get better.
+const kickoffAttempts = 10
+
+// workflowRetries reports whether this run drives kick-off and status
+// retries itself (version 1) rather than leaving them to activity retry
+// policies, which nobody can see from the progress query.
+func (r *exportRun) workflowRetries() bool {
+	return workflow.GetVersion(r.ctx, versionWorkflowRetries, workflow.DefaultVersion, 1) >= 1
+}
+
+// retrying runs one attempt of a step per activity and retries failures
+// that may pass on durable timers: the server's Retry-After when it gave
+// one, else exponential backoff (2 s to 5 min). While it waits, the
+// progress query and the UI show the attempt, the last error and the next
+// try. It gives up, non-retryably, when the step has failed for longer than
+// the retry deadline (options.retryDeadline), or after maxAttempts failures
+// other than 429 (0: no such bound).
+func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration, try func(workflow.Context) error) error {
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: timeout,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 1}, Summary: step})
+	deadline := cmp.Or(r.set.RetryDeadline, defaultRetryDeadline)
+	defer func() { r.retry = nil }()
+	var first time.Time
+	failures := 0
+	for attempt := 1; ; attempt++ {
+		err := try(ctx)
+		if err == nil || !mayPass(err) {
 			return err
 		}
-		st.StatusURL, st.Plan, st.NextChunk, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, Totals{}, 0, 0
-		live = Totals{}
+		now := workflow.Now(r.ctx)
+		if attempt == 1 {
+			first = now
+		}
+		var ae *temporal.ApplicationError
+		last := err.Error()
+		if errors.As(err, &ae) {
+			last = ae.Error()
+		}
+		if !isType(err, activities.ErrRateLimited) {
+			failures++
+		}
+		wait := min(2*time.Second<<min(attempt-1, 10), 5*time.Minute)
+		if ae != nil && ae.NextRetryDelay() > 0 {
+			wait = ae.NextRetryDelay()
+		}
+		if maxAttempts > 0 && failures >= maxAttempts || now.Add(wait).Sub(first) > deadline {
+			return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s kept failing for %s (%d attempts, retry deadline %s); last error: %s",
+				step, now.Sub(first).Round(time.Second), attempt, deadline, last), "RetriesExhausted", err)
+		}
+		r.retry = &RetryInfo{Step: step, Attempt: attempt, LastError: last, NextRetry: now.Add(wait)}
+		workflow.SetCurrentDetails(r.ctx, fmt.Sprintf("**%s** failed (attempt %d): %s; next try at %s", step, attempt, last, now.Add(wait).UTC().Format(time.RFC3339)))
+		if err := workflow.NewTimerWithOptions(r.ctx, wait, workflow.TimerOptions{Summary: step + " retry"}).Get(r.ctx, nil); err != nil {
+			return err
+		}
+	}
+}
+
+// mayPass reports whether a failed attempt may succeed if tried again:
+// timeouts and application errors not marked non-retryable.
+func mayPass(err error) bool {
+	if temporal.IsCanceledError(err) {
+		return false
+	}
+	var te *temporal.TimeoutError
+	if errors.As(err, &te) {
+		return true
+	}
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.NonRetryable() {
+		return false
+	}
+	for _, t := range activities.NonRetryable {
+		if ae.Type() == t {
+			return false
+		}
+	}
+	return true
+}
+
+// waitForManifest polls the status URL, sleeping on durable timers, until
+// the server's manifest is staged as the plan.
+func (r *exportRun) waitForManifest() error {
+	if r.st.StatusURL == "" || r.st.Plan != nil {
 		return nil
 	}
-
-	for {
-		// Kick-off.
-		if st.StatusURL == "" {
-			phase = PhaseKickoff
-			setPhase(ctx, phase, "**Kick-off**: starting the export on the FHIR server")
-			kctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-				StartToCloseTimeout: 5 * time.Minute,
-				// 429 "export already running" is waited out (NextRetryDelay from
-				// Retry-After); 5xx pages are retried a bounded number of times.
-				RetryPolicy: &temporal.RetryPolicy{InitialInterval: 2 * time.Second, BackoffCoefficient: 2, MaximumInterval: 10 * time.Minute,
-					MaximumAttempts: 30, NonRetryableErrorTypes: activities.NonRetryable},
-				Summary: "kick-off",
-			})
-			var kr activities.KickoffResult
-			kin := activities.KickoffInput{ServerRef: ref, Target: target, Level: orDefault(in.Level, "system"), Group: in.Group, Types: in.Types,
-				Since: st.Since, Until: in.Until, Elements: in.Elements, TypeFilters: in.TypeFilters, Patients: in.Patients,
-				OutputFormat: in.OutputFormat, IncludeAssociatedData: in.IncludeAssociatedData, Method: in.Method, Lenient: in.Lenient}
-			if err := workflow.ExecuteActivity(kctx, a.Kickoff, kin).Get(ctx, &kr); err != nil {
-				return nil, fmt.Errorf("kick-off: %w", err)
-			}
-			st.StatusURL = kr.StatusURL
+	r.phase = PhaseWaiting
+	for r.st.Plan == nil {
+		pr, err := r.poll(0)
+		if isType(err, activities.ErrJobGone) {
+			return r.restart("the server lost the export job while it ran (404/410 on its status URL)", err)
 		}
-
-		// Durable polling.
-		phase = PhaseWaiting
-		restarted := false
-		for st.Plan == nil {
-			var pr activities.PollResult
-			err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL, Poll: st.Polls}).Get(ctx, &pr)
-			st.Polls++
-			if isType(err, activities.ErrJobGone) {
-				if rerr := restart("the server lost the export job while it ran (404/410 on its status URL)", err); rerr != nil {
-					return nil, rerr
-				}
-				restarted = true
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("export status: %w", err)
-			}
-			st.Progress = pr.Progress
-			if pr.Done {
-				st.Plan = pr.Plan
-				break
-			}
-			setPhase(ctx, phase, fmt.Sprintf("**Waiting** for the server (poll %d): %s", st.Polls, orDefault(pr.Progress, "in progress")))
-			if err := workflow.NewTimerWithOptions(ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(ctx, nil); err != nil {
-				return nil, err
-			}
-			if historyIsLong(ctx) {
-				return nil, continueAsNew(ctx, in, st)
-			}
+		if err != nil {
+			return fmt.Errorf("export status: %w", err)
 		}
-		if restarted {
-			continue
+		r.st.Progress = pr.Progress
+		if pr.Done {
+			r.st.Plan = pr.Plan
+			return nil
 		}
-
-		// Downloads, a chunk of files per child workflow.
-		phase = PhaseDownloading
-		chunks := opts.chunks(st.Plan.Files)
-		chunkStarted := workflow.Now(ctx)
-		for st.NextChunk < chunks && !restarted {
-			// BD3 L695: links past Expires may be refreshed by re-fetching the manifest.
-			if exp := st.Plan.Expires; !exp.IsZero() && workflow.Now(ctx).After(exp) {
-				refreshed, err := refreshPlan(ctx, pctx, ref, target, st, restart, "the manifest's Expires time passed")
-				if err != nil {
-					return nil, err
-				}
-				if !refreshed {
-					restarted = true
-					break
-				}
-			}
-			first := st.NextChunk * opts.FilesPerChunk
-			count := min(opts.FilesPerChunk, st.Plan.Files-first)
-			setPhase(ctx, phase, fmt.Sprintf("**Downloading** files %d-%d of %d; so far %d files, %d resources, %d bytes, %d retries",
-				first+1, first+count, st.Plan.Files, st.Totals.Files, st.Totals.ResourceCount(), st.Totals.Bytes, st.Totals.Retries))
-			id := chunkID(info.WorkflowExecution.ID, st.NextChunk)
-			if st.Restarts > 0 || st.PlanVersion > 0 {
-				id = fmt.Sprintf("%s-r%dv%d", id, st.Restarts, st.PlanVersion)
-			}
-			cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-				WorkflowID:          id,
-				StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
-				WaitForCancellation: true,
-				ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
-			})
-			hb, _ := time.ParseDuration(opts.HeartbeatTimeout) // validated
-			cin := ChunkInput{ServerRef: ref, Target: target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion, Layout: in.layout(),
-				Concurrency: opts.Concurrency, MaxAttempts: opts.MaxFileAttempts, HeartbeatTimeout: hb, Groups: groupsIn(st.Plan.Groups, first, count)}
-			var cr ChunkResult
-			runningChild = id
-			err := workflow.ExecuteChildWorkflow(cctx, DownloadChunkWorkflow, cin).Get(ctx, &cr)
-			runningChild = ""
-			live = Totals{}
-			if isType(err, activities.ErrFileGone) {
-				// A file's link expired (403/404/410): fresh links from the
-				// manifest, then this chunk again (finished files are
-				// replaced, never doubled).
-				refreshed, rerr := refreshPlan(ctx, pctx, ref, target, st, restart, "a file link expired")
-				if rerr != nil {
-					return nil, rerr
-				}
-				restarted = !refreshed
-				continue
-			}
-			if err != nil {
-				return nil, fmt.Errorf("download: %w", err)
-			}
-			st.Totals.merge(cr.Totals)
-			st.NextChunk++
-			if exp := st.Plan.Expires; st.NextChunk == 1 && chunks > 1 && !exp.IsZero() {
-				// Warn early when the rest will likely outlive the links.
-				perChunk := workflow.Now(ctx).Sub(chunkStarted)
-				if eta := workflow.Now(ctx).Add(perChunk * time.Duration(chunks-1)); eta.After(exp) {
-					st.Warnings = append(st.Warnings, fmt.Sprintf("at the current pace the downloads end about %s, after the manifest expires (%s); expired links will be refreshed from the manifest",
-						eta.UTC().Format(time.RFC3339), exp.UTC().Format(time.RFC3339)))
-				}
-			}
-			if st.NextChunk < chunks && historyIsLong(ctx) {
-				return nil, continueAsNew(ctx, in, st)
-			}
+		r.setPhase(PhaseWaiting, fmt.Sprintf("**Waiting** for the server (poll %d): %s", r.st.Polls, orDefault(pr.Progress, "in progress")))
+		if err := workflow.NewTimerWithOptions(r.ctx, pr.Wait, workflow.TimerOptions{Summary: "Retry-After"}).Get(r.ctx, nil); err != nil {
+			return err
 		}
-		if !restarted {
-			break
+		if r.historyIsLong() {
+			return r.continueAsNew()
 		}
 	}
+	return nil
+}
 
-	// Commit: the run becomes visible, with _manifest.json last.
-	phase = PhaseCommitting
-	setPhase(ctx, phase, "**Committing** the run: promoting staged files, then _manifest.json")
-	cctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
-		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
-	var cres activities.CommitResult
-	var wmUpdate *activities.WatermarkUpdate
-	if in.Until == "" {
+// download runs the plan's chunks one child workflow at a time.
+func (r *exportRun) download() error {
+	if r.st.Plan == nil {
+		return nil
+	}
+	r.phase = PhaseDownloading
+	chunks := r.set.chunks(r.st.Plan.Files)
+	started := workflow.Now(r.ctx)
+	for r.st.Plan != nil && r.st.NextChunk < chunks {
+		// BD3 L695: links past Expires may be refreshed by re-fetching the manifest.
+		if exp := r.st.Plan.Expires; !exp.IsZero() && workflow.Now(r.ctx).After(exp) {
+			if err := r.refreshPlan("the manifest's Expires time passed"); err != nil || r.st.Plan == nil {
+				return err
+			}
+		}
+		finished, err := r.downloadChunk()
+		if err != nil {
+			return err
+		}
+		if !finished || r.st.NextChunk >= chunks {
+			continue // run again with fresh links, or on to the commit
+		}
+		if r.st.NextChunk == 1 {
+			r.warnIfLinksExpireFirst(started, chunks)
+		}
+		if r.historyIsLong() {
+			return r.continueAsNew()
+		}
+	}
+	return nil
+}
+
+// downloadChunk runs the next chunk's child workflow. A file whose link
+// expired refreshes the plan and leaves the chunk to run again (finished
+// files are replaced, never doubled); finished is false then.
+func (r *exportRun) downloadChunk() (finished bool, err error) {
+	st := r.st
+	first := st.NextChunk * r.set.FilesPerChunk
+	count := min(r.set.FilesPerChunk, st.Plan.Files-first)
+	t := st.Totals
+	r.setPhase(PhaseDownloading, fmt.Sprintf("**Downloading** files %d-%d of %d; so far %d files, %d resources, %d bytes, %d retries",
+		first+1, first+count, st.Plan.Files, t.Files, t.ResourceCount(), t.Bytes, t.Retries))
+	id := r.chunkID(st.NextChunk)
+	ctx := workflow.WithChildOptions(r.ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:          id,
+		StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
+		WaitForCancellation: true,
+		ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+	})
+	in := ChunkInput{ServerRef: r.ref, Target: r.target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion, Generation: st.Generation,
+		Layout: r.set.Layout, Concurrency: r.set.Concurrency, MaxAttempts: r.set.MaxFileAttempts, HeartbeatTimeout: r.set.HeartbeatTimeout,
+		Groups: groupsIn(st.Plan.Groups, first, count)}
+	var cr ChunkResult
+	r.child = id
+	err = workflow.ExecuteChildWorkflow(ctx, DownloadChunkWorkflow, in).Get(r.ctx, &cr)
+	r.child, r.live = "", Totals{}
+	if isType(err, activities.ErrFileGone) {
+		return false, r.refreshPlan("a file link expired")
+	}
+	var ce *temporal.CanceledError
+	if errors.As(err, &ce) && ce.HasDetails() {
+		// The files the chunk finished before the cancellation.
+		var part ChunkResult
+		if ce.Details(&part) == nil {
+			st.Totals.Merge(part.Totals)
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("download: %w", err)
+	}
+	st.Totals.Merge(cr.Totals)
+	st.NextChunk++
+	return true, nil
+}
+
+// chunkID names a chunk's child workflow. Since version 1 it carries the
+// parent run's identity, so a workflow ID reused for a new export can never
+// collide with a child of an earlier run that is still closing.
+func (r *exportRun) chunkID(chunk int) string {
+	info := workflow.GetInfo(r.ctx)
+	id := chunkID(info.WorkflowExecution.ID, chunk)
+	if workflow.GetVersion(r.ctx, versionChunkIDRun, workflow.DefaultVersion, 1) >= 1 {
+		id += "-" + shortRunID(info.WorkflowExecution.RunID)
+	}
+	if r.st.Restarts > 0 || r.st.PlanVersion > 0 {
+		id = fmt.Sprintf("%s-r%dv%d", id, r.st.Restarts, r.st.PlanVersion)
+	}
+	return id
+}
+
+// warnIfLinksExpireFirst warns early when the rest of the downloads will
+// likely outlive the manifest's links.
+func (r *exportRun) warnIfLinksExpireFirst(started time.Time, chunks int) {
+	exp := r.st.Plan.Expires
+	if exp.IsZero() || chunks < 2 {
+		return
+	}
+	now := workflow.Now(r.ctx)
+	if eta := now.Add(now.Sub(started) * time.Duration(chunks-1)); eta.After(exp) {
+		r.st.Warnings = append(r.st.Warnings, fmt.Sprintf("at the current pace the downloads end about %s, after the manifest expires (%s); expired links will be refreshed from the manifest",
+			eta.UTC().Format(time.RFC3339), exp.UTC().Format(time.RFC3339)))
+	}
+}
+
+// releaseJobEarly (version 1) deletes the server's job once every file is
+// staged, before the commit: the job's files are no longer needed, and
+// servers that allow one export per client are free again while a long
+// commit runs. Version 0 deleted it after the commit (finish).
+func (r *exportRun) releaseJobEarly() {
+	if r.set.KeepJob || workflow.GetVersion(r.ctx, versionDeleteBeforeCommit, workflow.DefaultVersion, 1) < 1 {
+		return
+	}
+	if err := deleteJob(r.ctx, r.ref, r.target, r.st.StatusURL); err != nil {
+		r.st.Warnings = append(r.st.Warnings, "could not delete the export job on the server: "+err.Error())
+		return
+	}
+	r.jobDeleted = true
+}
+
+// commit promotes the staged run: the run becomes visible, with
+// _manifest.json last.
+func (r *exportRun) commit() (activities.CommitResult, error) {
+	r.setPhase(PhaseCommitting, "**Committing** the run: promoting staged files, then _manifest.json")
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Hour,
+		// The commit heartbeats every few seconds: a worker that dies
+		// mid-commit is noticed in 30 s, not after the hour.
+		HeartbeatTimeout: commitHeartbeatTimeout,
+		RetryPolicy:      &temporal.RetryPolicy{MaximumAttempts: 10, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "commit run"})
+	var wm *activities.WatermarkUpdate
+	if r.in.Until == "" {
 		// A run bounded by _until holds no promise about later changes.
-		wmUpdate = &activities.WatermarkUpdate{Key: wmKey, Since: st.Since, Types: in.Types}
+		wm = &activities.WatermarkUpdate{Key: r.wmKey, Since: r.st.Since, Types: r.in.Types}
 	}
-	cin := activities.CommitInput{Target: target, Chunks: opts.chunks(st.Plan.Files), Plan: *st.Plan, Warnings: st.Warnings, Watermark: wmUpdate, Request: in.requestSummary(), StartedAt: st.StartedAt, Workflow: info.WorkflowExecution.ID}
-	if err := workflow.ExecuteActivity(cctx, a.Commit, cin).Get(ctx, &cres); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+	in := activities.CommitInput{Target: r.target, Chunks: r.set.chunks(r.st.Plan.Files), Plan: *r.st.Plan, Warnings: r.st.Warnings,
+		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID}
+	var res activities.CommitResult
+	if err := workflow.ExecuteActivity(ctx, a.Commit, in).Get(r.ctx, &res); err != nil {
+		return res, fmt.Errorf("commit: %w", err)
 	}
+	return res, nil
+}
 
-	res = &ExportResult{Status: "committed", Run: st.Run, Location: cres.Location, Manifest: cres.Manifest,
+// finish builds the result and, in version 0, deletes the server's job.
+func (r *exportRun) finish(c activities.CommitResult) *ExportResult {
+	st := r.st
+	res := &ExportResult{Status: "committed", Run: st.Run, Location: c.Location, Manifest: c.Manifest,
 		TransactionTime: st.Plan.TransactionTime, Totals: st.Totals, Polls: st.Polls, Restarts: st.Restarts, Warnings: st.Warnings,
-		Since: st.Since, SinceFrom: st.SinceFrom, Watermark: cres.Watermark}
+		Since: st.Since, SinceFrom: st.SinceFrom, Watermark: c.Watermark, JobDeleted: r.jobDeleted}
 	for _, sev := range []string{"fatal", "error", "warning", "information"} {
 		if n := st.Totals.Issues[sev]; n > 0 {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
 		}
 	}
-	res.Warnings = append(res.Warnings, minimisationWarnings(in, st)...)
-	if !opts.KeepJob {
+	res.Warnings = append(res.Warnings, minimisationWarnings(r.in, st)...)
+	if !r.set.KeepJob && !r.jobDeleted && workflow.GetVersion(r.ctx, versionDeleteBeforeCommit, workflow.DefaultVersion, 1) < 1 {
 		// BD2 L287: DELETE signals the client is done; a failure here loses no data.
-		if derr := deleteJob(ctx, ref, target, st.StatusURL); derr != nil {
-			res.Warnings = append(res.Warnings, "could not delete the export job on the server: "+derr.Error())
+		if err := deleteJob(r.ctx, r.ref, r.target, st.StatusURL); err != nil {
+			res.Warnings = append(res.Warnings, "could not delete the export job on the server: "+err.Error())
 		} else {
 			res.JobDeleted = true
 		}
 	}
-	phase = PhaseDone
-	setPhase(ctx, phase, fmt.Sprintf("**Done**: committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), cres.Location))
-	return res, nil
+	r.setPhase(PhaseDone, fmt.Sprintf("**Done**: committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), c.Location))
+	return res
+}
+
+// cleanUpAfter runs when the export fails or is cancelled: it deletes the
+// server's job and drops the staged files, even though ctx may be
+// cancelled. Continue-as-new is not a failure.
+func (r *exportRun) cleanUpAfter(err error) error {
+	var can *workflow.ContinueAsNewError
+	if err == nil || errors.As(err, &can) {
+		return err
+	}
+	cancelled := temporal.IsCanceledError(err)
+	r.phase, r.failure = PhaseFailed, err.Error()
+	if cancelled {
+		r.phase = PhaseCancelled
+	}
+	dctx, _ := workflow.NewDisconnectedContext(r.ctx)
+	setPhase(dctx, r.phase, fmt.Sprintf("**%s**; staged files are being removed, nothing was committed", r.phase))
+	if r.st.StatusURL != "" && !r.set.KeepJob && !r.jobDeleted {
+		r.jobDeleted = deleteJob(dctx, r.ref, r.target, r.st.StatusURL) == nil
+	}
+	actx := workflow.WithActivityOptions(dctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "remove staged files"})
+	if aerr := workflow.ExecuteActivity(actx, a.Abort, r.target).Get(dctx, nil); aerr != nil {
+		workflow.GetLogger(r.ctx).Error("could not remove staged files", "run", r.st.Run, "error", aerr)
+	}
+	if cancelled {
+		return temporal.NewCanceledError(ExportResult{Status: "cancelled", Run: r.st.Run, Totals: r.st.Totals, Polls: r.st.Polls, JobDeleted: r.jobDeleted})
+	}
+	return err
 }
 
 // maxRestarts bounds how often a run kicks the export off again after the
@@ -346,37 +573,88 @@ const (
 	maxRefreshes = 3
 )
 
+// restart starts the export over when the server's job is gone: its files
+// (and staged copies of them) belong to a job that no longer exists, so
+// they are dropped, and the steps of the export run again from kick-off.
+func (r *exportRun) restart(why string, cause error) error {
+	st := r.st
+	if st.Restarts >= maxRestarts {
+		msg := fmt.Sprintf("%s, and the export was already run again %d times; giving up", why, st.Restarts)
+		if cause == nil {
+			return temporal.NewNonRetryableApplicationError(msg, "ExportLost", nil)
+		}
+		return temporal.NewNonRetryableApplicationError(msg+": "+cause.Error(), "ExportLost", cause)
+	}
+	st.Restarts++
+	st.Warnings = append(st.Warnings, fmt.Sprintf("%s; the export was run again (restart %d)", why, st.Restarts))
+	workflow.GetLogger(r.ctx).Warn("restarting the export", "why", why)
+	if st.StatusURL != "" && !r.set.KeepJob && workflow.GetVersion(r.ctx, versionDeleteAbandonedJob, workflow.DefaultVersion, 1) >= 1 {
+		// The job is abandoned: tell the server (BD2 L287), best effort; a
+		// job that is already gone answers 404, which counts as deleted.
+		_ = deleteJob(r.ctx, r.ref, r.target, st.StatusURL)
+	}
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: 10 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5}, Summary: "drop staged files of the lost job"})
+	if err := workflow.ExecuteActivity(ctx, a.Abort, r.target).Get(r.ctx, nil); err != nil {
+		return err
+	}
+	st.StatusURL, st.Plan, st.NextChunk, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, Totals{}, 0, 0
+	st.Generation++
+	r.live = Totals{}
+	return nil
+}
+
 // refreshPlan re-fetches the manifest from the same status URL for fresh
-// file links (BD3 L695). It returns false after restarting the export
-// when the job is gone or keeps handing out expired links.
-func refreshPlan(ctx, pctx workflow.Context, ref activities.ServerRef, target activities.Target, st *ResumeState,
-	restart func(string, error) error, why string) (bool, error) {
+// file links (BD3 L695). When the job is gone or keeps handing out expired
+// links it restarts the export instead (st.Plan is then nil).
+func (r *exportRun) refreshPlan(why string) error {
+	st := r.st
 	if st.Refreshes >= maxRefreshes {
-		return false, restart(fmt.Sprintf("%s and %d manifest refreshes did not help", why, st.Refreshes), nil)
+		return r.restart(fmt.Sprintf("%s and %d manifest refreshes did not help", why, st.Refreshes), nil)
 	}
 	st.Refreshes++
-	var pr activities.PollResult
-	err := workflow.ExecuteActivity(pctx, a.PollStatus, activities.PollInput{ServerRef: ref, Target: target, StatusURL: st.StatusURL,
-		Poll: st.Polls, PlanVersion: st.PlanVersion + 1}).Get(ctx, &pr)
-	st.Polls++
+	pr, err := r.poll(st.PlanVersion + 1)
 	switch {
 	case isType(err, activities.ErrJobGone):
-		return false, restart(why+"; the job itself is gone (404/410 on its status URL)", err)
+		return r.restart(why+"; the job itself is gone (404/410 on its status URL)", err)
 	case err != nil:
-		return false, fmt.Errorf("re-fetch the manifest (%s): %w", why, err)
+		return fmt.Errorf("re-fetch the manifest (%s): %w", why, err)
 	case !pr.Done || pr.Plan == nil || !samePlan(st.Plan, pr.Plan):
 		// BD3 L485: a manifest may only gain refreshed links; anything else
 		// is a different job.
-		return false, restart(why+"; the re-fetched manifest lists different files", nil)
+		return r.restart(why+"; the re-fetched manifest lists different files", nil)
 	}
 	st.PlanVersion++
+	st.Generation++
 	st.Plan = pr.Plan
 	st.Warnings = append(st.Warnings, fmt.Sprintf("%s; fresh links were fetched from the manifest (refresh %d)", why, st.Refreshes))
-	return true, nil
+	return nil
+}
+
+func (r *exportRun) historyIsLong() bool {
+	info := workflow.GetInfo(r.ctx)
+	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > r.set.MaxHistoryEvents
+}
+
+// continueAsNew hands the state to a fresh run once every signal and update
+// handler has finished (an update mid-flight would otherwise be lost).
+func (r *exportRun) continueAsNew() error {
+	if err := workflow.Await(r.ctx, func() bool { return workflow.AllHandlersFinished(r.ctx) }); err != nil {
+		return err
+	}
+	next := r.in
+	next.Resume = r.st
+	return workflow.NewContinueAsNewError(r.ctx, BulkExportWorkflow, next)
 }
 
 func samePlan(a, b *activities.Plan) bool {
-	if a.Files != b.Files || a.TransactionTime != b.TransactionTime || len(a.Groups) != len(b.Groups) {
+	if a.Files != b.Files || a.TransactionTime != b.TransactionTime {
+		return false
+	}
+	if a.Digest != "" && b.Digest != "" {
+		return a.Digest == b.Digest
+	}
+	if len(a.Groups) != len(b.Groups) {
 		return false
 	}
 	for i := range a.Groups {
@@ -409,6 +687,7 @@ func minimisationWarnings(in ExportInput, st *ResumeState) []string {
 			asked[t] = true
 		}
 		var extra []string
+		//workflowcheck:ignore the types are sorted below
 		for typ := range st.Totals.Resources {
 			if !asked[typ] && st.Totals.Resources[typ] > 0 {
 				extra = append(extra, typ)
@@ -427,6 +706,14 @@ func minimisationWarnings(in ExportInput, st *ResumeState) []string {
 
 func chunkID(parent string, chunk int) string { return fmt.Sprintf("%s/chunk-%05d", parent, chunk) }
 
+// shortRunID is enough of a run ID to tell runs of one workflow ID apart.
+func shortRunID(runID string) string {
+	if len(runID) > 8 {
+		return runID[:8]
+	}
+	return runID
+}
+
 func deleteJob(ctx workflow.Context, ref activities.ServerRef, target activities.Target, statusURL string) error {
 	dctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "delete server job"})
@@ -435,17 +722,6 @@ func deleteJob(ctx workflow.Context, ref activities.ServerRef, target activities
 		workflow.GetLogger(ctx).Warn("could not delete the export job on the server", "error", err)
 	}
 	return err
-}
-
-func historyIsLong(ctx workflow.Context) bool {
-	info := workflow.GetInfo(ctx)
-	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > maxHistoryEvents
-}
-
-func continueAsNew(ctx workflow.Context, in ExportInput, st *ResumeState) error {
-	next := in
-	next.Resume = st
-	return workflow.NewContinueAsNewError(ctx, BulkExportWorkflow, next)
 }
 
 // groupsIn returns the plan groups overlapping files [first, first+count).

@@ -4,6 +4,7 @@
 package workflows
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"regexp"
@@ -68,6 +69,8 @@ type ExportInput struct {
 
 	// Resume carries state across continue-as-new. Not for callers.
 	Resume *ResumeState `json:"resume,omitempty"`
+
+	unknown []string // keys of the JSON input that name no field (input.go)
 }
 
 // Options tune a run; zero values take the defaults.
@@ -84,11 +87,38 @@ type Options struct {
 	// HeartbeatTimeout is how long a download may go without receiving a
 	// byte before it is retried, e.g. "90s" (default 2m).
 	HeartbeatTimeout string `json:"heartbeatTimeout,omitempty"`
+	// MaxHistoryEvents is the history length at which a run continues as
+	// new even before the server suggests it (default 5000).
+	MaxHistoryEvents int `json:"maxHistoryEvents,omitempty"`
+	// RetryDeadline is how long the kick-off or the status URL may keep
+	// failing (5xx, timeouts, 429s) before the export fails, e.g. "2h"
+	// (default 6h).
+	RetryDeadline string `json:"retryDeadline,omitempty"`
+
+	unknown []string
+}
+
+// Settings are a run's options with every default filled in. They are
+// resolved once, when the export starts, and travel in ResumeState across
+// continue-as-new: a worker built later with other defaults never changes
+// an export already running (docs/versioning.md).
+type Settings struct {
+	Concurrency      int               `json:"concurrency"`
+	FilesPerChunk    int               `json:"filesPerChunk"`
+	MaxFileAttempts  int               `json:"maxFileAttempts"`
+	HeartbeatTimeout time.Duration     `json:"heartbeatTimeout"`
+	KeepJob          bool              `json:"keepJob,omitempty"`
+	MaxHistoryEvents int               `json:"maxHistoryEvents"`
+	Layout           activities.Layout `json:"layout"`
+	RetryDeadline    time.Duration     `json:"retryDeadline,omitempty"`
 }
 
 // ResumeState is what one workflow run hands the next on continue-as-new:
 // small, whatever the export's size.
 type ResumeState struct {
+	// Settings are the resolved options; nil in state written by versions
+	// before they were carried (then they are resolved from the input).
+	Settings  *Settings `json:"settings,omitempty"`
 	StatusURL string    `json:"statusURL,omitempty"`
 	Polls     int       `json:"polls,omitempty"`
 	StartedAt time.Time `json:"startedAt"`
@@ -101,60 +131,17 @@ type ResumeState struct {
 	Totals    Totals           `json:"totals"`
 	Progress  string           `json:"serverProgress,omitempty"`
 	// PlanVersion counts manifest refreshes of this job (fresh links).
-	PlanVersion int      `json:"planVersion,omitempty"`
-	Refreshes   int      `json:"refreshes,omitempty"`
-	Restarts    int      `json:"restarts,omitempty"`
-	Warnings    []string `json:"warnings,omitempty"`
+	PlanVersion int `json:"planVersion,omitempty"`
+	// Generation counts every plan this export had (restarts and
+	// refreshes); it never goes back, unlike PlanVersion.
+	Generation int      `json:"generation,omitempty"`
+	Refreshes  int      `json:"refreshes,omitempty"`
+	Restarts   int      `json:"restarts,omitempty"`
+	Warnings   []string `json:"warnings,omitempty"`
 }
 
-// Totals are the running sums of a run.
-type Totals struct {
-	Files int `json:"files"`
-	// Unsubsetted counts resources that lack the SUBSETTED tag although
-	// _elements was asked (a lenient server ignored it).
-	Unsubsetted int64            `json:"unsubsetted,omitempty"`
-	Bytes       int64            `json:"bytes"`
-	Retries     int              `json:"retries"`
-	Resources   map[string]int64 `json:"resources,omitempty"`
-	Deleted     map[string]int64 `json:"deleted,omitempty"`
-	Issues      map[string]int64 `json:"issues,omitempty"`
-}
-
-func (t *Totals) add(f activities.FileResult) {
-	t.Files++
-	t.Unsubsetted += f.Unsubsetted
-	t.Bytes += f.Bytes
-	if f.Attempt > 1 {
-		t.Retries += int(f.Attempt - 1)
-	}
-	switch f.Kind {
-	case activities.KindOutput:
-		t.Resources = activities.AddCounts(t.Resources, map[string]int64{f.Type: f.Resources})
-	case activities.KindDeleted:
-		t.Deleted = activities.AddCounts(t.Deleted, f.Deleted)
-	case activities.KindError:
-		t.Issues = activities.AddCounts(t.Issues, f.Severity)
-	}
-}
-
-func (t *Totals) merge(o Totals) {
-	t.Files += o.Files
-	t.Unsubsetted += o.Unsubsetted
-	t.Bytes += o.Bytes
-	t.Retries += o.Retries
-	t.Resources = activities.AddCounts(t.Resources, o.Resources)
-	t.Deleted = activities.AddCounts(t.Deleted, o.Deleted)
-	t.Issues = activities.AddCounts(t.Issues, o.Issues)
-}
-
-// ResourceCount sums resources over types.
-func (t Totals) ResourceCount() int64 {
-	var n int64
-	for _, v := range t.Resources {
-		n += v
-	}
-	return n
-}
+// Totals are the running sums of a run: the same type the run manifest uses.
+type Totals = activities.Totals
 
 // ExportResult is what a finished run returns.
 type ExportResult struct {
@@ -227,59 +214,33 @@ type RetryInfo struct {
 }
 
 var (
-	levels        = map[string]bool{"": true, "system": true, "patient": true, "group": true}
-	typeName      = regexp.MustCompile(`^[A-Z][A-Za-z]{0,63}$`)
-	patientRef    = regexp.MustCompile(`^Patient/[A-Za-z0-9\-.]{1,64}$`)
 	runName       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.=-]{0,199}$`)
 	runNameUnsafe = regexp.MustCompile(`[^A-Za-z0-9_.=-]+`)
 )
 
 // Validate checks the input before anything is sent to the server; messages
-// say what to change.
+// say what to change. The kick-off parameters are checked by the protocol
+// client's own validator (one set of rules for the workflow and the
+// activity); the rest are the workflow's.
 func (in *ExportInput) Validate() error {
 	var errs []error
+	for _, k := range append(append([]string(nil), in.unknown...), in.Options.unknown...) {
+		errs = append(errs, errors.New(k))
+	}
 	if in.Server == "" && in.BaseURL == "" {
 		errs = append(errs, errors.New(`give "server" (a name from the worker's servers file) or "baseURL"`))
 	}
 	if in.BaseURL != "" && !strings.HasPrefix(in.BaseURL, "http://") && !strings.HasPrefix(in.BaseURL, "https://") {
 		errs = append(errs, fmt.Errorf(`"baseURL" %q must start with https:// (or http:// for local test servers)`, in.BaseURL))
 	}
-	if !levels[in.Level] {
-		errs = append(errs, fmt.Errorf(`"level" %q: use "system", "patient" or "group"`, in.Level))
+	for _, p := range kickoffProblems(in.kickoff(activities.ServerRef{}, activities.Target{}, in.Since)) {
+		errs = append(errs, errors.New(p))
 	}
 	if in.WatermarkPerType && len(in.Types) == 0 {
 		errs = append(errs, errors.New(`"watermarkPerType" needs "types": the watermark is kept per listed type`))
 	}
 	if in.Incremental && in.Until != "" {
 		errs = append(errs, errors.New(`"incremental" and "until" do not go together: an incremental run exports everything changed since the watermark`))
-	}
-	if (in.Level == "group") != (in.Group != "") {
-		errs = append(errs, errors.New(`"group" (a Group id) goes with "level": "group", and only with it`))
-	}
-	for _, t := range in.Types {
-		if !typeName.MatchString(t) {
-			errs = append(errs, fmt.Errorf(`"types": %q is not a FHIR resource type (e.g. "Patient", "Observation")`, t))
-		}
-	}
-	for _, f := range []struct{ name, v string }{{"since", in.Since}, {"until", in.Until}} {
-		if f.v == "" {
-			continue
-		}
-		if _, err := time.Parse(time.RFC3339Nano, f.v); err != nil {
-			errs = append(errs, fmt.Errorf(`%q %q is not a FHIR instant; use e.g. "2024-01-31T00:00:00Z"`, f.name, f.v))
-		}
-	}
-	for _, p := range in.Patients {
-		if !patientRef.MatchString(p) {
-			errs = append(errs, fmt.Errorf(`"patients": %q must be a reference such as "Patient/123"`, p))
-			break
-		}
-	}
-	if m := strings.ToUpper(in.Method); m != "" && m != "GET" && m != "POST" {
-		errs = append(errs, fmt.Errorf(`"method" %q: use "GET" or "POST"`, in.Method))
-	}
-	if in.Method != "" && strings.ToUpper(in.Method) == "GET" && len(in.Patients) > 0 {
-		errs = append(errs, errors.New(`"patients" needs "method": "POST" (the IG allows patient only in a POST kick-off)`))
 	}
 	if in.Run != "" && !runName.MatchString(in.Run) {
 		errs = append(errs, fmt.Errorf(`"run" %q: use letters, digits, '.', '_', '=', '-' (it names a folder)`, in.Run))
@@ -299,8 +260,16 @@ func (in *ExportInput) Validate() error {
 			errs = append(errs, fmt.Errorf(`"options.heartbeatTimeout" %q: use a duration of at least 1s, such as "90s"`, o.HeartbeatTimeout))
 		}
 	}
+	if o.RetryDeadline != "" {
+		if d, err := time.ParseDuration(o.RetryDeadline); err != nil || d < time.Minute {
+			errs = append(errs, fmt.Errorf(`"options.retryDeadline" %q: use a duration of at least 1m, such as "2h"`, o.RetryDeadline))
+		}
+	}
 	if o.MaxFileAttempts < 0 {
 		errs = append(errs, fmt.Errorf(`"options.maxFileAttempts" %d must not be negative`, o.MaxFileAttempts))
+	}
+	if o.MaxHistoryEvents != 0 && (o.MaxHistoryEvents < 10 || o.MaxHistoryEvents > 40000) {
+		errs = append(errs, fmt.Errorf(`"options.maxHistoryEvents" %d: use 10 to 40000 (Temporal's hard limit is 51,200 events)`, o.MaxHistoryEvents))
 	}
 	return errors.Join(errs...)
 }
@@ -310,22 +279,33 @@ func (in *ExportInput) layout() activities.Layout {
 }
 
 // chunks is the number of child workflows for a plan of files.
-func (o Options) chunks(files int) int { return (files + o.FilesPerChunk - 1) / o.FilesPerChunk }
+func (s Settings) chunks(files int) int { return (files + s.FilesPerChunk - 1) / s.FilesPerChunk }
 
-func (o Options) withDefaults() Options {
-	if o.Concurrency == 0 {
-		o.Concurrency = 8
+// Defaults of the options. Changing one affects exports started afterwards
+// only: running ones carry their resolved Settings.
+const (
+	defaultConcurrency      = 8
+	defaultFilesPerChunk    = 500
+	defaultMaxFileAttempts  = 10
+	defaultHeartbeatTimeout = 2 * time.Minute
+	defaultMaxHistoryEvents = 5000
+	defaultRetryDeadline    = 6 * time.Hour
+)
+
+// settings resolves the options against today's defaults (validated input).
+func (in *ExportInput) settings() Settings {
+	o := in.Options
+	s := Settings{Concurrency: cmp.Or(o.Concurrency, defaultConcurrency), FilesPerChunk: cmp.Or(o.FilesPerChunk, defaultFilesPerChunk),
+		MaxFileAttempts: cmp.Or(o.MaxFileAttempts, defaultMaxFileAttempts), HeartbeatTimeout: defaultHeartbeatTimeout,
+		KeepJob: o.KeepJob, MaxHistoryEvents: cmp.Or(o.MaxHistoryEvents, defaultMaxHistoryEvents), Layout: in.layout()}
+	if d, err := time.ParseDuration(o.HeartbeatTimeout); err == nil {
+		s.HeartbeatTimeout = d
 	}
-	if o.FilesPerChunk == 0 {
-		o.FilesPerChunk = 500
+	s.RetryDeadline = defaultRetryDeadline
+	if d, err := time.ParseDuration(o.RetryDeadline); err == nil {
+		s.RetryDeadline = d
 	}
-	if o.MaxFileAttempts == 0 {
-		o.MaxFileAttempts = 10
-	}
-	if o.HeartbeatTimeout == "" {
-		o.HeartbeatTimeout = "2m"
-	}
-	return o
+	return s
 }
 
 // RunName derives a folder name from a workflow ID.

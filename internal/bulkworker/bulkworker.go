@@ -51,6 +51,10 @@ func New(c client.Client, taskQueue string, acts *activities.Activities, maxActi
 		WorkerStopTimeout: 30e9,
 		// Export outcomes (failed, cancelled) and kick-off failures.
 		Interceptors: []interceptor.WorkerInterceptor{NewMetricsInterceptor(acts.Metrics)},
+		// A cancelled download learns of it from its next heartbeat's
+		// response: at most this long, so a cancelled export's cleanup
+		// (which waits for its downloads) follows within seconds.
+		MaxHeartbeatThrottleInterval: 5e9,
 	})
 	Register(w, acts)
 	return w

@@ -552,12 +552,17 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 }
 
 func (e *env) history(ctx context.Context, id string, r *runResult) error {
+	var children []string // chunk IDs carry the parent run's identity: read them from history
 	count := func(wid string) (int, error) {
 		it := e.tc.GetWorkflowHistory(ctx, wid, "", false, enums.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 		n := 0
 		for it.HasNext() {
-			if _, err := it.Next(); err != nil {
+			ev, err := it.Next()
+			if err != nil {
 				return n, err
+			}
+			if a := ev.GetChildWorkflowExecutionStartedEventAttributes(); a != nil && wid == id {
+				children = append(children, a.GetWorkflowExecution().GetWorkflowId())
 			}
 			n++
 		}
@@ -567,10 +572,10 @@ func (e *env) history(ctx context.Context, id string, r *runResult) error {
 	if r.parentEvents, err = count(id); err != nil {
 		return err
 	}
-	for c := 0; ; c++ {
-		n, err := count(fmt.Sprintf("%s/chunk-%05d", id, c))
+	for _, child := range children {
+		n, err := count(child)
 		if err != nil || n == 0 {
-			break // no such child: all counted
+			break
 		}
 		r.chunks++
 		r.chunkTotal += n

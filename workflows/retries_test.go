@@ -1,0 +1,143 @@
+package workflows
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/bulkflow/bulkflow/activities"
+)
+
+// Issue 16 §4: a status URL that keeps answering 5xx fails the export at
+// the retry deadline from the options, not after days, and the last error
+// is visible in the progress query all along.
+func TestStatus5xxFailsAtTheRetryDeadline(t *testing.T) {
+	env := newEnv()
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	var polls atomic.Int32
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(context.Context, activities.PollInput) (activities.PollResult, error) {
+		polls.Add(1)
+		return activities.PollResult{}, temporal.NewApplicationError("status: 503 Service Unavailable from https://ehr.example/status/1", activities.ErrTransient)
+	})
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
+	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	var seen Progress
+	env.RegisterDelayedCallback(func() {
+		v, err := env.QueryWorkflow(ProgressQuery)
+		require.NoError(t, err)
+		require.NoError(t, v.Get(&seen))
+	}, time.Hour)
+	in := input
+	in.Options.RetryDeadline = "2h"
+	start := env.Now()
+	env.ExecuteWorkflow(BulkExportWorkflow, in)
+	err := env.GetWorkflowError()
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "status kept failing")
+	require.Contains(t, err.Error(), "503 Service Unavailable")
+	require.Contains(t, err.Error(), "RetriesExhausted")
+	took := env.Now().Sub(start)
+	require.True(t, took > time.Hour && took <= 2*time.Hour, "failed after %s; want within the 2h deadline", took)
+	require.Greater(t, polls.Load(), int32(10))
+	require.NotNil(t, seen.Retrying, "the progress query must show the retry while it waits")
+	require.Equal(t, "status", seen.Retrying.Step)
+	require.Greater(t, seen.Retrying.Attempt, 1)
+	require.Contains(t, seen.Retrying.LastError, "503")
+	require.True(t, seen.Retrying.NextRetry.After(start))
+}
+
+// A kick-off that keeps failing (not "busy") is tried a bounded number of
+// times: each try may leave a job on the server if its 202 was lost.
+func TestKickoffFailuresAreBounded(t *testing.T) {
+	env := newEnv()
+	var kicks atomic.Int32
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		kicks.Add(1)
+		return activities.KickoffResult{}, temporal.NewApplicationError("kick-off: 500 Internal Server Error", activities.ErrTransient)
+	})
+	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := env.GetWorkflowError()
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "kick-off kept failing")
+	require.EqualValues(t, kickoffAttempts, kicks.Load())
+}
+
+// "Busy" (429 with Retry-After) is waiting, not failing: a long queue on
+// the server does not use up the kick-off's attempts.
+func TestKickoffBusyDoesNotUseAttempts(t *testing.T) {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	env := newEnv()
+	var kicks atomic.Int32
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		if kicks.Add(1) <= 2*kickoffAttempts {
+			return activities.KickoffResult{}, temporal.NewApplicationErrorWithOptions("429: export already running", activities.ErrRateLimited,
+				temporal.ApplicationErrorOptions{NextRetryDelay: 5 * time.Minute})
+		}
+		return activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil
+	})
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil)
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil).Once()
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	require.NoError(t, env.GetWorkflowError())
+	require.EqualValues(t, 2*kickoffAttempts+1, kicks.Load())
+}
+
+// Issue 16 §7: a job bulkflow abandons (the export is run again) gets a
+// DELETE, best effort, besides the one the finished job gets.
+func TestAbandonedJobIsDeleted(t *testing.T) {
+	p := plan(map[string]int{"Patient": 2}, 0, 0)
+	env := newEnv()
+	var kicks atomic.Int32
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		return activities.KickoffResult{StatusURL: fmt.Sprintf("https://ehr.example/status/%d", kicks.Add(1))}, nil
+	})
+	polled := map[string]int{}
+	var mu sync.Mutex
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PollInput) (activities.PollResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		polled[in.StatusURL]++
+		if in.StatusURL == "https://ehr.example/status/1" && in.PlanVersion > 0 {
+			// The re-fetched manifest lists other files: a different job.
+			return activities.PollResult{Done: true, Plan: plan(map[string]int{"Patient": 3}, 0, 0)}, nil
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	var gone atomic.Bool
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		if in.Index == 1 && gone.CompareAndSwap(false, true) {
+			return activities.FileResult{}, temporal.NewNonRetryableApplicationError("410 Gone", activities.ErrFileGone, nil)
+		}
+		return fileFor(p)(ctx, in)
+	})
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Once()
+	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/x"}, nil).Once()
+	var deleted []string
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DeleteJobInput) error {
+		mu.Lock()
+		deleted = append(deleted, in.StatusURL)
+		mu.Unlock()
+		return nil
+	})
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	require.NoError(t, env.GetWorkflowError())
+	var r ExportResult
+	require.NoError(t, env.GetWorkflowResult(&r))
+	require.Equal(t, 1, r.Restarts)
+	require.ElementsMatch(t, []string{"https://ehr.example/status/1", "https://ehr.example/status/2"}, deleted,
+		"the abandoned job and the finished one are both deleted")
+	require.True(t, strings.Contains(strings.Join(r.Warnings, "\n"), "different files"))
+}
