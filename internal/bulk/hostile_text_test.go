@@ -28,7 +28,7 @@ func TestBodyExcerptSaysWhatTheServerSaid(t *testing.T) {
 
 func TestSanitizeDropsBidiAndInvisible(t *testing.T) {
 	for in, want := range map[string]string{
-		"50% \u202edone":               "50% done",
+		"50% \u202edone":                "50% done",
 		"a\u2066b\u2067c\u2068d\u2069e": "abcde",
 		"x\u200by\ufeffz\u200f":         "xyz",
 		"line1\u2028line2":              "line1 line2",
