@@ -189,7 +189,7 @@ func (a *Activities) Kickoff(ctx context.Context, in KickoffInput) (KickoffResul
 	statusURL, err := c.Kickoff(ctx, req)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "kickoff", err)
-		return KickoffResult{}, temporalErrorCtx(ctx, err)
+		return KickoffResult{}, temporalErrorAt(attemptOf(ctx, in.Attempt), err)
 	}
 	a.Logger.Info("export started", "server", serverName(in.ServerRef), "level", req.Level, "status_url", stripQuery(statusURL))
 	return KickoffResult{StatusURL: statusURL}, nil
@@ -207,7 +207,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	st, err := c.Status(ctx, in.StatusURL)
 	if err != nil {
 		a.observeOutcome(in.ServerRef, "status", err)
-		return PollResult{}, temporalErrorCtx(ctx, err)
+		return PollResult{}, temporalErrorAt(attemptOf(ctx, in.Attempt), err)
 	}
 	if !st.Done {
 		wait := st.RetryAfter
@@ -223,7 +223,7 @@ func (a *Activities) PollStatus(ctx context.Context, in PollInput) (PollResult, 
 	}
 	m, err := c.FetchAll(ctx, st.Manifest)
 	if err != nil {
-		return PollResult{}, temporalErrorCtx(ctx, err)
+		return PollResult{}, temporalErrorAt(attemptOf(ctx, in.Attempt), err)
 	}
 	p, err := buildPlan(m, st.Expires, time.Now())
 	if err != nil {

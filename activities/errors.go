@@ -63,11 +63,18 @@ func temporalError(err error) error {
 // request that keeps happening becomes permanent, saying how many attempts
 // it had.
 func temporalErrorCtx(ctx context.Context, err error) error {
+	return temporalErrorAt(attemptOf(ctx, 0), err)
+}
+
+// attemptOf is the attempt number the budgets count: the activity's own,
+// or the workflow's when it drives the retries (then each activity
+// execution is attempt 1).
+func attemptOf(ctx context.Context, workflowAttempt int32) int32 {
 	var attempt int32
 	if activity.IsActivity(ctx) {
 		attempt = activity.GetInfo(ctx).Attempt
 	}
-	return temporalErrorAt(attempt, err)
+	return max(attempt, workflowAttempt)
 }
 
 // temporalErrorAt decides with the attempt number (1-based; 0 = unknown,

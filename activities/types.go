@@ -39,6 +39,10 @@ type KickoffInput struct {
 	IncludeAssociatedData []string `json:"includeAssociatedData,omitempty"`
 	Method                string   `json:"method,omitempty"`
 	Lenient               bool     `json:"lenient,omitempty"`
+	// Attempt is the workflow's attempt number when it drives the retries
+	// itself (each activity then runs once): the budgets for refused
+	// connections and stalled requests count it (activities/errors.go).
+	Attempt int32 `json:"attempt,omitempty"`
 }
 
 // Request is the protocol client's kick-off request. The workflow validates
@@ -71,6 +75,8 @@ type PollInput struct {
 	// PlanVersion > 0 re-fetches a finished manifest for fresh links and
 	// stages it as that version of the plan.
 	PlanVersion int `json:"planVersion,omitempty"`
+	// Attempt: as KickoffInput.Attempt.
+	Attempt int32 `json:"attempt,omitempty"`
 }
 
 // PollResult is either "wait this long" or the plan of files to download.

@@ -207,8 +207,16 @@ func (r *exportRun) kickOff() error {
 	r.setPhase(PhaseKickoff, "**Kick-off**: starting the export on the FHIR server")
 	if r.workflowRetries() {
 		var kr activities.KickoffResult
-		err := r.retrying("kick-off", kickoffAttempts, 5*time.Minute, func(ctx workflow.Context) error {
-			return workflow.ExecuteActivity(ctx, a.Kickoff, r.in.kickoff(r.ref, r.target, r.st.Since)).Get(r.ctx, &kr)
+		err := r.retrying("kick-off", kickoffAttempts, 5*time.Minute, func(ctx workflow.Context, attempt int32) error {
+			kin := r.in.kickoff(r.ref, r.target, r.st.Since)
+			kin.Attempt = attempt
+			err := workflow.ExecuteActivity(ctx, a.Kickoff, kin).Get(r.ctx, &kr)
+			if isType(err, activities.ErrKickoffUnanswered) && mayPass(err) {
+				// Not silently: the server may have started a job whose
+				// status URL never arrived (it cannot be found or DELETEd).
+				r.st.Warnings = appendOnce(r.st.Warnings, "a kick-off got no answer and was sent again: the server may hold an export job that bulkflow never learned of (the audit log lists every kick-off)")
+			}
+			return err
 		})
 		if err != nil {
 			return fmt.Errorf("kick-off: %w", err)
@@ -248,7 +256,8 @@ func (r *exportRun) poll(planVersion int) (activities.PollResult, error) {
 	in := activities.PollInput{ServerRef: r.ref, Target: r.target, StatusURL: r.st.StatusURL, Poll: r.st.Polls, PlanVersion: planVersion}
 	var err error
 	if r.workflowRetries() {
-		err = r.retrying("status", 0, 10*time.Minute, func(ctx workflow.Context) error {
+		err = r.retrying("status", 0, 10*time.Minute, func(ctx workflow.Context, attempt int32) error {
+			in.Attempt = attempt
 			return workflow.ExecuteActivity(ctx, a.PollStatus, in).Get(r.ctx, &pr)
 		})
 	} else {
@@ -277,7 +286,10 @@ func (r *exportRun) workflowRetries() bool {
 // try. It gives up, non-retryably, when the step has failed for longer than
 // the retry deadline (options.retryDeadline), or after maxAttempts failures
 // other than 429 (0: no such bound).
-func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration, try func(workflow.Context) error) error {
+//
+// try gets the number of failures other than 429 so far plus one: the
+// activity's budgets for refused connections and stalls count it.
+func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration, try func(ctx workflow.Context, attempt int32) error) error {
 	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: timeout,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 1}, Summary: step})
 	deadline := cmp.Or(r.set.RetryDeadline, defaultRetryDeadline)
@@ -285,7 +297,7 @@ func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration
 	var first time.Time
 	failures := 0
 	for attempt := 1; ; attempt++ {
-		err := try(ctx)
+		err := try(ctx, int32(failures+1))
 		if err == nil || !mayPass(err) {
 			return err
 		}
@@ -315,6 +327,15 @@ func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration
 			return err
 		}
 	}
+}
+
+func appendOnce(list []string, s string) []string {
+	for _, x := range list {
+		if x == s {
+			return list
+		}
+	}
+	return append(list, s)
 }
 
 // mayPass reports whether a failed attempt may succeed if tried again:

@@ -141,3 +141,49 @@ func TestAbandonedJobIsDeleted(t *testing.T) {
 		"the abandoned job and the finished one are both deleted")
 	require.True(t, strings.Contains(strings.Join(r.Warnings, "\n"), "different files"))
 }
+
+// When the workflow drives the retries, each activity runs once (attempt 1
+// to Temporal), so the workflow hands its own count of failures to the
+// activity: the budgets for refused connections and stalled requests
+// (activities/errors.go) must see 1, 2, 3… across tries, 429s not counted,
+// and a kick-off that went unanswered and was sent again is not silent.
+func TestWorkflowRetriesHandTheAttemptToTheActivity(t *testing.T) {
+	p := plan(map[string]int{"Patient": 1}, 0, 0)
+	env := newEnv()
+	var mu sync.Mutex
+	var kickAttempts, pollAttempts []int32
+	errs := []error{
+		temporal.NewApplicationError("kick-off: no answer", activities.ErrKickoffUnanswered),
+		temporal.NewApplicationErrorWithOptions("kick-off: 429", activities.ErrRateLimited, temporal.ApplicationErrorOptions{NextRetryDelay: time.Minute}),
+		temporal.NewApplicationError("kick-off: connection refused", activities.ErrTransient),
+	}
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.KickoffInput) (activities.KickoffResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		kickAttempts = append(kickAttempts, in.Attempt)
+		if n := len(kickAttempts); n <= len(errs) {
+			return activities.KickoffResult{}, errs[n-1]
+		}
+		return activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil
+	})
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.PollInput) (activities.PollResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		pollAttempts = append(pollAttempts, in.Attempt)
+		if len(pollAttempts) < 3 {
+			return activities.PollResult{}, temporal.NewApplicationError("status: stalled", activities.ErrTransient)
+		}
+		return activities.PollResult{Done: true, Plan: p}, nil
+	})
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(fileFor(p))
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/run"}, nil)
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	require.NoError(t, env.GetWorkflowError())
+	require.Equal(t, []int32{1, 2, 2, 3}, kickAttempts, "the 429 must not count as a failure")
+	require.Equal(t, []int32{1, 2, 3}, pollAttempts)
+	var res ExportResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.True(t, strings.Contains(strings.Join(res.Warnings, "\n"), "kick-off got no answer"), "warnings: %q", res.Warnings)
+}
