@@ -239,6 +239,7 @@ func (t *Totals) Add(f FileResult) {
 		t.Deleted = AddCounts(t.Deleted, f.Deleted)
 	case KindError:
 		t.Issues = AddCounts(t.Issues, f.Severity)
+		t.Failed += f.Failed
 	}
 }
 
@@ -251,6 +252,7 @@ func (t *Totals) Merge(o Totals) {
 	t.Resources = AddCounts(t.Resources, o.Resources)
 	t.Deleted = AddCounts(t.Deleted, o.Deleted)
 	t.Issues = AddCounts(t.Issues, o.Issues)
+	t.Failed += o.Failed
 }
 
 // ResourceCount sums resources over types.

@@ -544,6 +544,10 @@ func (r *exportRun) finish(c activities.CommitResult) *ExportResult {
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%d %s issue(s) reported by the server in error[]", n, sev))
 		}
 	}
+	if n := st.Totals.Failed; n > 0 {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("partial export: the server could not export %d resource(s) (the counts of its error[] entries); what it exported is committed, its OperationOutcomes are in _errors/", n))
+	}
+	res.Warnings = append(res.Warnings, st.Plan.Warnings...) // the manifest's timestamps (Expires, transactionTime)
 	res.Warnings = append(res.Warnings, minimisationWarnings(r.in, st)...)
 	if !r.set.KeepJob && !r.jobDeleted && workflow.GetVersion(r.ctx, versionDeleteBeforeCommit, workflow.DefaultVersion, 1) < 1 {
 		// BD2 L287: DELETE signals the client is done; a failure here loses no data.

@@ -187,3 +187,33 @@ func TestWorkflowRetriesHandTheAttemptToTheActivity(t *testing.T) {
 	require.NoError(t, env.GetWorkflowResult(&res))
 	require.True(t, strings.Contains(strings.Join(res.Warnings, "\n"), "kick-off got no answer"), "warnings: %q", res.Warnings)
 }
+
+// A partial export (the server's error[] counts resources it could not
+// export) and the manifest's timestamp warnings reach the workflow's result,
+// not only _manifest.json: the person who started the export reads them.
+func TestResultNamesPartialExportAndManifestWarnings(t *testing.T) {
+	p := plan(map[string]int{"Patient": 1}, 1, 0)
+	p.Warnings = []string{"the server's Expires header had already passed"}
+	env := newEnv()
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil)
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil)
+	download := fileFor(p)
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		r, err := download(ctx, in)
+		if r.Kind == activities.KindError {
+			r.Failed = 7
+		}
+		return r, err
+	})
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/run"}, nil)
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	require.NoError(t, env.GetWorkflowError())
+	var res ExportResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	require.EqualValues(t, 7, res.Totals.Failed)
+	all := strings.Join(res.Warnings, "\n")
+	require.Contains(t, all, "could not export 7 resource(s)")
+	require.Contains(t, all, "Expires header had already passed")
+}
