@@ -492,6 +492,7 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 			slot.Release(throttle.Success)
 		case k == bulk.KindRateLimited:
 			slot.Release(throttle.Throttled)
+			a.observeOutcome(in.ServerRef, "file", err)
 			a.Logger.Info("server throttled downloads", "server", server, "limit", lim.Limit())
 		default:
 			slot.Release(throttle.Other)
@@ -516,7 +517,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 		te := temporalErrorCtx(ctx, err)
 		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
 			"errorType": errorType(te), "message": err.Error()})
-		a.observeOutcome(in.ServerRef, "file", err)
+		if bulk.KindOf(err) != bulk.KindRateLimited {
+			a.observeOutcome(in.ServerRef, "file", err) // a 429 was counted when it came
+		}
 		if reason := validationReason(err); reason != "" {
 			a.Metrics.ValidationFailed(server, reason)
 		}

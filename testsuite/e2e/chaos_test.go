@@ -74,7 +74,7 @@ func TestTemporalServerRestartMidRun(t *testing.T) {
 	defer c.Close()
 
 	// Every file's first attempt is slow, so the restart surely falls mid-download.
-	srv := fhirServer(t, testsuite.Options{Patients: 40, ResourcesPerFile: 400, LargeAttachments: -1, Faults: "file=slow(bps=60000)@1"})
+	srv := fhirServer(t, testsuite.Options{Patients: 40, ResourcesPerFile: 400, LargeAttachments: -1, Faults: "file=slow(bps=20000)@1"})
 	out := t.TempDir()
 	queue := fmt.Sprintf("e2e-restart-%d", queueSeq.Add(1))
 	reg, _ := servers.Load("")

@@ -18,7 +18,9 @@ import (
 )
 
 // `curl /metrics` on a running worker after an export shows bulkflow's own
-// metrics with non-zero values, and the Temporal SDK's.
+// metrics with non-zero values, and the Temporal SDK's. A 429 on a file is
+// waited out within its attempt (counted as throttled, not as a retry); the
+// truncated file is the retry.
 func TestWorkerMetricsAfterAnExport(t *testing.T) {
 	requireE2E(t)
 	workerBin := buildBinary(t, "./worker")
@@ -28,7 +30,7 @@ func TestWorkerMetricsAfterAnExport(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	srv := fhirServer(t, testsuite.Options{Patients: 20, LargeAttachments: -1, Faults: "file:Observation=429(retry-after=1)@1"})
+	srv := fhirServer(t, testsuite.Options{Patients: 20, LargeAttachments: -1, Faults: "file:Observation=429(retry-after=1)@1; file:Condition=truncate-lines(n=2)@1"})
 	queue := "e2e-metrics"
 	cmd := exec.Command(workerBin, "-temporal-address", dev.FrontendHostPort(), "-task-queue", queue, "-output", t.TempDir(),
 		"-metrics-addr", addr, "-log-level", "warn")
@@ -67,7 +69,7 @@ func TestWorkerMetricsAfterAnExport(t *testing.T) {
 	}
 	for _, m := range []string{"bulkflow_bytes_total", "bulkflow_throttled_total", "bulkflow_file_retries_total", "bulkflow_export_duration_seconds_count"} {
 		if sum(m) == 0 {
-			t.Errorf("%s is zero after an export with a 429", m)
+			t.Errorf("%s is zero after an export with a 429 and a truncated file", m)
 		}
 	}
 	if !strings.Contains(body, "temporal_") {
