@@ -181,6 +181,7 @@ type coding struct{ system, code, display string }
 type obsCode struct {
 	coding
 	cat         int // index into obsCats
+	kind        valueKind
 	unit        string
 	lo, range10 int // value in tenths: lo + r%range10
 }
@@ -193,18 +194,54 @@ var obsCats = []coding{
 const loinc = "http://loinc.org"
 const snomed = "http://snomed.info/sct"
 
+// valueKind is how an Observation carries its result.
+type valueKind uint8
+
+const (
+	vQuantity        valueKind = iota // valueQuantity (1/16 absent, with dataAbsentReason)
+	vCodeableConcept                  // valueCodeableConcept
+	vString                           // valueString
+	vComponents                       // no value[x]; systolic and diastolic components
+)
+
 var obsCodes = []obsCode{
-	{coding{loinc, "2345-7", "Glucose [Mass/volume] in Serum or Plasma"}, 0, "mg/dL", 700, 700},
-	{coding{loinc, "718-7", "Hemoglobin [Mass/volume] in Blood"}, 0, "g/dL", 110, 60},
-	{coding{loinc, "2160-0", "Creatinine [Mass/volume] in Serum or Plasma"}, 0, "mg/dL", 6, 8},
-	{coding{loinc, "2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"}, 0, "mg/dL", 1500, 1300},
-	{coding{loinc, "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"}, 0, "%", 45, 45},
-	{coding{loinc, "8867-4", "Heart rate"}, 1, "/min", 550, 550},
-	{coding{loinc, "8310-5", "Body temperature"}, 1, "Cel", 360, 30},
-	{coding{loinc, "29463-7", "Body weight"}, 1, "kg", 450, 750},
-	{coding{loinc, "8302-2", "Body height"}, 1, "cm", 1500, 450},
-	{coding{loinc, "9279-1", "Respiratory rate"}, 1, "/min", 120, 120},
+	{coding{loinc, "2345-7", "Glucose [Mass/volume] in Serum or Plasma"}, 0, vQuantity, "mg/dL", 700, 700},
+	{coding{loinc, "718-7", "Hemoglobin [Mass/volume] in Blood"}, 0, vQuantity, "g/dL", 110, 60},
+	{coding{loinc, "2160-0", "Creatinine [Mass/volume] in Serum or Plasma"}, 0, vQuantity, "mg/dL", 6, 8},
+	{coding{loinc, "2093-3", "Cholesterol [Mass/volume] in Serum or Plasma"}, 0, vQuantity, "mg/dL", 1500, 1300},
+	{coding{loinc, "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"}, 0, vQuantity, "%", 45, 45},
+	{coding{loinc, "8867-4", "Heart rate"}, 1, vQuantity, "/min", 550, 550},
+	{coding{loinc, "8310-5", "Body temperature"}, 1, vQuantity, "Cel", 360, 30},
+	{coding{loinc, "29463-7", "Body weight"}, 1, vQuantity, "kg", 450, 750},
+	{coding{loinc, "8302-2", "Body height"}, 1, vQuantity, "cm", 1500, 450},
+	{coding{loinc, "9279-1", "Respiratory rate"}, 1, vQuantity, "/min", 120, 120},
+	{coding{loinc, "85354-9", "Blood pressure panel with all children optional"}, 1, vComponents, "mm[Hg]", 1000, 800},
+	{coding{loinc, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum"}, 0, vCodeableConcept, "", 0, 0},
+	{coding{loinc, "5767-9", "Appearance of Urine"}, 0, vString, "", 0, 0},
 }
+
+var bpSystolic = coding{loinc, "8480-6", "Systolic blood pressure"}
+var bpDiastolic = coding{loinc, "8462-4", "Diastolic blood pressure"}
+
+var qualAnswers = []coding{
+	{snomed, "260385009", "Negative"}, {snomed, "260385009", "Negative"}, {snomed, "10828004", "Positive"},
+}
+var appearances = []string{"Clear", "Clear", "Cloudy", "Hazy", "Turbid"}
+
+// US Core race and ethnicity (CDC Race & Ethnicity code system).
+const cdcRace = "urn:oid:2.16.840.1.113883.6.238"
+
+var raceCodes = []coding{
+	{cdcRace, "2106-3", "White"}, {cdcRace, "2054-5", "Black or African American"}, {cdcRace, "2028-9", "Asian"},
+	{cdcRace, "1002-5", "American Indian or Alaska Native"}, {cdcRace, "2076-8", "Native Hawaiian or Other Pacific Islander"},
+	{cdcRace, "2131-1", "Other Race"},
+}
+var ethnicityCodes = []coding{
+	{cdcRace, "2135-2", "Hispanic or Latino"}, {cdcRace, "2186-5", "Not Hispanic or Latino"},
+}
+
+// nameUses by position: the first name is official, later ones vary.
+var nameUses = [3][]string{{"official"}, {"usual", "nickname", "maiden"}, {"old", "anonymous", "usual"}}
 
 var condCodes = []coding{
 	{snomed, "44054006", "Diabetes mellitus type 2"},
@@ -215,6 +252,20 @@ var condCodes = []coding{
 	{snomed, "40055000", "Chronic sinusitis"},
 	{snomed, "10509002", "Acute bronchitis"},
 	{snomed, "444814009", "Viral sinusitis"},
+}
+
+const icd10cm = "http://hl7.org/fhir/sid/icd-10-cm"
+
+// condICD10 translates condCodes index by index (a second code system on Condition.code).
+var condICD10 = []coding{
+	{icd10cm, "E11.9", "Type 2 diabetes mellitus without complications"},
+	{icd10cm, "I10", "Essential (primary) hypertension"},
+	{icd10cm, "J45.909", "Unspecified asthma, uncomplicated"},
+	{icd10cm, "J44.9", "Chronic obstructive pulmonary disease, unspecified"},
+	{icd10cm, "F32.9", "Major depressive disorder, single episode, unspecified"},
+	{icd10cm, "J32.9", "Chronic sinusitis, unspecified"},
+	{icd10cm, "J20.9", "Acute bronchitis, unspecified"},
+	{icd10cm, "J01.90", "Acute sinusitis, unspecified"},
 }
 
 var condCats = []coding{
@@ -310,6 +361,7 @@ type attrs struct {
 	status string
 	cat    string
 	code   *coding
+	alt    *coding // a second coding of the same concept (token search matches either)
 }
 
 func (d *dataset) attrs(t rtype, j int, ver int32) attrs {
@@ -325,6 +377,7 @@ func (d *dataset) attrs(t rtype, j int, ver int32) attrs {
 		a.cat = obsCats[c.cat].code
 	case tCondition:
 		a.code = &condCodes[r%uint64(len(condCodes))]
+		a.alt = &condICD10[r%uint64(len(condCodes))]
 		a.cat = condCats[(r>>16)%2].code
 	case tMedicationRequest:
 		a.code = &medCodes[r%uint64(len(medCodes))]

@@ -82,6 +82,29 @@ func (g *gen) ref(t rtype, j int) {
 	g.s(`"}`)
 }
 
+// absBase spells absolute references: a fixed base (not the server's own URL)
+// keeps the output identical across servers with the same seed, and a reader
+// must find "Patient/pat-1" in "https://.../Patient/pat-1" as it would in
+// "Patient/pat-1".
+const absBase = "https://ehr.example.org/fhir/"
+
+// refv appends a reference spelled as form picks: mostly relative as before,
+// 1/8 absolute, 1/16 versioned ("/_history/1", which always exists).
+func (g *gen) refv(t rtype, j int, form uint64) {
+	g.s(`{"reference":"`)
+	if form%8 == 3 {
+		g.s(absBase)
+	}
+	g.s(typeNames[t])
+	g.b = append(g.b, '/')
+	g.s(idPrefix[t])
+	g.i(j)
+	if form%16 == 5 {
+		g.s(`/_history/1`)
+	}
+	g.s(`"}`)
+}
+
 func (g *gen) coding(c *coding) {
 	g.s(`{"system":"`)
 	g.s(c.system)
@@ -95,6 +118,17 @@ func (g *gen) coding(c *coding) {
 func (g *gen) cc(c *coding) {
 	g.s(`{"coding":[`)
 	g.coding(c)
+	g.s(`],"text":"`)
+	g.s(c.display)
+	g.s(`"}`)
+}
+
+// cc2 is cc with a second coding from another system (a translation).
+func (g *gen) cc2(c, alt *coding) {
+	g.s(`{"coding":[`)
+	g.coding(c)
+	g.b = append(g.b, ',')
+	g.coding(alt)
 	g.s(`],"text":"`)
 	g.s(c.display)
 	g.s(`"}`)
@@ -173,7 +207,7 @@ func (g *gen) resource(t rtype, j, p int, v version) {
 		}
 		if g.k("subject") {
 			g.s(`,"subject":`)
-			g.ref(tPatient, p)
+			g.refv(tPatient, p, rv>>8)
 		}
 		if g.k("participant") {
 			g.s(`,"participant":[{"type":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ParticipationType","code":"PPRF","display":"primary performer"}]}],"individual":`)
@@ -189,61 +223,22 @@ func (g *gen) resource(t rtype, j, p int, v version) {
 		}
 		if g.k("serviceProvider") {
 			g.s(`,"serviceProvider":`)
-			g.ref(tOrganization, int(r>>32)%d.total[tOrganization])
+			o := int(r>>32) % d.total[tOrganization]
+			if rv>>20%8 == 0 {
+				// identifier-only (logical) reference: no literal reference to resolve
+				g.s(`{"identifier":{"system":"urn:ietf:rfc:3986","value":"urn:oid:2.16.840.1.113883.3.`)
+				g.i(o)
+				g.s(`"},"display":"`)
+				g.s(cities[int(d.h(tOrganization, o)%uint64(len(cities)))].city)
+				g.s(` General Hospital `)
+				g.i(o)
+				g.s(`"}`)
+			} else {
+				g.ref(tOrganization, o)
+			}
 		}
 	case tObservation:
-		c := &obsCodes[r%uint64(len(obsCodes))]
-		g.s(`,"status":"`)
-		g.s(a.status)
-		g.b = append(g.b, '"')
-		if g.k("category") {
-			g.s(`,"category":[{"coding":[`)
-			g.coding(&obsCats[c.cat])
-			g.s(`]}]`)
-		}
-		g.s(`,"code":`)
-		g.cc(&c.coding)
-		if g.k("subject") {
-			g.s(`,"subject":`)
-			g.ref(tPatient, p)
-		}
-		if ne := d.prefix[tEncounter][p+1] - d.prefix[tEncounter][p]; ne > 0 && g.k("encounter") {
-			g.s(`,"encounter":`)
-			g.ref(tEncounter, int(d.prefix[tEncounter][p])+int(r>>24)%int(ne))
-		}
-		if g.k("effectiveDateTime") {
-			g.s(`,"effectiveDateTime":`)
-			g.time(eff)
-		}
-		if g.k("issued") {
-			g.s(`,"issued":`)
-			g.time(eff + 3600000)
-		}
-		if g.k("performer") {
-			g.s(`,"performer":[`)
-			g.ref(tPractitioner, int(r>>28)%d.total[tPractitioner])
-			g.b = append(g.b, ']')
-		}
-		if g.k("valueQuantity") {
-			g.s(`,"valueQuantity":{"value":`)
-			g.tenth(c.lo + int(rv%uint64(c.range10)))
-			g.s(`,"unit":"`)
-			g.s(c.unit)
-			g.s(`","system":"http://unitsofmeasure.org","code":"`)
-			g.s(c.unit)
-			g.s(`"}`)
-		}
-		if g.k("referenceRange") && c.cat == 0 {
-			g.s(`,"referenceRange":[{"low":{"value":`)
-			g.tenth(c.lo)
-			g.s(`,"unit":"`)
-			g.s(c.unit)
-			g.s(`"},"high":{"value":`)
-			g.tenth(c.lo + c.range10*3/4)
-			g.s(`,"unit":"`)
-			g.s(c.unit)
-			g.s(`"}}]`)
-		}
+		g.observation(j, p, r, rv, eff, &a)
 	case tCondition:
 		if g.k("clinicalStatus") {
 			g.s(`,"clinicalStatus":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/condition-clinical","code":"`)
@@ -260,10 +255,10 @@ func (g *gen) resource(t rtype, j, p int, v version) {
 		}
 		if g.k("code") {
 			g.s(`,"code":`)
-			g.cc(a.code)
+			g.cc2(a.code, a.alt)
 		}
 		g.s(`,"subject":`)
-		g.ref(tPatient, p)
+		g.refv(tPatient, p, rv>>16)
 		if g.k("onsetDateTime") {
 			g.s(`,"onsetDateTime":`)
 			g.time(eff - int64(r>>36)%(400*msPerDay))
@@ -483,27 +478,240 @@ func (g *gen) resource(t rtype, j, p int, v version) {
 	g.b = append(g.b, '}')
 }
 
+func (g *gen) observation(j, p int, r, rv uint64, eff int64, a *attrs) {
+	d := g.d
+	c := &obsCodes[r%uint64(len(obsCodes))]
+	// 1/8 of observations name their performer as a contained Practitioner
+	// ("#performer"), as records copied from another system do.
+	contained := (rv>>44)%8 == 0 && g.k("performer") && g.k("contained")
+	if contained {
+		g.s(`,"contained":[{"resourceType":"Practitioner","id":"performer","name":[{"family":"`)
+		g.s(familyNames[(rv>>48)%uint64(len(familyNames))])
+		g.s(`","given":["`)
+		g.s(givenNames[(rv>>52)%uint64(len(givenNames))])
+		g.s(`"]}]}]`)
+	}
+	g.s(`,"status":"`)
+	g.s(a.status)
+	g.b = append(g.b, '"')
+	if g.k("category") {
+		g.s(`,"category":[{"coding":[`)
+		g.coding(&obsCats[c.cat])
+		g.s(`]}]`)
+	}
+	g.s(`,"code":`)
+	g.cc(&c.coding)
+	if g.k("subject") {
+		g.s(`,"subject":`)
+		g.refv(tPatient, p, rv>>12)
+	}
+	if ne := d.prefix[tEncounter][p+1] - d.prefix[tEncounter][p]; ne > 0 && g.k("encounter") {
+		g.s(`,"encounter":`)
+		g.ref(tEncounter, int(d.prefix[tEncounter][p])+int(r>>24)%int(ne))
+	}
+	if g.k("effectiveDateTime") {
+		g.s(`,"effectiveDateTime":`)
+		g.time(eff)
+	}
+	if g.k("issued") {
+		g.s(`,"issued":`)
+		g.time(eff + 3600000)
+	}
+	if g.k("performer") {
+		g.s(`,"performer":[`)
+		if contained {
+			g.s(`{"reference":"#performer"}`)
+		} else {
+			g.ref(tPractitioner, int(r>>28)%d.total[tPractitioner])
+		}
+		g.b = append(g.b, ']')
+	}
+	switch c.kind {
+	case vQuantity:
+		if (rv>>36)%16 == 0 {
+			// value absent, with the reason (R4 obs-6: dataAbsentReason only without value[x])
+			if g.k("dataAbsentReason") {
+				g.s(`,"dataAbsentReason":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/data-absent-reason","code":"not-performed","display":"Not Performed"}]}`)
+			}
+		} else if g.k("valueQuantity") {
+			g.s(`,"valueQuantity":`)
+			g.quantity(c.lo+int(rv%uint64(c.range10)), c.unit)
+		}
+	case vCodeableConcept:
+		if g.k("valueCodeableConcept") {
+			g.s(`,"valueCodeableConcept":`)
+			g.cc(&qualAnswers[rv%uint64(len(qualAnswers))])
+		}
+	case vString:
+		if g.k("valueString") {
+			g.s(`,"valueString":"`)
+			g.s(appearances[rv%uint64(len(appearances))])
+			g.b = append(g.b, '"')
+		}
+	case vComponents:
+		// a panel: no value[x] of its own, the values are in component
+		if g.k("component") {
+			g.s(`,"component":[{"code":`)
+			g.cc(&bpSystolic)
+			g.s(`,"valueQuantity":`)
+			g.quantity(c.lo+int(rv%uint64(c.range10)), c.unit)
+			g.s(`},{"code":`)
+			g.cc(&bpDiastolic)
+			g.s(`,"valueQuantity":`)
+			g.quantity(c.lo*6/10+int((rv>>16)%uint64(c.range10/2)), c.unit)
+			g.s(`}]`)
+		}
+	}
+	if g.k("referenceRange") && c.cat == 0 && c.kind == vQuantity {
+		g.s(`,"referenceRange":[{"low":{"value":`)
+		g.tenth(c.lo)
+		g.s(`,"unit":"`)
+		g.s(c.unit)
+		g.s(`"},"high":{"value":`)
+		g.tenth(c.lo + c.range10*3/4)
+		g.s(`,"unit":"`)
+		g.s(c.unit)
+		g.s(`"}}]`)
+	}
+}
+
+// quantity appends a UCUM Quantity of x tenths.
+func (g *gen) quantity(x int, unit string) {
+	g.s(`{"value":`)
+	g.tenth(x)
+	g.s(`,"unit":"`)
+	g.s(unit)
+	g.s(`","system":"http://unitsofmeasure.org","code":"`)
+	g.s(unit)
+	g.s(`"}`)
+}
+
+// patient varies as real records do: 0-3 names of different use with one to
+// three given names, 0-3 telecoms, 0-2 addresses, US Core race and ethnicity
+// (nested extensions) on most, deceased[x] in both forms on some. Every
+// choice comes from r (stable per patient) or rv (per version).
 func (g *gen) patient(j int, r, rv uint64) {
 	ci := &cities[(r>>12)%uint64(len(cities))]
+	if g.k("extension") {
+		race := (r >> 44) % 8 // 0: none, 1-6: one category, 7: two categories
+		eth := (r >> 47) % 4  // 0: none, 1: Hispanic or Latino, 2-3: not
+		if race > 0 || eth > 0 {
+			g.s(`,"extension":[`)
+			if race > 0 {
+				g.s(`{"url":"http://hl7.org/fhir/us/core/StructureDefinition/us-core-race","extension":[`)
+				rc := &raceCodes[(race-1)%uint64(len(raceCodes))]
+				g.s(`{"url":"ombCategory","valueCoding":`)
+				g.coding(rc)
+				g.b = append(g.b, '}')
+				text := rc.display
+				if race == 7 {
+					rc2 := &raceCodes[(r>>50)%uint64(len(raceCodes)-1)]
+					if rc2 == rc {
+						rc2 = &raceCodes[len(raceCodes)-1]
+					}
+					g.s(`,{"url":"ombCategory","valueCoding":`)
+					g.coding(rc2)
+					g.b = append(g.b, '}')
+					text = "Mixed"
+				}
+				g.s(`,{"url":"text","valueString":"`)
+				g.s(text)
+				g.s(`"}]}`)
+			}
+			if eth > 0 {
+				if race > 0 {
+					g.b = append(g.b, ',')
+				}
+				ec := &ethnicityCodes[min(eth-1, 1)]
+				g.s(`{"url":"http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity","extension":[{"url":"ombCategory","valueCoding":`)
+				g.coding(ec)
+				g.s(`},{"url":"text","valueString":"`)
+				g.s(ec.display)
+				g.s(`"}]}`)
+			}
+			g.b = append(g.b, ']')
+		}
+	}
 	if g.k("identifier") {
 		g.s(`,"identifier":[{"use":"usual","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR","display":"Medical Record Number"}]},"system":"urn:oid:2.16.840.1.113883.19.5","value":"MRN`)
 		g.i(10000000 + j)
-		g.s(`"}]`)
+		g.b = append(g.b, '"', '}')
+		if (r>>52)%4 == 0 {
+			g.s(`,{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"SS","display":"Social Security number"}]},"system":"http://hl7.org/fhir/sid/us-ssn","value":"999-`)
+			g.i(10 + j%90)
+			g.b = append(g.b, '-')
+			g.i(1000 + j%9000)
+			g.b = append(g.b, '"', '}')
+		}
+		g.b = append(g.b, ']')
 	}
 	if g.k("active") {
 		g.s(`,"active":true`)
 	}
 	if g.k("name") {
-		g.s(`,"name":[{"use":"official","family":"`)
-		g.s(familyNames[r%uint64(len(familyNames))])
-		g.s(`","given":["`)
-		g.s(givenNames[(r>>8)%uint64(len(givenNames))])
-		g.s(`"]}]`)
+		// 0 names 1/8, 1 name 4/8, 2 names 2/8, 3 names 1/8; the first is official
+		n := [8]int{0, 1, 1, 1, 1, 2, 2, 3}[(r>>36)%8]
+		if n > 0 {
+			g.s(`,"name":[`)
+			for k := 0; k < n; k++ {
+				if k > 0 {
+					g.b = append(g.b, ',')
+				}
+				h := mix(r + uint64(k))
+				g.s(`{"use":"`)
+				g.s(nameUses[k][h%uint64(len(nameUses[k]))])
+				g.s(`","family":"`)
+				if k == 0 {
+					g.s(familyNames[r%uint64(len(familyNames))])
+				} else {
+					g.s(familyNames[(h>>8)%uint64(len(familyNames))])
+				}
+				g.s(`","given":["`)
+				if k == 0 {
+					g.s(givenNames[(r>>8)%uint64(len(givenNames))])
+				} else {
+					g.s(givenNames[(h>>16)%uint64(len(givenNames))])
+				}
+				for m := uint64(0); m < (h>>24)%3; m++ { // up to two middle names
+					g.s(`","`)
+					g.s(givenNames[(h>>(32+8*m))%uint64(len(givenNames))])
+				}
+				g.s(`"]}`)
+			}
+			g.b = append(g.b, ']')
+		}
 	}
 	if g.k("telecom") {
-		g.s(`,"telecom":[{"system":"phone","value":"555-`)
-		g.i(1000 + int(rv%9000))
-		g.s(`","use":"home"}]`)
+		// 0-3 telecoms: home phone (most), mobile, e-mail
+		t := (rv >> 32) % 8
+		if t != 0 {
+			g.s(`,"telecom":[`)
+			sep := false
+			if t&1 != 0 || t == 6 {
+				g.s(`{"system":"phone","value":"555-`)
+				g.i(1000 + int(rv%9000))
+				g.s(`","use":"home"}`)
+				sep = true
+			}
+			if t&2 != 0 {
+				if sep {
+					g.b = append(g.b, ',')
+				}
+				g.s(`{"system":"phone","value":"555-`)
+				g.i(1000 + int((rv>>14)%9000))
+				g.s(`","use":"mobile","rank":1}`)
+				sep = true
+			}
+			if t&4 != 0 {
+				if sep {
+					g.b = append(g.b, ',')
+				}
+				g.s(`{"system":"email","value":"patient`)
+				g.i(j)
+				g.s(`@example.org","use":"home"}`)
+			}
+			g.b = append(g.b, ']')
+		}
 	}
 	if g.k("gender") {
 		if r&(1<<20) == 0 {
@@ -512,26 +720,66 @@ func (g *gen) patient(j int, r, rv uint64) {
 			g.s(`,"gender":"male"`)
 		}
 	}
+	birth := g.d.epoch - int64(r>>24)%(90*365*msPerDay) - 365*msPerDay
 	if g.k("birthDate") {
 		g.s(`,"birthDate":`)
-		g.date(g.d.epoch - int64(r>>24)%(90*365*msPerDay) - 365*msPerDay)
+		g.date(birth)
+	}
+	// deceased[x]: 1/16 dateTime, 1/16 true, 1/8 an explicit false, else absent
+	switch (r >> 40) % 16 {
+	case 0:
+		if g.k("deceasedDateTime") {
+			g.s(`,"deceasedDateTime":`)
+			g.time(birth + (g.d.epoch-birth)*int64(8+(r>>56)%8)/16)
+		}
+	case 1:
+		if g.k("deceasedBoolean") {
+			g.s(`,"deceasedBoolean":true`)
+		}
+	case 2, 3:
+		if g.k("deceasedBoolean") {
+			g.s(`,"deceasedBoolean":false`)
+		}
 	}
 	if g.k("address") {
-		g.s(`,"address":[{"use":"home","line":["`)
-		g.i(1 + int(rv%999))
-		g.b = append(g.b, ' ')
-		g.s(streets[(rv>>10)%uint64(len(streets))])
-		g.s(`"],"city":"`)
-		g.s(ci.city)
-		g.s(`","state":"`)
-		g.s(ci.state)
-		g.s(`","postalCode":"`)
-		g.s(ci.zip)
-		g.s(`","country":"US"}]`)
+		// 0-2 addresses: none 1/8, home 5/8, home + an old one 2/8
+		na := [8]int{0, 1, 1, 1, 1, 1, 2, 2}[(r>>28)%8]
+		if na > 0 {
+			g.s(`,"address":[{"use":"home","line":["`)
+			g.i(1 + int(rv%999))
+			g.b = append(g.b, ' ')
+			g.s(streets[(rv>>10)%uint64(len(streets))])
+			g.s(`"],"city":"`)
+			g.s(ci.city)
+			g.s(`","state":"`)
+			g.s(ci.state)
+			g.s(`","postalCode":"`)
+			g.s(ci.zip)
+			g.s(`","country":"US"}`)
+			if na == 2 {
+				old := &cities[(r>>16)%uint64(len(cities))]
+				g.s(`,{"use":"old","type":"physical","line":["`)
+				g.i(1 + int((r>>4)%999))
+				g.b = append(g.b, ' ')
+				g.s(streets[(r>>6)%uint64(len(streets))])
+				g.s(`","Apt `)
+				g.i(1 + int((r>>9)%40))
+				g.s(`"],"city":"`)
+				g.s(old.city)
+				g.s(`","state":"`)
+				g.s(old.state)
+				g.s(`","postalCode":"`)
+				g.s(old.zip)
+				g.s(`","period":{"end":`)
+				g.date(birth + (g.d.epoch-birth)/2)
+				g.s(`}}`)
+			}
+			g.b = append(g.b, ']')
+		}
 	}
 	if g.k("managingOrganization") {
 		g.s(`,"managingOrganization":`)
-		g.ref(tOrganization, int(r>>32)%g.d.total[tOrganization])
+		g.refv(tOrganization, int(r>>32)%g.d.total[tOrganization], rv>>20)
 	}
 }
 

@@ -77,6 +77,17 @@ type filterParam struct {
 	vals []string
 }
 
+// codeMatches is token search on one coding: "code" or "system|code".
+func codeMatches(c *coding, v string) bool {
+	if c == nil {
+		return false
+	}
+	if sys, code, found := strings.Cut(v, "|"); found {
+		return c.code == code && (sys == "" || c.system == sys)
+	}
+	return c.code == v
+}
+
 func (tf typeFilter) match(a attrs) bool {
 	for _, p := range tf.params {
 		ok := false
@@ -87,11 +98,7 @@ func (tf typeFilter) match(a attrs) bool {
 			case "category":
 				ok = a.cat == v
 			case "code", "vaccine-code", "type":
-				if sys, code, found := strings.Cut(v, "|"); found {
-					ok = a.code != nil && a.code.code == code && (sys == "" || a.code.system == sys)
-				} else {
-					ok = a.code != nil && a.code.code == v
-				}
+				ok = codeMatches(a.code, v) || codeMatches(a.alt, v)
 			}
 			if ok {
 				break
