@@ -135,7 +135,6 @@ func TestCancelMidDownloadLeavesNothingBehind(t *testing.T) {
 	requireE2E(t)
 	// Fails on the code before the fix: the result counts 0 files and
 	// staged files of cancelled downloads are there when the workflow closes.
-	t.Skip("issue 13 §3: needs the wfcore fix — enable when merged")
 	srv := fhirServer(t, testsuite.Options{Patients: 60, ResourcesPerFile: 200, LargeAttachments: -1, RetryAfter: time.Second,
 		Faults: "file=slow(bps=20000)"})
 	out := t.TempDir()
