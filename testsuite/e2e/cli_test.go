@@ -97,7 +97,7 @@ func TestStarterExportWait(t *testing.T) {
 	// A bad invocation fails with a clear message and exit code 2.
 	cmd = exec.Command(starter, append([]string{"export", "--fhir-url", srv.BaseURL(), "--since", "yesterday"}, common...)...)
 	errOut, _ := cmd.CombinedOutput()
-	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(errOut), "RFC 3339 instant") {
+	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(errOut), "not a FHIR instant") {
 		t.Errorf("bad --since: exit %d, output %s", cmd.ProcessState.ExitCode(), errOut)
 	}
 
