@@ -10,6 +10,10 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+
+	"github.com/bulkflow/bulkflow/internal/servers"
+	"github.com/bulkflow/bulkflow/internal/sink"
+	"github.com/bulkflow/bulkflow/internal/sink/gcstest"
 )
 
 func (f *fixture) downloadGen(index, gen int) (FileResult, error) {
@@ -80,5 +84,53 @@ func TestCommitTakesEachFileFromItsGeneration(t *testing.T) {
 				t.Fatalf("committed %q, %v; want the current generation's %q", b, err, current)
 			}
 		})
+	}
+}
+
+// TestGCSCommitComparesTheStoredChecksum: on GCS the download records the
+// CRC32C the service computed, and the commit compares it with the staged
+// object's, without reading it: a same-size replacement fails the commit.
+func TestGCSCommitComparesTheStoredChecksum(t *testing.T) {
+	_, gcs := gcstest.StartFake(t, "lake")
+	t.Setenv("STORAGE_EMULATOR_HOST", gcstest.EmulatorHost(gcs))
+	const path = "Observation/Observation-0001.ndjson"
+	body := obs("new") + "\n"
+	f := newFixture(t)
+	reg, _ := servers.Load("")
+	f.acts = New(reg, "gs://lake/bulk", nil)
+	f.bodies["/o"] = body
+	f.stage(plannedFile{Kind: KindOutput, Type: "Observation", URL: f.srv.URL + "/o", Count: 1, HasCount: true, Path: path})
+	r, err := f.downloadGen(0, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s, err := f.acts.sinkFor("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := fullRecords(ctx, s, "run", []FileResult{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := full[0].Parts; len(p) != 1 || !strings.HasPrefix(p[0].Stored, "crc32c:") {
+		t.Fatalf("recorded parts %+v: want the service's CRC32C", p)
+	}
+	// A late writer of the same generation replaces it, same size.
+	w, err := sink.AtGeneration(s, 2).Create(ctx, "run", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(strings.Replace(body, "new", "bad", 1)))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.acts.RecordChunk(ctx, RecordChunkInput{Target: Target{Run: "run"}, Chunk: 0, Files: []FileResult{r}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.acts.Commit(ctx, CommitInput{Target: Target{Run: "run"}, Chunks: 1, Plan: Plan{TransactionTime: "2026-01-01T00:00:00Z", Files: 1}, Request: map[string]any{}})
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || ae.Type() != "StagedFileChanged" || !strings.Contains(err.Error(), path) {
+		t.Fatalf("commit of a replaced staged object = %v, want StagedFileChanged naming %s", err, path)
 	}
 }
