@@ -456,6 +456,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
+	// Each plan generation stages into its own paths: a late writer of a
+	// replaced plan never overwrites this plan's files (issue 13 §3).
+	s = sink.AtGeneration(s, in.Generation)
 	p, err := a.loadPlan(ctx, s, in.Target, in.PlanVersion)
 	if err != nil {
 		return FileResult{}, err
@@ -535,12 +538,13 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	}
 	res.Index = in.Index
 	res.Attempt = activity.GetInfo(ctx).Attempt
+	res.Generation = in.Generation
 	if len(res.Parts) > 0 {
 		// A partitioned file can become hundreds of lake objects: their
 		// records are staged and referenced, so this result (and the
 		// chunk's RecordChunk input) stays small whatever the layout.
 		info := activity.GetInfo(ctx)
-		name := fileRecordObject(in.Index, info.WorkflowExecution.RunID, res.Attempt)
+		name := fileRecordObject(in.Index, in.Generation, info.WorkflowExecution.RunID, res.Attempt)
 		if err := writeJSON(ctx, s, in.Run, name, res); err != nil {
 			return FileResult{}, retryable("Sink", fmt.Errorf("stage the record of %s: %w", item.Path, err))
 		}
@@ -552,8 +556,12 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 
 // fileRecordObject names the staged record of one download: the
 // downloading chunk's run and the attempt make it unique, so a late writer
-// of a replaced chunk or attempt never overwrites the record in use.
-func fileRecordObject(index int, chunkRun string, attempt int32) string {
+// of a replaced chunk, attempt or plan generation never overwrites the
+// record in use.
+func fileRecordObject(index, gen int, chunkRun string, attempt int32) string {
+	if gen > 0 {
+		return fmt.Sprintf("%sfiles/%06d-%s-%d-g%d.json", sink.WorkPrefix, index, chunkRun, attempt, gen)
+	}
 	return fmt.Sprintf("%sfiles/%06d-%s-%d.json", sink.WorkPrefix, index, chunkRun, attempt)
 }
 
@@ -744,7 +752,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
 	res.Resumed = offset > 0
-	res.Parts = []Part{{Path: item.Path, Format: "ndjson", Rows: res.Resources, Bytes: res.Bytes, SHA256: res.SHA256}}
+	res.Parts = []Part{{Path: item.Path, Format: "ndjson", Rows: res.Resources, Bytes: res.Bytes, SHA256: res.SHA256, Stored: sink.StoredOf(w)}}
 	if tombs != nil {
 		parts, err := tombs.close()
 		if err != nil {

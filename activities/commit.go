@@ -105,7 +105,12 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err != nil {
 		return CommitResult{}, permanent("Internal", err)
 	}
-	if err := s.Commit(ctx, in.Run, body); err != nil {
+	if err := s.CommitFiles(ctx, in.Run, stagedFiles(files), body); err != nil {
+		if errors.Is(err, sink.ErrStagedChanged) {
+			// The bytes on storage are not the ones validated: committing
+			// them would present unvalidated data as complete.
+			return CommitResult{}, permanent("StagedFileChanged", err)
+		}
 		return CommitResult{}, retryable("Sink", err)
 	}
 	a.Logger.Info("run committed", "run", in.Run, "location", s.Location(in.Run), "files", len(files))
@@ -120,6 +125,26 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 		a.Metrics.ExportFinished(rec.Server(), "committed", secs)
 	}
 	return res, err
+}
+
+// stagedFiles lists every object the run manifest lists, where it was
+// staged and what it must still hold.
+func stagedFiles(files []FileResult) []sink.Staged {
+	var out []sink.Staged
+	for _, f := range files {
+		for _, p := range fileParts(f) {
+			out = append(out, sink.Staged{Name: p.Path, Generation: f.Generation, Bytes: p.Bytes, SHA256: p.SHA256, Stored: p.Stored})
+		}
+	}
+	return out
+}
+
+// fileParts is what a file became in the run: its parts, or the file itself.
+func fileParts(f FileResult) []Part {
+	if len(f.Parts) == 0 {
+		return []Part{{Path: f.Path, Format: "ndjson", Rows: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256}}
+	}
+	return f.Parts
 }
 
 // finishCommit advances the watermark, strictly after the manifest: a crash
@@ -221,11 +246,7 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		Totals: Totals{Resources: map[string]int64{}},
 	}
 	for _, f := range files {
-		parts := f.Parts
-		if len(parts) == 0 {
-			parts = []Part{{Path: f.Path, Format: "ndjson", Rows: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256}}
-		}
-		for _, p := range parts {
+		for _, p := range fileParts(f) {
 			mf := ManifestFile{Path: p.Path, Kind: cmp.Or(p.Kind, f.Kind), Type: cmp.Or(p.Type, f.Type), Format: p.Format, Gzip: p.Gzip,
 				Partition: p.Partition, Resources: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Source: f.Index}
 			m.Files = append(m.Files, mf)

@@ -109,14 +109,17 @@ func (l Layout) lakeOptions() (lake.Options, error) {
 // Part is one object a server file became (several with Parquet, both
 // formats or partitions; tombstones for deleted files).
 type Part struct {
-	Path      string `json:"path"`
-	Format    string `json:"format"` // "ndjson" or "parquet"
-	Gzip      bool   `json:"gzip,omitempty"`
-	Kind      string `json:"kind,omitempty"` // "" = the file's kind; "tombstone"
-	Type      string `json:"type,omitempty"` // "" = the file's type
-	Rows      int64  `json:"rows"`
-	Bytes     int64  `json:"bytes"`
-	SHA256    string `json:"sha256"`
+	Path   string `json:"path"`
+	Format string `json:"format"` // "ndjson" or "parquet"
+	Gzip   bool   `json:"gzip,omitempty"`
+	Kind   string `json:"kind,omitempty"` // "" = the file's kind; "tombstone"
+	Type   string `json:"type,omitempty"` // "" = the file's type
+	Rows   int64  `json:"rows"`
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+	// Stored is the storage's own checksum of the staged object
+	// (sink.StoredOf); Commit compares it without reading the object.
+	Stored    string `json:"stored,omitempty"`
 	Partition string `json:"partition,omitempty"`
 }
 
@@ -196,7 +199,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		return fail(bulk.KindTransient, "close lake objects", err)
 	}
 	for _, p := range parts {
-		res.Parts = append(res.Parts, Part{Path: p.Path, Format: string(p.Format), Gzip: p.Gzip, Rows: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Partition: p.Partition})
+		res.Parts = append(res.Parts, Part{Path: p.Path, Format: string(p.Format), Gzip: p.Gzip, Rows: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Stored: p.Stored, Partition: p.Partition})
 	}
 	if len(parts) > 0 {
 		res.Path, res.SHA256 = parts[0].Path, parts[0].SHA256
@@ -334,7 +337,7 @@ func (t *tombstones) close() ([]Part, error) {
 		if err := f.w.Close(); err != nil {
 			return nil, err
 		}
-		parts = append(parts, Part{Path: f.path, Format: "ndjson", Kind: KindTombstone, Type: typ, Rows: f.rows, Bytes: f.n, SHA256: hex.EncodeToString(f.h.Sum(nil))})
+		parts = append(parts, Part{Path: f.path, Format: "ndjson", Kind: KindTombstone, Type: typ, Rows: f.rows, Bytes: f.n, SHA256: hex.EncodeToString(f.h.Sum(nil)), Stored: sink.StoredOf(f.w)})
 	}
 	t.byType = nil
 	return parts, nil

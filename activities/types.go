@@ -170,6 +170,9 @@ type FileResult struct {
 	SHA256    string `json:"sha256"`
 	Attempt   int32  `json:"attempt"`
 	Resumed   bool   `json:"resumed,omitempty"` // continued from an earlier attempt's checkpoint with Range
+	// Generation is the plan generation that staged it: Commit promotes its
+	// objects from that generation's staging path.
+	Generation int `json:"generation,omitempty"`
 	// Severity counts OperationOutcome issues by severity (error files).
 	Severity map[string]int64 `json:"severity,omitempty"`
 	// Failed is an error file's manifest count: servers give the number of

@@ -62,11 +62,12 @@ func (m *memSink) Open(_ context.Context, run, name string) (io.ReadCloser, erro
 	}
 	return io.NopCloser(bytes.NewReader(b)), nil
 }
-func (m *memSink) Commit(context.Context, string, []byte) error      { return nil }
-func (m *memSink) Abort(context.Context, string) error               { return nil }
-func (m *memSink) Location(run string) string                        { return "mem:" + run }
-func (m *memSink) ReadState(context.Context, string) ([]byte, error) { return nil, sink.ErrNotFound }
-func (m *memSink) WriteState(context.Context, string, []byte) error  { return nil }
+func (m *memSink) Commit(context.Context, string, []byte) error                     { return nil }
+func (m *memSink) CommitFiles(context.Context, string, []sink.Staged, []byte) error { return nil }
+func (m *memSink) Abort(context.Context, string) error                              { return nil }
+func (m *memSink) Location(run string) string                                       { return "mem:" + run }
+func (m *memSink) ReadState(context.Context, string) ([]byte, error)                { return nil, sink.ErrNotFound }
+func (m *memSink) WriteState(context.Context, string, []byte) error                 { return nil }
 func (m *memSink) CreateAux(context.Context, string) (sink.Writer, error) {
 	return nil, sink.ErrNotFound
 }
@@ -316,11 +317,12 @@ func (discardSink) Create(context.Context, string, string) (sink.Writer, error) 
 func (discardSink) Open(context.Context, string, string) (io.ReadCloser, error) {
 	return nil, sink.ErrNotFound
 }
-func (discardSink) Commit(context.Context, string, []byte) error      { return nil }
-func (discardSink) Abort(context.Context, string) error               { return nil }
-func (discardSink) Location(string) string                            { return "" }
-func (discardSink) ReadState(context.Context, string) ([]byte, error) { return nil, sink.ErrNotFound }
-func (discardSink) WriteState(context.Context, string, []byte) error  { return nil }
+func (discardSink) Commit(context.Context, string, []byte) error                     { return nil }
+func (discardSink) CommitFiles(context.Context, string, []sink.Staged, []byte) error { return nil }
+func (discardSink) Abort(context.Context, string) error                              { return nil }
+func (discardSink) Location(string) string                                           { return "" }
+func (discardSink) ReadState(context.Context, string) ([]byte, error)                { return nil, sink.ErrNotFound }
+func (discardSink) WriteState(context.Context, string, []byte) error                 { return nil }
 func (discardSink) CreateAux(context.Context, string) (sink.Writer, error) {
 	return nil, sink.ErrNotFound
 }

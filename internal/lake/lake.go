@@ -83,6 +83,7 @@ type Part struct {
 	Rows      int64 // resources in this object
 	Bytes     int64 // bytes written to the sink
 	SHA256    string
+	Stored    string // the storage's own checksum of the object, if it gives one (sink.StoredOf)
 	Partition string // e.g. "year=2025/month=01"; "" without partitions
 }
 
@@ -432,6 +433,7 @@ func (o *object) close() error {
 	}
 	o.part.Bytes = o.hw.n
 	o.part.SHA256 = hex.EncodeToString(o.hw.h.Sum(nil))
+	o.part.Stored = sink.StoredOf(o.sw)
 	return nil
 }
 

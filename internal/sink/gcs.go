@@ -51,16 +51,26 @@ type GCSOptions struct {
 // Layout under gs://Bucket/Prefix/:
 //
 //	<run>/...                      committed output; complete iff <run>/_manifest.json exists
-//	.staging/<run>/data/...        staged data, copied server-side by Commit
+//	.staging/<run>/data/...        staged data of plan generation 0, copied server-side by Commit
+//	.staging/<run>/g<N>/...        staged data of plan generation N (a restart or refresh)
 //	.staging/<run>/work/...        bookkeeping, deleted at commit
 //
-// GCS has no rename, so Commit copies every staged object and only then writes
-// the manifest: readers that key off _manifest.json never see a partial run.
+// GCS has no rename, so Commit copies every listed staged object and only
+// then writes the manifest: readers that key off _manifest.json never see a
+// partial run.
 type GCS struct {
 	bucket *storage.BucketHandle
 	name   string
 	prefix string // "" or "a/b/" (always ends in '/')
 	opts   GCSOptions
+	gen    int // plan generation of this view (AtGeneration)
+}
+
+// AtGeneration implements Generational.
+func (g *GCS) AtGeneration(gen int) Sink {
+	c := *g
+	c.gen = gen
+	return &c
 }
 
 // NewGCS returns a GCS sink writing under gs://bucket/prefix/ through client.
@@ -82,7 +92,7 @@ func NewGCS(ctx context.Context, client *storage.Client, bucket, prefix string, 
 
 func (g *GCS) stagingPrefix(run string) string { return g.prefix + ".staging/" + run + "/" }
 func (g *GCS) stagedDataPrefix(run string) string {
-	return g.stagingPrefix(run) + "data/"
+	return g.stagingPrefix(run) + genDir(0) + "/"
 }
 func (g *GCS) finalPrefix(run string) string { return g.prefix + run + "/" }
 
@@ -90,7 +100,7 @@ func (g *GCS) stagedObject(run, name string) string {
 	if rest, ok := strings.CutPrefix(name, WorkPrefix); ok {
 		return g.stagingPrefix(run) + "work/" + rest
 	}
-	return g.stagedDataPrefix(run) + name
+	return g.stagingPrefix(run) + genDir(g.gen) + "/" + name
 }
 
 // Create implements Sink with a resumable upload: memory stays within one
@@ -137,6 +147,16 @@ func (w *gcsWriter) Close() error {
 	return nil
 }
 
+// Stored implements Checksummed: the CRC32C the service computed.
+func (w *gcsWriter) Stored() string {
+	if a := w.w.Attrs(); w.done && a != nil {
+		return crc32cToken(a.CRC32C)
+	}
+	return ""
+}
+
+func crc32cToken(c uint32) string { return fmt.Sprintf("crc32c:%08x", c) }
+
 func (w *gcsWriter) Abort() error {
 	if w.done {
 		return nil
@@ -175,13 +195,44 @@ func (g *GCS) Open(ctx context.Context, run, name string) (io.ReadCloser, error)
 //
 // A nil manifest only confirms an earlier commit (finishing its clean-up): it
 // fails with ErrNotFound if the run has no manifest, and promotes nothing.
-func (g *GCS) Commit(ctx context.Context, run string, manifest []byte) error {
+//
+// The staged objects promoted are exactly files, each from its generation's
+// staging (strays of replaced plans are never copied), after checking its
+// size against the record. The copy pins the generation (object version)
+// that was checked. GCS writes objects whole and checks them with CRC32C on
+// upload, so a staged object cannot be cut short at rest; the size check
+// catches an object replaced by a late writer of other length. SHA-256 is
+// not re-checked: that would read the whole run again (docs/architecture.md).
+func (g *GCS) CommitFiles(ctx context.Context, run string, files []Staged, manifest []byte) error {
 	if err := CheckRun(run); err != nil {
 		return err
 	}
-	staged, err := g.list(ctx, g.stagedDataPrefix(run))
+	for _, f := range files {
+		if err := CheckName(f.Name); err != nil || strings.HasPrefix(f.Name, WorkPrefix) {
+			return fmt.Errorf("commit run %s: %q cannot be committed: %v", run, f.Name, err)
+		}
+	}
+	all, err := g.list(ctx, g.stagingPrefix(run))
 	if err != nil {
 		return fmt.Errorf("commit run %s: list staged data: %w", run, err)
+	}
+	staged := map[string]*storage.ObjectAttrs{}
+	var missing []Staged
+	for _, f := range files {
+		if a, ok := all[genDir(f.Generation)+"/"+f.Name]; ok {
+			staged[f.Name] = a
+		} else {
+			missing = append(missing, f)
+		}
+	}
+	if manifest == nil {
+		// Confirming: the staged data of generation 0 tells ours from a
+		// new export reusing the run name, as before generations.
+		for rel, a := range all {
+			if name, ok := strings.CutPrefix(rel, genDir(0)+"/"); ok {
+				staged[name] = a
+			}
+		}
 	}
 	manifestObj := g.bucket.Object(g.finalPrefix(run) + ManifestName)
 	_, err = manifestObj.Attrs(ctx)
@@ -209,6 +260,21 @@ func (g *GCS) Commit(ctx context.Context, run string, manifest []byte) error {
 		return fmt.Errorf("run %s is not committed (%s has no %s): %w", run, g.Location(run), ManifestName, ErrNotFound)
 	}
 
+	if len(missing) > 0 {
+		f := missing[0]
+		return fmt.Errorf("commit run %s: staged %s (plan generation %d) is missing (%d of %d listed files): %w; nothing was committed: export again",
+			run, f.Name, f.Generation, len(missing), len(files), ErrStagedChanged)
+	}
+	for _, f := range files {
+		if a := staged[f.Name]; f.Bytes >= 0 && a.Size != f.Bytes {
+			return fmt.Errorf("commit run %s: staged %s holds %d bytes, its record says %d: %w (replaced by a late writer); nothing was committed: export again",
+				run, f.Name, a.Size, f.Bytes, ErrStagedChanged)
+		}
+		if a := staged[f.Name]; f.Stored != "" && crc32cToken(a.CRC32C) != f.Stored {
+			return fmt.Errorf("commit run %s: staged %s has %s, its record says %s: %w (replaced by a late writer); nothing was committed: export again",
+				run, f.Name, crc32cToken(a.CRC32C), f.Stored, ErrStagedChanged)
+		}
+	}
 	if len(staged) > 0 {
 		if err := g.promote(ctx, run, staged); err != nil {
 			return err
@@ -235,6 +301,25 @@ func (g *GCS) Commit(ctx context.Context, run string, manifest []byte) error {
 		return fmt.Errorf("commit run %s: write %s: %w", run, ManifestName, werr)
 	}
 	return g.dropStaging(ctx, run, "commit")
+}
+
+// Commit implements Sink: CommitFiles with every staged data object of
+// generation 0, unchecked.
+func (g *GCS) Commit(ctx context.Context, run string, manifest []byte) error {
+	if err := CheckRun(run); err != nil {
+		return err
+	}
+	var files []Staged
+	if manifest != nil {
+		data, err := g.list(ctx, g.stagedDataPrefix(run))
+		if err != nil {
+			return fmt.Errorf("commit run %s: list staged data: %w", run, err)
+		}
+		for name := range data {
+			files = append(files, Staged{Name: name, Bytes: -1})
+		}
+	}
+	return g.CommitFiles(ctx, run, files, manifest)
 }
 
 // promote copies staged data objects into the run's final prefix.
@@ -322,7 +407,7 @@ func (g *GCS) deleteAll(ctx context.Context, names []string) error {
 // list returns the objects under prefix keyed by their name relative to it.
 func (g *GCS) list(ctx context.Context, prefix string) (map[string]*storage.ObjectAttrs, error) {
 	q := &storage.Query{Prefix: prefix}
-	if err := q.SetAttrSelection([]string{"Name", "Generation", "ContentType", "Metadata"}); err != nil {
+	if err := q.SetAttrSelection([]string{"Name", "Generation", "ContentType", "Metadata", "Size", "CRC32C"}); err != nil {
 		return nil, err
 	}
 	out := map[string]*storage.ObjectAttrs{}

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 )
 
 // Local is a Sink on a local (or shared network) file system.
@@ -18,15 +21,25 @@ import (
 // Layout under Root:
 //
 //	<run>/...                      committed output; complete iff <run>/_manifest.json exists
-//	.staging/<run>/data/...        staged data, promoted by one directory rename
+//	.staging/<run>/data/...        staged data of plan generation 0
+//	.staging/<run>/g<N>/...        staged data of plan generation N (a restart or refresh)
+//	.staging/<run>/out/...         the run assembled by Commit (renames), promoted by one directory rename
 //	.staging/<run>/work/...        bookkeeping, deleted at commit
-//	.staging/<run>/tmp/...         objects being written, renamed into data or work when complete
+//	.staging/<run>/tmp/...         objects being written, renamed into data, g<N> or work when complete
 //
 // Several workers may share Root only through a file system that gives them
 // all the same view (NFS and the like); for output shared across hosts prefer
 // object storage.
 type Local struct {
 	Root string
+	gen  int // plan generation of this view (AtGeneration)
+}
+
+// AtGeneration implements Generational.
+func (l *Local) AtGeneration(gen int) Sink {
+	c := *l
+	c.gen = gen
+	return &c
 }
 
 // NewLocal returns a Local sink rooted at root, creating it if needed.
@@ -47,7 +60,11 @@ func (l *Local) stagedPath(run, name string) string {
 	if rest, ok := strings.CutPrefix(name, WorkPrefix); ok {
 		return filepath.Join(l.stagingDir(run), "work", filepath.FromSlash(rest))
 	}
-	return filepath.Join(l.stagingDir(run), "data", filepath.FromSlash(name))
+	return l.stagedData(run, l.gen, name)
+}
+
+func (l *Local) stagedData(run string, gen int, name string) string {
+	return filepath.Join(l.stagingDir(run), genDir(gen), filepath.FromSlash(name))
 }
 
 // Create implements Sink.
@@ -190,38 +207,73 @@ func (l *Local) Open(ctx context.Context, run, name string) (io.ReadCloser, erro
 	return f, err
 }
 
-// Commit implements Sink. The data directory is promoted by a single rename,
-// so readers see either nothing or every file; _manifest.json follows.
+// Commit implements Sink: CommitFiles with every staged data object of
+// generation 0, unchecked.
 func (l *Local) Commit(ctx context.Context, run string, manifest []byte) error {
 	if err := CheckRun(run); err != nil {
 		return err
 	}
+	var files []Staged
+	if manifest != nil {
+		data := l.stagedData(run, 0, "")
+		err := filepath.WalkDir(data, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			rel, err := filepath.Rel(data, p)
+			files = append(files, Staged{Name: filepath.ToSlash(rel), Bytes: -1})
+			return err
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("commit run %s: list staged files: %w", run, err)
+		}
+	}
+	return l.CommitFiles(ctx, run, files, manifest)
+}
+
+// CommitFiles implements Sink. The listed files are first moved by renames
+// from their generation's staging into .staging/<run>/out and checked there
+// (a late writer renames into its own staging path, never into out/), then
+// out/ becomes the run by a single rename, so readers see either nothing or
+// every file; _manifest.json follows. Each step can be repeated, so a retry
+// after a crash completes the same run.
+func (l *Local) CommitFiles(ctx context.Context, run string, files []Staged, manifest []byte) error {
+	if err := CheckRun(run); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if err := CheckName(f.Name); err != nil || strings.HasPrefix(f.Name, WorkPrefix) {
+			return fmt.Errorf("commit run %s: %q cannot be committed: %v", run, f.Name, err)
+		}
+	}
 	final := filepath.Join(l.Root, run)
-	data := filepath.Join(l.stagingDir(run), "data")
-	finalExists := exists(final)
-	dataExists := exists(data)
+	out := filepath.Join(l.stagingDir(run), "out")
 	if manifest == nil {
 		if exists(filepath.Join(final, ManifestName)) {
 			return nil
 		}
 		return fmt.Errorf("run %s is not committed: %w", run, ErrNotFound)
 	}
+	staged := exists(out)
+	for _, f := range files {
+		staged = staged || exists(l.stagedData(run, f.Generation, f.Name))
+	}
 	switch {
 	case exists(filepath.Join(final, ManifestName)):
-		if dataExists {
+		if staged {
 			return fmt.Errorf("commit run %s: %s is already a committed run; start the export with another run name", run, final)
 		}
 		// A retried Commit whose first attempt finished: nothing to do.
 		return nil
-	case finalExists && dataExists:
+	case exists(final) && staged:
 		return fmt.Errorf("commit run %s: %s exists but is not a bulkflow run (no %s); move it away or choose another run name", run, final, ManifestName)
-	case finalExists:
-		// The first attempt renamed the data and died before the manifest.
+	case exists(final):
+		// The first attempt renamed out/ and died before the manifest.
 	default:
-		if err := os.MkdirAll(data, 0o750); err != nil { // an empty export stages nothing
-			return fmt.Errorf("commit run %s: %w", run, err)
+		if err := l.assemble(ctx, run, out, files); err != nil {
+			return err
 		}
-		if err := os.Rename(data, final); err != nil {
+		if err := os.Rename(out, final); err != nil {
 			return fmt.Errorf("commit run %s: promote staged files: %w", run, err)
 		}
 	}
@@ -230,8 +282,96 @@ func (l *Local) Commit(ctx context.Context, run string, manifest []byte) error {
 	}
 	syncDir(final)
 	syncDir(l.Root)
+	// Every generation goes: strays of replaced plans were never promoted.
 	if err := os.RemoveAll(l.stagingDir(run)); err != nil {
 		return fmt.Errorf("commit run %s: committed, but could not remove staging: %w", run, err)
+	}
+	return nil
+}
+
+// assemble moves files into out (skipping those an earlier attempt moved)
+// and checks each there against its record.
+func (l *Local) assemble(ctx context.Context, run, out string, files []Staged) error {
+	if err := os.MkdirAll(out, 0o750); err != nil { // an empty export stages nothing
+		return fmt.Errorf("commit run %s: %w", run, err)
+	}
+	for _, f := range files {
+		dst := filepath.Join(out, filepath.FromSlash(f.Name))
+		if exists(dst) {
+			continue
+		}
+		src := l.stagedData(run, f.Generation, f.Name)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+			return fmt.Errorf("commit run %s: %w", run, err)
+		}
+		if err := os.Rename(src, dst); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("commit run %s: staged %s (plan generation %d) is missing: %w; nothing was committed: export again", run, f.Name, f.Generation, ErrStagedChanged)
+			}
+			return fmt.Errorf("commit run %s: assemble %s: %w", run, f.Name, err)
+		}
+	}
+	// Re-hash in parallel: on a big run this is the commit's cost
+	// (BenchmarkVerifyStaged).
+	work := make(chan Staged)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range max(1, min(runtime.GOMAXPROCS(0), 8)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for f := range work {
+				if err := verifyLocal(filepath.Join(out, filepath.FromSlash(f.Name)), f); err != nil {
+					select {
+					case errs <- fmt.Errorf("commit run %s: %w", run, err):
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for _, f := range files {
+		if ctx.Err() != nil || len(errs) > 0 {
+			break
+		}
+		work <- f
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	return ctx.Err()
+}
+
+// verifyLocal checks a staged file's size, then its SHA-256, streamed.
+func verifyLocal(p string, f Staged) error {
+	if f.Bytes < 0 && f.SHA256 == "" {
+		return nil
+	}
+	fh, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("check staged %s: %w", f.Name, err)
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		return fmt.Errorf("check staged %s: %w", f.Name, err)
+	}
+	if f.Bytes >= 0 && st.Size() != f.Bytes {
+		return fmt.Errorf("staged %s holds %d bytes, its record says %d: %w (overwritten by a late writer or truncated); nothing was committed: export again", f.Name, st.Size(), f.Bytes, ErrStagedChanged)
+	}
+	if f.SHA256 == "" {
+		return nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, fh); err != nil {
+		return fmt.Errorf("check staged %s: %w", f.Name, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+		return fmt.Errorf("staged %s has SHA-256 %s, its record says %s: %w (overwritten by a late writer); nothing was committed: export again", f.Name, got, f.SHA256, ErrStagedChanged)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strconv"
 	"strings"
 )
 
@@ -34,10 +35,16 @@ type Sink interface {
 	Create(ctx context.Context, run, name string) (Writer, error)
 	// Open reads a staged object (data or work).
 	Open(ctx context.Context, run, name string) (io.ReadCloser, error)
-	// Commit promotes every staged data object of run to its final place, then
-	// writes manifest as ManifestName, then drops the staging area.
+	// CommitFiles promotes exactly files, each from its generation's staging
+	// to its final place, after checking that the staged object is still
+	// the one recorded (an error wrapping ErrStagedChanged if not); then
+	// writes manifest as ManifestName, then drops the staging area (every
+	// generation). Staged objects not listed are never promoted.
 	// A nil manifest only confirms: nil if run is already committed, else an
 	// error wrapping ErrNotFound; nothing is promoted.
+	CommitFiles(ctx context.Context, run string, files []Staged, manifest []byte) error
+	// Commit is CommitFiles for every staged data object of generation 0,
+	// unchecked: for tools and tests. Exports commit with CommitFiles.
 	Commit(ctx context.Context, run string, manifest []byte) error
 	// Abort drops run's staging area. Committed output is never touched.
 	Abort(ctx context.Context, run string) error
@@ -54,6 +61,68 @@ type Sink interface {
 	// fragment "_audit/<run>/<part>.ndjson"; it appears when closed. Names
 	// must start with "_".
 	CreateAux(ctx context.Context, name string) (Writer, error)
+}
+
+// Staged is one object a commit promotes.
+type Staged struct {
+	Name string // in the run, as staged and as committed
+	// Generation is the plan generation that staged it (see AtGeneration).
+	Generation int
+	// Bytes and SHA256 (hex) are what the download wrote; the commit
+	// refuses a staged object that no longer matches. Bytes < 0 or an
+	// empty SHA256 skip that check.
+	Bytes  int64
+	SHA256 string
+	// Stored is the storage's checksum of the object when it was written
+	// (StoredOf); "" skips that check.
+	Stored string
+}
+
+// Checksummed is a Writer whose storage computes a checksum of the object
+// it stores (GCS: CRC32C), so a commit can check the staged object without
+// reading it.
+type Checksummed interface {
+	// Stored returns the checksum, after a successful Close ("" before).
+	Stored() string
+}
+
+// StoredOf returns w's Stored checksum, or "" if its storage gives none.
+func StoredOf(w Writer) string {
+	if c, ok := w.(Checksummed); ok {
+		return c.Stored()
+	}
+	return ""
+}
+
+// ErrStagedChanged: a staged object is not the one its record describes
+// (overwritten by a late writer, truncated). Retrying cannot help.
+var ErrStagedChanged = errors.New("staged file differs from its record")
+
+// Generational is a Sink that can stage data objects per plan generation.
+type Generational interface {
+	// AtGeneration returns a view of the sink whose Create, Open and Resume
+	// of data objects (not WorkPrefix ones) use generation gen's staging
+	// path, so a late writer of a replaced plan never overwrites a current
+	// file. Commit, Abort and state are shared by all generations.
+	AtGeneration(gen int) Sink
+}
+
+// AtGeneration returns s's view for plan generation gen (s itself for 0 or
+// a sink without generations).
+func AtGeneration(s Sink, gen int) Sink {
+	if g, ok := s.(Generational); ok && gen > 0 {
+		return g.AtGeneration(gen)
+	}
+	return s
+}
+
+// genDir names generation gen's staged data directory: generation 0 keeps
+// the original "data" so runs staged before generations still commit.
+func genDir(gen int) string {
+	if gen <= 0 {
+		return "data"
+	}
+	return "g" + strconv.Itoa(gen)
 }
 
 // CheckAux rejects aux object names that could collide with runs.

@@ -170,12 +170,14 @@ func TestExpiredFileLinkIsRefreshed(t *testing.T) {
 
 // The server loses the job while files are downloading (the manifest
 // re-fetch answers 404): the export is run again, the result says so, and
-// the output is the exact set.
+// the output is the exact set. A late writer of the abandoned plan (a file
+// it stages after the restart) is never committed (issue 13 §3).
 func TestLostJobIsRunAgain(t *testing.T) {
 	requireE2E(t)
 	srv := fhirServer(t, testsuite.Options{Patients: 30, LargeAttachments: -1, ExportDuration: 2 * time.Second, RetryAfter: 500 * time.Millisecond,
 		Faults: "file:Observation=gone@1; manifest=notfound@2-"})
-	queue, _ := startWorker(t, t.TempDir())
+	out := t.TempDir()
+	queue, _ := startWorker(t, out)
 	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL()})
 	// The second job must work: clear the faults once it is kicked off.
 	deadline := time.Now().Add(time.Minute)
@@ -183,6 +185,32 @@ func TestLostJobIsRunAgain(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	srv.SetFaults("")
+	// The restart dropped the first plan's staging; once the new plan is
+	// staged, play a late writer of the first plan (generation 0, staging
+	// under data/) finishing a file of a current name and one of its own.
+	stray := `{"resourceType":"Patient","id":"late-writer"}` + "\n"
+	var runs []string // .staging/_aux holds audit fragments, not a run
+	for len(runs) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		all, _ := filepath.Glob(filepath.Join(out, ".staging", "*"))
+		for _, d := range all {
+			if !strings.HasPrefix(filepath.Base(d), "_") {
+				runs = append(runs, d)
+			}
+		}
+	}
+	if len(runs) != 1 {
+		t.Fatalf("staging holds %v, want the one run", runs)
+	}
+	for _, name := range []string{"Patient/Patient-0001.ndjson", "Patient/Stray-0001.ndjson"} {
+		p := filepath.Join(runs[0], "data", filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(stray), 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var res workflows.ExportResult
 	if err := run.Get(context.Background(), &res); err != nil {
 		t.Fatal(err)
@@ -198,5 +226,14 @@ func TestLostJobIsRunAgain(t *testing.T) {
 	rep, _ := verify.Run(res.Location, false)
 	if !strings.Contains(strings.Join(rep.Manifest.Warnings, "\n"), "run again") {
 		t.Errorf("_manifest.json warnings %q do not say so either", rep.Manifest.Warnings)
+	}
+	if _, err := os.Stat(filepath.Join(res.Location, "Patient", "Stray-0001.ndjson")); !os.IsNotExist(err) {
+		t.Errorf("a stray of the abandoned plan was committed (%v)", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(res.Location, "Patient", "Patient-0001.ndjson")); strings.Contains(string(b), "late-writer") {
+		t.Error("the abandoned plan's late writer replaced a committed file")
+	}
+	if _, err := os.Stat(filepath.Join(out, ".staging", filepath.Base(res.Location))); !os.IsNotExist(err) {
+		t.Errorf("staging left after the commit (%v)", err)
 	}
 }
