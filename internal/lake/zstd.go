@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/parquet-go/parquet-go/compress"
 	"github.com/parquet-go/parquet-go/format"
 )
 
@@ -16,6 +17,10 @@ type zstdCodec struct {
 }
 
 const zstdWindow = 1 << 20
+
+// Zstd is the codec for every Parquet file bulkflow writes (resource
+// tables here, view tables in internal/viewtable).
+var Zstd compress.Codec = lakeZstd
 
 var (
 	lakeZstd    = &zstdCodec{}

@@ -50,6 +50,7 @@ import (
 	"github.com/parquet-go/parquet-go"
 	"github.com/parquet-go/parquet-go/compress"
 
+	"github.com/bulkflow/bulkflow/internal/lake"
 	"github.com/bulkflow/bulkflow/internal/views"
 )
 
@@ -189,7 +190,7 @@ func New(out io.Writer, v *views.View, o Options) (*Writer, error) {
 	var codec compress.Codec
 	switch o.Compression {
 	case "", "zstd":
-		codec = zstdCodec
+		codec = lake.Zstd
 	case "snappy":
 		codec = &parquet.Snappy
 	default:
