@@ -103,11 +103,29 @@ func startExport(ctx workflow.Context, in ExportInput) (*exportRun, error) {
 		wmKey:  activities.NewWatermarkKey(in.Server, in.BaseURL, in.Level, in.Group, in.Types, in.TypeFilters, in.Elements, in.Patients, in.WatermarkPerType),
 	}
 	if in.Resume == nil {
+		if err := r.checkTarget(); err != nil {
+			return nil, err
+		}
 		if err := r.resolveSince(); err != nil {
 			return nil, err
 		}
 	}
 	return r, r.registerHandlers()
+}
+
+// checkTarget refuses, before the server does any work, an export whose
+// credentials, output location or run folder cannot work (already
+// committed, not writable).
+func (r *exportRun) checkTarget() error {
+	if workflow.GetVersion(r.ctx, versionCheckTarget, workflow.DefaultVersion, 1) < 1 {
+		return nil
+	}
+	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "check output and credentials"})
+	if err := workflow.ExecuteActivity(ctx, a.CheckTarget, activities.CheckTargetInput{ServerRef: r.ref, Target: r.target}).Get(r.ctx, nil); err != nil {
+		return fmt.Errorf("before the kick-off: %w", err)
+	}
+	return nil
 }
 
 // resolveSince fixes the run's _since once: a continued or restarted run

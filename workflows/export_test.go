@@ -35,9 +35,16 @@ func (s *exportSuite) SetupTest() {
 	s.env.RegisterWorkflow(BulkExportWorkflow)
 	s.env.RegisterWorkflow(DownloadChunkWorkflow)
 	s.env.RegisterActivity(&activities.Activities{})
+	preflightPasses(s.env)
 }
 
 func (s *exportSuite) AfterTest(_, _ string) { s.env.AssertExpectations(s.T()) }
+
+// preflightPasses lets CheckTarget succeed: these tests are about what
+// follows it (TestCheckTargetRefusesBeforeTheKickoff covers a refusal).
+func preflightPasses(env *testsuite.TestWorkflowEnvironment) {
+	env.OnActivity(a.CheckTarget, mock.Anything, mock.Anything).Return(nil).Maybe()
+}
 
 var input = ExportInput{BaseURL: "https://ehr.example/fhir", Types: []string{"Patient", "Observation"}}
 
@@ -598,6 +605,7 @@ func TestContinueAsNewThreshold(t *testing.T) {
 			env.RegisterWorkflow(BulkExportWorkflow)
 			env.RegisterWorkflow(DownloadChunkWorkflow)
 			env.RegisterActivity(&activities.Activities{})
+			preflightPasses(env)
 			env.SetCurrentHistoryLength(tc.length)
 			env.SetContinueAsNewSuggested(tc.suggested)
 			p := plan(map[string]int{"Observation": tc.files}, 0, 0)

@@ -30,6 +30,7 @@ func (st *store) run(t *testing.T, in ExportInput, transactionTime string, fail 
 	env.RegisterWorkflow(BulkExportWorkflow)
 	env.RegisterWorkflow(DownloadChunkWorkflow)
 	env.RegisterActivity(&activities.Activities{})
+	preflightPasses(env)
 	p := &activities.Plan{TransactionTime: transactionTime, Files: 1, Groups: []activities.Group{{Kind: activities.KindOutput, Type: "Patient", First: 0, Count: 1}}}
 	env.OnActivity(a.ReadWatermark, mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.ReadWatermarkInput) (*activities.Watermark, error) {
 		return st.wm[r.Key.Name()], nil

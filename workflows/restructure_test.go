@@ -29,6 +29,7 @@ func newEnv() *testsuite.TestWorkflowEnvironment {
 	env.RegisterWorkflow(BulkExportWorkflow)
 	env.RegisterWorkflow(DownloadChunkWorkflow)
 	env.RegisterActivity(&activities.Activities{})
+	preflightPasses(env)
 	return env
 }
 

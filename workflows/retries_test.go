@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 
 	"github.com/bulkflow/bulkflow/activities"
 )
@@ -216,4 +217,30 @@ func TestResultNamesPartialExportAndManifestWarnings(t *testing.T) {
 	all := strings.Join(res.Warnings, "\n")
 	require.Contains(t, all, "could not export 7 resource(s)")
 	require.Contains(t, all, "Expires header had already passed")
+}
+
+// Issue 12 §3: what can be checked before the server does hours of work is
+// checked first: a refused target (a committed run folder, an unwritable
+// output, credentials that do not resolve) fails the export at once,
+// non-retryably, and no kick-off is ever sent.
+func TestCheckTargetRefusesBeforeTheKickoff(t *testing.T) {
+	s := testsuite.WorkflowTestSuite{}
+	env := s.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(BulkExportWorkflow)
+	env.RegisterWorkflow(DownloadChunkWorkflow)
+	env.RegisterActivity(&activities.Activities{})
+	env.OnActivity(a.CheckTarget, mock.Anything, mock.Anything).Return(
+		temporal.NewNonRetryableApplicationError("the run folder /out/r1 is already committed", "RunCommitted", nil)).Once()
+	var kicks atomic.Int32
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
+		kicks.Add(1)
+		return activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil
+	}).Maybe()
+	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(nil).Maybe()
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	err := env.GetWorkflowError()
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "already committed")
+	require.True(t, isType(err, "RunCommitted"), "want the RunCommitted failure, got %v", err)
+	require.Zero(t, kicks.Load(), "no kick-off may be sent when the target is refused")
 }

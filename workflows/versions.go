@@ -20,4 +20,7 @@ const (
 	versionWorkflowRetries = "workflow-driven-retries"
 	// Version 1: a job abandoned by a restart is DELETEd (best effort).
 	versionDeleteAbandonedJob = "delete-abandoned-job"
+	// Version 1: a new export checks its credentials, output location and
+	// run folder (CheckTarget) before the kick-off.
+	versionCheckTarget = "check-target"
 )
