@@ -26,6 +26,7 @@ func TestHistoryStaysBoundedOnARealServer(t *testing.T) {
 	w := worker.New(tclient, queue, worker.Options{MaxConcurrentActivityExecutionSize: 64})
 	bulkworker.RegisterWorkflows(w)
 	reg := func(name string, fn any) { w.RegisterActivityWithOptions(fn, activity.RegisterOptions{Name: name}) }
+	reg("CheckTarget", func(context.Context, activities.CheckTargetInput) error { return nil })
 	reg("Kickoff", func(context.Context, activities.KickoffInput) (activities.KickoffResult, error) {
 		return activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil
 	})
