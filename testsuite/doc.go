@@ -1,6 +1,6 @@
 // Package testsuite is a test FHIR Bulk Data ($export) server: spec-faithful
 // endpoints, deterministic synthetic data streamed on the fly, and scripted
-// fault injection. It is written from /work/shared/spec/bulk-data-checklist.md
+// fault injection. It is written from ../shared/spec/bulk-data-checklist.md
 // (BD2/BD3 = Bulk Data STU2/STU3 export.md line numbers in comments) and
 // shares no code with the client under internal/.
 //

@@ -3,7 +3,7 @@
 // client-secret variant, a static-bearer variant, and resource-server token
 // checks, plus fault hooks and a small in-memory PKI for mTLS tests.
 //
-// It is written from /work/shared/spec/bulk-data-checklist.md section 2
+// It is written from ../shared/spec/bulk-data-checklist.md section 2
 // (SMART 2.2.0) and section 3 "Authentication". It deliberately shares no code
 // with the product's client under internal/, so the two cannot agree on a
 // mistake.
