@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/humanize"
 )
 
 // a is only used to name activity methods; the worker registers the real one.
@@ -182,8 +183,7 @@ func (r *exportRun) registerHandlers() error {
 				r.live = p.Totals
 				// Not a command: the UI's current details follow the downloads.
 				t := r.sofar()
-				workflow.SetCurrentDetails(gctx, fmt.Sprintf("**Downloading**: %d of %d files; %d resources, %d bytes, %d retries",
-					t.Files, r.st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries))
+				workflow.SetCurrentDetails(gctx, "**Downloading**: "+humanize.Progress(t.Files, r.st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries))
 			}
 		}
 	})
@@ -449,8 +449,8 @@ func (r *exportRun) downloadChunk() (finished bool, err error) {
 	first := st.NextChunk * r.set.FilesPerChunk
 	count := min(r.set.FilesPerChunk, st.Plan.Files-first)
 	t := st.Totals
-	r.setPhase(PhaseDownloading, fmt.Sprintf("**Downloading** files %d-%d of %d; so far %d files, %d resources, %d bytes, %d retries",
-		first+1, first+count, st.Plan.Files, t.Files, t.ResourceCount(), t.Bytes, t.Retries))
+	r.setPhase(PhaseDownloading, fmt.Sprintf("**Downloading** files %s-%s: %s",
+		humanize.Count(int64(first+1)), humanize.Count(int64(first+count)), humanize.Progress(t.Files, st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries)))
 	id := r.chunkID(st.NextChunk)
 	ctx := workflow.WithChildOptions(r.ctx, workflow.ChildWorkflowOptions{
 		WorkflowID:          id,
@@ -575,7 +575,8 @@ func (r *exportRun) finish(c activities.CommitResult) *ExportResult {
 			res.JobDeleted = true
 		}
 	}
-	r.setPhase(PhaseDone, fmt.Sprintf("**Done**: committed %d files, %d resources to %s", st.Totals.Files, st.Totals.ResourceCount(), c.Location))
+	r.setPhase(PhaseDone, fmt.Sprintf("**Done**: committed %s files, %s resources, %s to %s",
+		humanize.Count(int64(st.Totals.Files)), humanize.Count(st.Totals.ResourceCount()), humanize.Bytes(st.Totals.Bytes), c.Location))
 	return res
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	sdkpb "go.temporal.io/api/sdk/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -243,4 +244,29 @@ func TestCheckTargetRefusesBeforeTheKickoff(t *testing.T) {
 	require.Contains(t, err.Error(), "already committed")
 	require.True(t, isType(err, "RunCommitted"), "want the RunCommitted failure, got %v", err)
 	require.Zero(t, kicks.Load(), "no kick-off may be sent when the target is refused")
+}
+
+// The UI's current details speak as the CLI does: thousands separators and
+// MiB/GiB, not raw byte counts (issue 12 §5).
+func TestCurrentDetailsAreHumanReadable(t *testing.T) {
+	p := plan(map[string]int{"Patient": 150}, 0, 0)
+	env := newEnv()
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil)
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil)
+	download := fileFor(p)
+	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+		r, err := download(ctx, in)
+		r.Bytes = 3 << 20
+		return r, err
+	})
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil)
+	env.OnActivity(a.Commit, mock.Anything, mock.Anything).Return(activities.CommitResult{Location: "/out/run"}, nil)
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
+	env.ExecuteWorkflow(BulkExportWorkflow, input)
+	require.NoError(t, env.GetWorkflowError())
+	v, err := env.QueryWorkflow("__temporal_workflow_metadata")
+	require.NoError(t, err)
+	var md sdkpb.WorkflowMetadata
+	require.NoError(t, v.Get(&md))
+	require.Equal(t, "**Done**: committed 150 files, 1,500 resources, 450.0 MiB to /out/run", md.GetCurrentDetails())
 }
