@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -98,7 +99,9 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 	m.CommittedAt = time.Now().UTC()
 	if in.Watermark != nil {
 		if why := watermarkRefusal(in, m.CommittedAt); why != nil {
-			m.Warnings = appendNew(m.Warnings, fmt.Sprintf("the incremental watermark was not advanced: the transactionTime %v", why))
+			if w := fmt.Sprintf("the incremental watermark was not advanced: the transactionTime %v", why); !slices.Contains(m.Warnings, w) {
+				m.Warnings = append(m.Warnings, w)
+			}
 		}
 	}
 	body, err := json.MarshalIndent(m, "", "  ")
@@ -176,15 +179,6 @@ func watermarkRefusal(in CommitInput, now time.Time) error {
 		return fmt.Errorf("%s was ahead of the worker's clock when the manifest arrived", in.Plan.TransactionTime)
 	}
 	return CheckWatermarkTime(in.Plan.TransactionTime, now)
-}
-
-func appendNew(list []string, s string) []string {
-	for _, x := range list {
-		if x == s {
-			return list
-		}
-	}
-	return append(list, s)
 }
 
 // heartbeatAlways heartbeats at once and then every interval until stopped.
@@ -267,7 +261,9 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		m.Warnings = append(m.Warnings, fmt.Sprintf("partial export: the server could not export %d resource(s) (the counts of its error[] entries); the resources it did export are committed; see _errors/ for its OperationOutcomes", m.Totals.Failed))
 	}
 	for _, w := range in.Plan.Warnings {
-		m.Warnings = appendNew(m.Warnings, w)
+		if !slices.Contains(m.Warnings, w) {
+			m.Warnings = append(m.Warnings, w)
+		}
 	}
 	for _, sev := range []string{"fatal", "error", "warning", "information"} {
 		if n := m.Totals.Issues[sev]; n > 0 {

@@ -50,18 +50,13 @@ const (
 var NonRetryable = []string{ErrJobGone, ErrFileGone, ErrInvalidContent, ErrPermanent, ErrUnauthorized,
 	"Config", "InvalidInput", "InvalidManifest", "PlanMissing"}
 
-// temporalError turns a protocol or sink error into a Temporal application
-// error whose type says what happened and whether retrying can help. A
-// server-supplied Retry-After becomes NextRetryDelay, so 429s and 503s are
-// waited out exactly as long as the server asked (clamped by the client).
-func temporalError(err error) error {
-	return temporalErrorAt(0, err)
-}
-
-// temporalErrorCtx is temporalError with the attempt budgets of the
-// activity running in ctx applied: a refused connection or a stalled
-// request that keeps happening becomes permanent, saying how many attempts
-// it had.
+// temporalErrorCtx turns a protocol or sink error into a Temporal
+// application error whose type says what happened and whether retrying can
+// help. A server-supplied Retry-After becomes NextRetryDelay, so 429s and
+// 503s are waited out exactly as long as the server asked (clamped by the
+// client). The attempt budgets of the activity running in ctx apply: a
+// refused connection or a stalled request that keeps happening becomes
+// permanent, saying how many attempts it had.
 func temporalErrorCtx(ctx context.Context, err error) error {
 	return temporalErrorAt(attemptOf(ctx, 0), err)
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -232,7 +233,9 @@ func (r *exportRun) kickOff() error {
 			if isType(err, activities.ErrKickoffUnanswered) && mayPass(err) {
 				// Not silently: the server may have started a job whose
 				// status URL never arrived (it cannot be found or DELETEd).
-				r.st.Warnings = appendOnce(r.st.Warnings, "a kick-off got no answer and was sent again: the server may hold an export job that bulkflow never learned of (the audit log lists every kick-off)")
+				if w := "a kick-off got no answer and was sent again: the server may hold an export job that bulkflow never learned of (the audit log lists every kick-off)"; !slices.Contains(r.st.Warnings, w) {
+					r.st.Warnings = append(r.st.Warnings, w)
+				}
 			}
 			return err
 		})
@@ -345,15 +348,6 @@ func (r *exportRun) retrying(step string, maxAttempts int, timeout time.Duration
 			return err
 		}
 	}
-}
-
-func appendOnce(list []string, s string) []string {
-	for _, x := range list {
-		if x == s {
-			return list
-		}
-	}
-	return append(list, s)
 }
 
 // mayPass reports whether a failed attempt may succeed if tried again:
