@@ -68,12 +68,16 @@ type Activities struct {
 	// AuditLive, when set, gets a live copy of every audit event (e.g.
 	// stdout); the audit log in the output location is always written.
 	AuditLive io.Writer
+	// ViewsDir is the worker's views folder: an export may name the
+	// ViewDefinitions in it (<name>.json) instead of giving them inline.
+	ViewsDir string
 
 	mu       sync.Mutex
 	sinks    map[string]sink.Sink
 	limiters map[*bulk.Client]*throttle.Limiter // one per server: its clients are shared
 	plans    map[string]*plan                   // small cache: plans are read by every download of a run
 	order    []string
+	viewSets map[string]*viewSet // compiled staged views, by run (views.go)
 }
 
 // New returns Activities with their defaults.
@@ -481,6 +485,11 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
 	layout := in.Layout
 	layout.transactionTime = p.TransactionTime
+	if len(layout.Views) > 0 && item.Kind == KindOutput {
+		if layout.viewSet, err = a.loadViews(ctx, s, in.Target, layout.Views); err != nil {
+			return FileResult{}, err
+		}
+	}
 	var res FileResult
 	var waited time.Duration
 	for {
@@ -571,7 +580,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	srcURL := c.RedactFileURL(item.URL, requiresToken)
 	res := FileResult{Kind: item.Kind, Type: item.Type, Path: item.Path}
 	h := sha256.New()
-	if item.Kind == KindOutput && !layout.plain() {
+	if item.Kind == KindOutput && (!layout.plain() || layout.viewSet.wants(item.Type)) {
 		return a.downloadToLake(ctx, c, s, run, requiresToken, item, layout, srcURL)
 	}
 

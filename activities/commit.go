@@ -29,7 +29,10 @@ type RunManifest struct {
 	CommittedAt     time.Time      `json:"committedAt"`
 	Files           []ManifestFile `json:"files"`
 	Totals          Totals         `json:"totals"`
-	Warnings        []string       `json:"warnings,omitempty"`
+	// Views lists each view's tables and rows (files of kind "view"), in
+	// the order the export names them.
+	Views    []ManifestView `json:"views,omitempty"`
+	Warnings []string       `json:"warnings,omitempty"`
 }
 
 // ManifestFile is one object of a committed run.
@@ -46,6 +49,17 @@ type ManifestFile struct {
 	// Source is the position of the server file this object came from in
 	// the server's manifest order (by kind, then type).
 	Source int `json:"source"`
+	// View names the view of a view table (kind "view"; type is the
+	// resource type it flattens, resources its rows).
+	View string `json:"view,omitempty"`
+}
+
+// ManifestView sums one view's tables in a run.
+type ManifestView struct {
+	Name     string `json:"name"`
+	Resource string `json:"resource"`
+	Files    int    `json:"files"`
+	Rows     int64  `json:"rows"`
 }
 
 // Totals sums a run: in the run manifest, the workflow's result and its
@@ -144,7 +158,7 @@ func stagedFiles(files []FileResult) []sink.Staged {
 
 // fileParts is what a file became in the run: its parts, or the file itself.
 func fileParts(f FileResult) []Part {
-	if len(f.Parts) == 0 {
+	if len(f.Parts) == 0 && !f.NotKept {
 		return []Part{{Path: f.Path, Format: "ndjson", Rows: f.Resources, Bytes: f.Bytes, SHA256: f.SHA256}}
 	}
 	return f.Parts
@@ -239,11 +253,17 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		Files:  make([]ManifestFile, 0, len(files)),
 		Totals: Totals{Resources: map[string]int64{}},
 	}
+	for _, v := range in.Views {
+		m.Views = append(m.Views, ManifestView{Name: v}) // listed even without a table (no resource of its type)
+	}
 	for _, f := range files {
 		for _, p := range fileParts(f) {
 			mf := ManifestFile{Path: p.Path, Kind: cmp.Or(p.Kind, f.Kind), Type: cmp.Or(p.Type, f.Type), Format: p.Format, Gzip: p.Gzip,
-				Partition: p.Partition, Resources: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Source: f.Index}
+				Partition: p.Partition, Resources: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Source: f.Index, View: p.View}
 			m.Files = append(m.Files, mf)
+			if p.Kind == KindView {
+				m.addView(p)
+			}
 			m.Totals.Files++
 			m.Totals.Bytes += p.Bytes
 		}
@@ -271,6 +291,19 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 		}
 	}
 	return m
+}
+
+// addView counts a view table. Views are listed in the order the export
+// names them (CommitInput.Views), then any other in the order met.
+func (m *RunManifest) addView(p Part) {
+	for i := range m.Views {
+		if m.Views[i].Name == p.View {
+			m.Views[i].Files++
+			m.Views[i].Rows += p.Rows
+			return
+		}
+	}
+	m.Views = append(m.Views, ManifestView{Name: p.View, Resource: p.Type, Files: 1, Rows: p.Rows})
 }
 
 // AddCounts adds src into dst (allocated on first use) and returns it.

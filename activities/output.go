@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -28,7 +29,8 @@ import (
 // Layout is how output files land in the lake (docs/lake.md). The zero
 // value is plain NDJSON, one object per server file, resumable with Range.
 type Layout struct {
-	// Format is "ndjson" (default), "parquet" or "both".
+	// Format is "ndjson" (default), "parquet", "both", or "none" (with
+	// Views: the resources are validated and flattened, not kept).
 	Format string `json:"format,omitempty"`
 	// Gzip compresses NDJSON output (.ndjson.gz).
 	Gzip bool `json:"gzip,omitempty"`
@@ -47,7 +49,12 @@ type Layout struct {
 	// Carried here because the layout reaches every download.
 	Strict bool `json:"strict,omitempty"`
 
-	transactionTime string // from the plan, not the caller
+	// Views names the export's views (docs/views.md); their definitions are
+	// staged in the run's work area by the pre-flight, not carried here.
+	Views []string `json:"views,omitempty"`
+
+	transactionTime string   // from the plan, not the caller
+	viewSet         *viewSet // the staged Views, loaded by DownloadFile
 }
 
 var subsetted = []byte(`"SUBSETTED"`)
@@ -74,8 +81,15 @@ func (l Layout) plain() bool {
 func (l Layout) Validate() error {
 	switch l.Format {
 	case "", "ndjson", "parquet", "both":
+	case "none":
+		if len(l.Views) == 0 {
+			return errors.New(`format "none" keeps only view tables: name at least one view in "views", or use "ndjson", "parquet" or "both"`)
+		}
+		if l.Gzip {
+			return errors.New(`gzip applies to NDJSON output; format "none" writes none`)
+		}
 	default:
-		return fmt.Errorf(`format %q: use "ndjson", "parquet" or "both"`, l.Format)
+		return fmt.Errorf(`format %q: use "ndjson", "parquet", "both" or "none" (with views)`, l.Format)
 	}
 	switch l.PartitionBy {
 	case "", "transactionTime", "lastUpdated":
@@ -121,6 +135,9 @@ type Part struct {
 	// (sink.StoredOf); Commit compares it without reading the object.
 	Stored    string `json:"stored,omitempty"`
 	Partition string `json:"partition,omitempty"`
+	// View names the view of a view table (Kind "view"); Type is then the
+	// resource type it flattens.
+	View string `json:"view,omitempty"`
 }
 
 // downloadToLake streams an output file through the lake writer (Parquet,
@@ -133,11 +150,21 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: bulk.KindPermanent, Diagnostics: err.Error()}
 	}
 	base := strings.TrimSuffix(path.Base(item.Path), ".ndjson")
-	lw, err := lake.NewFileWriter(func(name string) (sink.Writer, error) { return s.Create(ctx, run, name) }, item.Type, base, opts)
-	if err != nil {
-		return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindPermanent, Err: err}
+	open := func(name string) (sink.Writer, error) { return s.Create(ctx, run, name) }
+	var lw *lake.FileWriter // nil with format "none": the resources are not kept
+	if layout.Format != "none" {
+		if lw, err = lake.NewFileWriter(open, item.Type, base, opts); err != nil {
+			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindPermanent, Err: err}
+		}
+		defer lw.Abort() // no-op after Close
 	}
-	defer lw.Abort() // no-op after Close
+	var vf *viewFile // the view tables of this file (views.go)
+	if layout.viewSet.wants(item.Type) {
+		if vf, err = newViewFile(layout.viewSet, open, item.Type, base, opts); err != nil {
+			return FileResult{}, &bulk.Error{Op: "stage", URL: item.Path, Kind: bulk.KindTransient, Err: err}
+		}
+		defer vf.abort() // no-op after close
+	}
 	f, err := c.OpenFile(ctx, item.URL, requiresToken, 0)
 	if err != nil {
 		return FileResult{}, err
@@ -182,8 +209,19 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
-		if err := lw.Write(line, m); err != nil {
-			return fail(bulk.KindTransient, "write lake objects", err)
+		if lw != nil {
+			if err := lw.Write(line, m); err != nil {
+				return fail(bulk.KindTransient, "write lake objects", err)
+			}
+		}
+		if vf != nil {
+			if err := vf.write(line, m); err != nil {
+				if we := (errViewWrite{}); errors.As(err, &we) {
+					return fail(bulk.KindTransient, "write view tables", err)
+				}
+				// The same resource fails the same way on every retry.
+				return fail(bulk.KindPermanent, item.Path+" "+viewError(err, r.Line()), nil)
+			}
 		}
 		res.Resources++
 		res.Bytes += int64(len(line)) + 1
@@ -194,9 +232,11 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	if err := ids.check(); err != nil {
 		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
 	}
-	parts, err := lw.Close()
-	if err != nil {
-		return fail(bulk.KindTransient, "close lake objects", err)
+	var parts []lake.Part
+	if lw != nil {
+		if parts, err = lw.Close(); err != nil {
+			return fail(bulk.KindTransient, "close lake objects", err)
+		}
 	}
 	for _, p := range parts {
 		res.Parts = append(res.Parts, Part{Path: p.Path, Format: string(p.Format), Gzip: p.Gzip, Rows: p.Rows, Bytes: p.Bytes, SHA256: p.SHA256, Stored: p.Stored, Partition: p.Partition})
@@ -204,6 +244,14 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	if len(parts) > 0 {
 		res.Path, res.SHA256 = parts[0].Path, parts[0].SHA256
 	}
+	if vf != nil {
+		vparts, err := vf.close()
+		if err != nil {
+			return fail(bulk.KindTransient, "close view tables", err)
+		}
+		res.Parts = append(res.Parts, vparts...)
+	}
+	res.NotKept = lw == nil
 	return res, nil
 }
 

@@ -14,6 +14,9 @@ import (
 type CheckTargetInput struct {
 	ServerRef
 	Target
+	// Views are the export's views (names or inline definitions): they are
+	// validated and their definitions staged for the downloads (views.go).
+	Views []string `json:"views,omitempty"`
 }
 
 // CheckTarget checks, before the server does hours of work, what can be
@@ -22,6 +25,13 @@ type CheckTargetInput struct {
 // committed already (the export would download everything, then fail at
 // commit). Each failure is permanent and says what to change.
 func (a *Activities) CheckTarget(ctx context.Context, in CheckTargetInput) error {
+	var staged []stagedView
+	if len(in.Views) > 0 {
+		var err error
+		if staged, err = a.resolveViews(in.Views); err != nil {
+			return err
+		}
+	}
 	if _, err := a.client(in.ServerRef); err != nil {
 		return err
 	}
@@ -51,6 +61,11 @@ func (a *Activities) CheckTarget(ctx context.Context, in CheckTargetInput) error
 			return permanent("Config", err)
 		}
 		return retryable("Sink", err)
+	}
+	if staged != nil {
+		if err := writeJSON(ctx, s, in.Run, viewsObject, staged); err != nil {
+			return retryable("Sink", fmt.Errorf("stage the views of run %s: %w", in.Run, err))
+		}
 	}
 	return nil
 }

@@ -187,6 +187,9 @@ type FileResult struct {
 	// reads, so Temporal never carries hundreds of partition objects.
 	Parts  []Part `json:"parts,omitempty"`
 	Record string `json:"record,omitempty"`
+	// NotKept: with format "none" the file's resources were validated and
+	// flattened into view tables (its Parts, if any) but not kept.
+	NotKept bool `json:"notKept,omitempty"`
 }
 
 // RecordChunkInput stores a chunk's file results in the run's work area, so
@@ -208,6 +211,8 @@ type CommitInput struct {
 	Warnings  []string       `json:"warnings,omitempty"`
 	// Watermark, when set, is advanced after the manifest is written.
 	Watermark *WatermarkUpdate `json:"watermark,omitempty"`
+	// Views names the export's views, for the manifest's "views".
+	Views []string `json:"views,omitempty"`
 }
 
 // CommitResult says where the run landed.

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bulkflow/bulkflow/activities"
 	"github.com/bulkflow/bulkflow/internal/envflag"
 	"github.com/bulkflow/bulkflow/internal/fhirtypes"
 	"github.com/bulkflow/bulkflow/workflows"
@@ -21,6 +24,8 @@ type exportFlags struct {
 	in                                 workflows.ExportInput
 	types, elements, patients, include listFlag
 	typeFilters                        rawListFlag
+	views                              rawListFlag
+	viewErrs                           []error // --view files that cannot be read or are invalid
 	schedule                           bool
 	set                                map[string]bool // flags given on the command line
 }
@@ -61,9 +66,10 @@ func addExportFlags(fs *flag.FlagSet, schedule bool) *exportFlags {
 		out += "; each run gets a folder named after its workflow ID"
 	}
 	fs.StringVar(&in.Output, "out", "", out)
-	fs.StringVar(&in.Format, "format", "", "lake format: ndjson (default), parquet or both (docs/lake.md)")
+	fs.StringVar(&in.Format, "format", "", "lake format: ndjson (default), parquet, both, or none (only the --view tables) (docs/lake.md)")
 	fs.BoolVar(&in.Gzip, "gzip", false, "gzip the NDJSON files")
 	fs.StringVar(&in.PartitionBy, "partition-by", "", "Hive partitions: transactionTime or lastUpdated (default none)")
+	fs.Var(&f.views, "view", "a SQL on FHIR ViewDefinition to flatten into views/<name>/ Parquet: a .json file (sent inline) or a view name from the worker's -views-dir; repeatable (docs/views.md)")
 	fs.StringVar(&in.Run, "run", "", "run folder name (default: the workflow ID)")
 	fs.IntVar(&in.Options.Concurrency, "concurrency", 0, "files downloaded at once (default 8)")
 	fs.IntVar(&in.Options.FilesPerChunk, "files-per-chunk", 0, "files per child workflow (default 500)")
@@ -81,6 +87,7 @@ func (f *exportFlags) input(fs *flag.FlagSet) workflows.ExportInput {
 	fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
 	in := f.in
 	in.Types, in.Elements, in.Patients, in.TypeFilters, in.IncludeAssociatedData = f.types, f.elements, f.patients, f.typeFilters, f.include
+	in.Views, f.viewErrs = resolveViewFlags(f.views)
 	if in.Output != "" && !strings.Contains(in.Output, "://") {
 		// The worker resolves relative paths against its own root; the user
 		// means this shell's directory.
@@ -89,6 +96,45 @@ func (f *exportFlags) input(fs *flag.FlagSet) workflows.ExportInput {
 		}
 	}
 	return in
+}
+
+// resolveViewFlags turns --view values into the input's views: a path to a
+// .json file is read and sent inline (validated here, with the spec's
+// wording), a bare name goes to the worker, which resolves it in its views
+// folder and validates it before the kick-off.
+func resolveViewFlags(items []string) ([]string, []error) {
+	var out []string
+	var errs []error
+	for _, it := range items {
+		def, what := []byte(it), "(inline)"
+		switch {
+		case activities.IsInlineView(it):
+		case strings.HasSuffix(it, ".json") || strings.ContainsAny(it, `/\`):
+			var err error
+			if def, err = activities.ReadViewFile(it); err != nil {
+				errs = append(errs, fmt.Errorf("--view %s: %w", it, err))
+				continue
+			}
+			what = it
+		default:
+			out = append(out, it) // a name from the worker's views folder
+			continue
+		}
+		name, err := activities.ViewItemName(string(def))
+		if err == nil {
+			_, err = activities.CompileView(name, def)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--view %s: %w", what, err))
+			continue
+		}
+		var compact bytes.Buffer
+		if json.Compact(&compact, def) == nil {
+			def = compact.Bytes()
+		}
+		out = append(out, string(def))
+	}
+	return out, errs
 }
 
 // check refuses, before anything starts, what the user cannot have meant;
@@ -125,6 +171,7 @@ func (f *exportFlags) check(in workflows.ExportInput) error {
 	case in.Group != "" && in.Level != "group":
 		errs = append(errs, fmt.Errorf("--group goes with --level group: write --level group --group %s", in.Group))
 	}
+	errs = append(errs, f.viewErrs...)
 	if f.schedule && in.Run != "" {
 		errs = append(errs, errors.New("--run does not go with a schedule: every run needs a folder of its own, named after its workflow ID; drop --run"))
 	}

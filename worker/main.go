@@ -46,6 +46,7 @@ func main() {
 	keysetFile := envflag.String(fs, "encrypt-keyset", "BULKFLOW_ENCRYPT_KEYSET", "", "Tink keyset file (starter keygen): encrypt every output file at rest; read them back with starter decrypt")
 	auditStdout := envflag.Bool(fs, "audit-stdout", "BULKFLOW_AUDIT_STDOUT", false, "also print every audit event to stdout as NDJSON (the audit log in the output location is always written)")
 	maxLineMiB := envflag.Int(fs, "max-line-mib", "BULKFLOW_MAX_LINE_MIB", 64, "longest accepted NDJSON line (one resource, inline attachments included) in MiB; each download holds at most about this much of a line in memory")
+	viewsDir := envflag.String(fs, "views-dir", "BULKFLOW_VIEWS_DIR", "", "folder of SQL on FHIR ViewDefinitions (<name>.json) that exports name in \"views\"; each is validated at start-up (docs/views.md)")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
@@ -85,6 +86,18 @@ func main() {
 		os.Exit(2)
 	}
 
+	// Views now, not when the first export that names one starts.
+	if *viewsDir != "" {
+		names, err := activities.CheckViewsDir(*viewsDir)
+		if err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				fmt.Fprintln(os.Stderr, "worker: -views-dir:", line)
+			}
+			os.Exit(2)
+		}
+		logger.Info("views folder", "dir", *viewsDir, "views", names)
+	}
+
 	cdc, err := codec.Load(*codecKeyFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
@@ -113,6 +126,7 @@ func main() {
 
 	acts := activities.New(reg, *output, logger)
 	acts.Metrics = rec // nil (metrics disabled) records nothing
+	acts.ViewsDir = *viewsDir
 	if *maxLineMiB < 1 || *maxLineMiB > 1024 {
 		fmt.Fprintf(os.Stderr, "worker: -max-line-mib %d: use 1 to 1024\n", *maxLineMiB)
 		os.Exit(2)

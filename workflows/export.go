@@ -124,7 +124,7 @@ func (r *exportRun) checkTarget() error {
 	}
 	ctx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
 		RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 5, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "check output and credentials"})
-	if err := workflow.ExecuteActivity(ctx, a.CheckTarget, activities.CheckTargetInput{ServerRef: r.ref, Target: r.target}).Get(r.ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(ctx, a.CheckTarget, activities.CheckTargetInput{ServerRef: r.ref, Target: r.target, Views: r.in.Views}).Get(r.ctx, nil); err != nil {
 		return fmt.Errorf("before the kick-off: %w", err)
 	}
 	return nil
@@ -537,7 +537,8 @@ func (r *exportRun) commit() (activities.CommitResult, error) {
 		wm = &activities.WatermarkUpdate{Key: r.wmKey, Since: r.st.Since, Types: r.in.Types}
 	}
 	in := activities.CommitInput{Target: r.target, Chunks: r.set.chunks(r.st.Plan.Files), Plan: *r.st.Plan, Warnings: r.st.Warnings,
-		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID}
+		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID,
+		Views: r.set.Layout.Views}
 	var res activities.CommitResult
 	if err := workflow.ExecuteActivity(ctx, a.Commit, in).Get(r.ctx, &res); err != nil {
 		return res, fmt.Errorf("commit: %w", err)

@@ -63,6 +63,12 @@ type ExportInput struct {
 	// it did export is committed and the failures are named in the result
 	// and _manifest.json.
 	Strict bool `json:"strict,omitempty"`
+	// Views are SQL on FHIR v2 ViewDefinitions to flatten the resources
+	// into, as Parquet tables under views/<name>/ (docs/views.md): each
+	// entry is the name of a view in the worker's views folder
+	// (-views-dir) or a ViewDefinition in JSON (starting with '{').
+	// With Format "none" only the view tables are kept.
+	Views []string `json:"views,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -245,6 +251,9 @@ func (in *ExportInput) Validate() error {
 	if in.Run != "" && !runName.MatchString(in.Run) {
 		errs = append(errs, fmt.Errorf(`"run" %q: use letters, digits, '.', '_', '=', '-' (it names a folder)`, in.Run))
 	}
+	if _, err := activities.ViewNames(in.Views); err != nil {
+		errs = append(errs, fmt.Errorf(`"views": %w`, err))
+	}
 	if err := in.layout().Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -275,7 +284,8 @@ func (in *ExportInput) Validate() error {
 }
 
 func (in *ExportInput) layout() activities.Layout {
-	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict}
+	names, _ := activities.ViewNames(in.Views) // validated input: one name per view
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict, Views: names}
 }
 
 // chunks is the number of child workflows for a plan of files.
@@ -344,6 +354,9 @@ func (in *ExportInput) requestSummary() map[string]any {
 	set("gzip", in.Gzip, in.Gzip)
 	set("partitionBy", in.PartitionBy, in.PartitionBy != "")
 	set("strict", in.Strict, in.Strict)
+	if names, _ := activities.ViewNames(in.Views); len(names) > 0 {
+		set("views", names, true) // names only: a definition is in the run's tables' metadata
+	}
 	return m
 }
 

@@ -125,9 +125,12 @@ func (r *Report) object(fsys fsReader, f activities.ManifestFile, ids map[string
 		set[id] = struct{}{}
 	}
 	var n int64
-	if formatOf(f) == "parquet" {
+	switch {
+	case f.Kind == activities.KindView:
+		n, err = viewRows(cr, f)
+	case formatOf(f) == "parquet":
 		n, err = parquetRows(cr, f, add)
-	} else {
+	default:
 		n, err = ndjsonRows(cr, f, add)
 	}
 	if err != nil {
@@ -198,6 +201,27 @@ func parquetRows(src io.Reader, f activities.ManifestFile, add func(typ, id stri
 		add(row.ResourceType, row.ID)
 	}
 	return int64(len(rows)), nil
+}
+
+// viewRows counts the rows of a view table (its columns are the view's,
+// docs/views.md) and checks the file says which view it holds.
+func viewRows(src io.Reader, f activities.ManifestFile) (int64, error) {
+	b, err := io.ReadAll(src)
+	if err != nil {
+		return 0, err
+	}
+	pf, err := parquet.OpenFile(bytesReaderAt(b), int64(len(b)))
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", f.Path, err)
+	}
+	var meta struct {
+		View     string `json:"view"`
+		Resource string `json:"resource"`
+	}
+	if v, ok := pf.Lookup("bulkflow.view"); !ok || json.Unmarshal([]byte(v), &meta) != nil || meta.View != f.View || meta.Resource != f.Type {
+		return 0, fmt.Errorf("%s: not the table of view %q over %s (its metadata says %q over %q)", f.Path, f.View, f.Type, meta.View, meta.Resource)
+	}
+	return pf.NumRows(), nil
 }
 
 func sameIDs(a, b map[string]map[string]struct{}) error {
