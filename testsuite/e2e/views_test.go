@@ -187,8 +187,8 @@ func expectedViewCounts(t *testing.T, dir string, m activities.RunManifest) map[
 			var r struct {
 				ResourceType string
 				Name         json.RawMessage // a string in Organization
-				Code      codeable
-				Component []struct{ Code codeable }
+				Code         codeable
+				Component    []struct{ Code codeable }
 			}
 			if err := json.Unmarshal(line, &r); err != nil {
 				t.Fatal(err)
