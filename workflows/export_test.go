@@ -388,6 +388,11 @@ func TestValidateMessages(t *testing.T) {
 		{"bad run", ExportInput{Server: "ehr", Run: "../x"}, `"run"`},
 		{"bad concurrency", ExportInput{Server: "ehr", Options: Options{Concurrency: 1000}}, "concurrency"},
 		{"ftp", ExportInput{BaseURL: "ftp://x"}, "https://"},
+		{"views", ExportInput{Server: "ehr", Views: []string{"patients", `{"name":"bp","resource":"Observation"}`}, Format: "none"}, ""},
+		{"none needs views", ExportInput{Server: "ehr", Format: "none"}, `format "none" keeps only view tables`},
+		{"view name is a path", ExportInput{Server: "ehr", Views: []string{"../etc/x"}}, `"views": view "../etc/x"`},
+		{"inline view without name", ExportInput{Server: "ehr", Views: []string{`{"resource":"Patient"}`}}, `an inline view needs a "name"`},
+		{"view twice", ExportInput{Server: "ehr", Views: []string{"a", `{"name":"a"}`}}, `view "a" is named twice`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.in.Validate()
