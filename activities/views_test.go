@@ -162,3 +162,30 @@ func TestLayoutFormatNone(t *testing.T) {
 		t.Errorf("none with views: %v", err)
 	}
 }
+
+// The worker checks its views folder at start-up: every <name>.json
+// compiles, or it names the file and the problem.
+func TestCheckViewsDir(t *testing.T) {
+	docs, _ := filepath.Abs("../docs/views")
+	names, err := CheckViewsDir(docs)
+	if err != nil || strings.Join(names, ",") != "blood_pressure,condition_codings,patient_demographics" {
+		t.Fatalf("docs/views: %v, %v", names, err)
+	}
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "ok.json"), []byte(strings.Replace(bpView, `"name":"obs"`, `"name":"ok"`, 1)), 0o644)
+	os.WriteFile(filepath.Join(bad, "broken.json"), []byte(strings.Replace(bpView, `"name":"obs"`, `"name":"broken","nope":1`, 1)), 0o644)
+	os.WriteFile(filepath.Join(bad, "bad-name.json"), []byte(bpView), 0o644)
+	os.WriteFile(filepath.Join(bad, "README.md"), []byte("not a view"), 0o644)
+	_, err = CheckViewsDir(bad)
+	for _, want := range []string{"broken.json: ", "bad-name.json: a view file is named <name>.json"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v lacks %q", err, want)
+		}
+	}
+	if err != nil && strings.Contains(err.Error(), "ok.json") {
+		t.Errorf("a valid view is reported: %v", err)
+	}
+	if _, err := CheckViewsDir(filepath.Join(bad, "missing")); err == nil {
+		t.Error("a missing folder passes")
+	}
+}

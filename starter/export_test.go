@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -39,6 +41,8 @@ func TestDefaultWorkflowIDIsUnique(t *testing.T) {
 // exit 2, one line that says what to write instead, then a hint.
 func TestExportRefusesWhatItDoesNotUnderstand(t *testing.T) {
 	base := []string{"export", "--temporal-address", "127.0.0.1:1"} // never dialled
+	badView := filepath.Join(t.TempDir(), "bp.json")
+	os.WriteFile(badView, []byte(`{"resourceType":"ViewDefinition","name":"bp","resource":"Observation","status":"active","select":[{"column":[{"name":"_id","path":"id"}]}]}`), 0o644)
 	cases := []struct {
 		name string
 		args []string
@@ -55,6 +59,9 @@ func TestExportRefusesWhatItDoesNotUnderstand(t *testing.T) {
 		{"group without group level", []string{"--server", "s", "--group", "42"}, "write --level group --group 42"},
 		{"positional", []string{"--server", "s", "extra"}, `unexpected argument "extra"`},
 		{"unknown flag", []string{"--server", "s", "--fromat", "parquet"}, "flag provided but not defined: -fromat"},
+		{"invalid view file", []string{"--server", "s", "--view", badView}, "--view " + badView + `: view "bp": select[0].column[0].name: sql-name: Name is limited to letters`},
+		{"missing view file", []string{"--server", "s", "--view", "nope/bp.json"}, "--view nope/bp.json: open nope/bp.json"},
+		{"format none without views", []string{"--server", "s", "--format", "none"}, `format "none" keeps only view tables`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
