@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,5 +188,52 @@ func TestCheckViewsDir(t *testing.T) {
 	}
 	if _, err := CheckViewsDir(filepath.Join(bad, "missing")); err == nil {
 		t.Error("a missing folder passes")
+	}
+}
+
+// A file with views that is cut mid-way starts over on the retry (no Range
+// resume): its view tables are rewritten under the same names, never
+// appended to, so each resource's rows are there once.
+func TestViewsRetryStartsOver(t *testing.T) {
+	f := newFixture(t)
+	body := ""
+	for i := range 50 {
+		body += fmt.Sprintf(`{"resourceType":"Observation","id":"o%d","status":"final","component":[{"code":{"coding":[{"code":"c"}]}}]}`, i) + "\n"
+	}
+	n := f.hostile(func(w http.ResponseWriter, r *http.Request, attempt int) {
+		if attempt == 1 {
+			cutAfter(w, body, len(body)/2, http.Header{"Etag": {`"v1"`}})
+			return
+		}
+		w.Header().Set("Etag", `"v1"`)
+		w.Write([]byte(body))
+	})
+	f.stage(plannedFile{Kind: KindOutput, Type: "Observation", URL: f.srv.URL + "/f", Count: 50, HasCount: true, Path: "Observation/Observation-0001.ndjson"})
+	if err := f.acts.CheckTarget(context.Background(), CheckTargetInput{ServerRef: ServerRef{BaseURL: f.srv.URL}, Target: Target{Run: "run"}, Views: []string{bpView}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.runDownload(0, 3, Layout{Views: []string{"obs"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Load() != 2 {
+		t.Fatalf("%d attempts, want 2", n.Load())
+	}
+	s, _ := f.acts.sinkFor("")
+	recs, err := fullRecords(context.Background(), s, "run", []FileResult{r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows int64
+	for _, p := range recs[0].Parts {
+		if p.Kind == KindView {
+			rows += p.Rows
+			if st, err := os.Stat(filepath.Join(f.out, ".staging", "run", "data", filepath.FromSlash(p.Path))); err != nil || st.Size() != p.Bytes {
+				t.Errorf("%s: staged %v, recorded %d bytes (%v)", p.Path, st, p.Bytes, err)
+			}
+		}
+	}
+	if rows != 50 || recs[0].Resumed {
+		t.Errorf("%d view rows (resumed %v), want 50 from a fresh start", rows, recs[0].Resumed)
 	}
 }
