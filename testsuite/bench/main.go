@@ -76,7 +76,7 @@ func patients(n float64, scale float64) int { return max(1, int(math.Round(n*sca
 
 func scenarios() []scenario {
 	const mb200 = 200e6 / bytesPerPatient
-	return []scenario{
+	return append([]scenario{
 		{Name: "ndjson-gzip", About: "system export, ~200 MB, NDJSON out, gzip on the wire",
 			opts: func(s float64) testsuite.Options {
 				return testsuite.Options{Patients: patients(mb200, s), LargeAttachments: -1}
@@ -111,7 +111,7 @@ func scenarios() []scenario {
 				return testsuite.Options{Patients: patients(25000, s), LargeAttachments: -1}
 			},
 			history: true},
-	}
+	}, viewScenarios()...)
 }
 
 var defaultScenarios = []string{"ndjson-gzip", "ndjson-identity", "parquet", "large-file", "small-files"}
@@ -210,6 +210,7 @@ func run() int {
 		results = append(results, r)
 	}
 	overhead(results)
+	viewsRatio(os.Stderr, results)
 	if *asJSON {
 		out := struct {
 			Date    string   `json:"date"`
