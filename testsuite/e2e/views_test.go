@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/parquet-go/parquet-go"
 
@@ -92,6 +94,86 @@ func TestViewsInExport(t *testing.T) {
 	if partitioned == 0 {
 		t.Error("no view table in a year=/month= partition with partitionBy lastUpdated")
 	}
+
+	// An incremental run after deletions, views only: every tombstone's
+	// resourceType/id is the getResourceKey() of the deleted resource's rows
+	// in the full run's tables, so a consumer can drop them with a join.
+	since := srv.Now()
+	srv.Mutate(time.Hour, 20, 40)
+	res3 := runExport(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Format: "none", Views: docViews,
+		Since: since.UTC().Format(time.RFC3339Nano)})
+	want3, _ := srv.Expected(testsuite.Query{Level: "system", Since: since})
+	rep3 := assertViewsOnly(t, res3, want3)
+	keys := map[string]map[string]bool{
+		"Patient":   viewColumn(t, res.Location, rep.Manifest, "patient_demographics", "patient_id"),
+		"Condition": viewColumn(t, res.Location, rep.Manifest, "condition_codings", "condition_id"),
+	}
+	joined := 0
+	for _, f := range rep3.Manifest.Files {
+		if f.Kind != activities.KindTombstone || keys[f.Type] == nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(res3.Location, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var ts struct{ ResourceType, ID string }
+			if err := json.Unmarshal([]byte(line), &ts); err != nil {
+				t.Fatal(err)
+			}
+			if key := ts.ResourceType + "/" + ts.ID; !keys[f.Type][key] {
+				t.Errorf("tombstone %s matches no row of the full run's view of %s", key, f.Type)
+			}
+			joined++
+		}
+	}
+	if n := len(want3.Deleted["Patient"]) + len(want3.Deleted["Condition"]); joined != n || n == 0 {
+		t.Errorf("%d Patient/Condition tombstones, %d deletions expected (0 proves nothing)", joined, n)
+	}
+}
+
+// viewColumn collects the values of one column of a view's tables.
+func viewColumn(t *testing.T, dir string, m activities.RunManifest, view, column string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	for _, f := range m.Files {
+		if f.View != view {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pf, err := parquet.OpenFile(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		col := slices.IndexFunc(pf.Schema().Columns(), func(p []string) bool { return len(p) == 1 && p[0] == column })
+		rd := parquet.NewReader(pf)
+		rows := make([]parquet.Row, 64)
+		for {
+			n, err := rd.ReadRows(rows)
+			for _, row := range rows[:n] {
+				for _, v := range row {
+					if v.Column() == col && !v.IsNull() {
+						out[v.String()] = true
+					}
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		rd.Close()
+	}
+	if len(out) == 0 {
+		t.Fatalf("view %s: no values of %s", view, column)
+	}
+	return out
 }
 
 // assertViewsOnly checks a format-none run: it verifies against its manifest,
