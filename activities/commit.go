@@ -298,6 +298,7 @@ func buildRunManifest(in CommitInput, files []FileResult) RunManifest {
 func (m *RunManifest) addView(p Part) {
 	for i := range m.Views {
 		if m.Views[i].Name == p.View {
+			m.Views[i].Resource = p.Type
 			m.Views[i].Files++
 			m.Views[i].Rows += p.Rows
 			return

@@ -68,6 +68,9 @@ func TestViewsInExport(t *testing.T) {
 	t.Logf("expected %+v", expected)
 	compareViews(t, "views with NDJSON", got, expected)
 	for _, mv := range rep.Manifest.Views {
+		if want := map[string]string{"patient_demographics": "Patient", "blood_pressure": "Observation", "condition_codings": "Condition"}[mv.Name]; mv.Resource != want {
+			t.Errorf("_manifest.json says view %s reads %q, want %q", mv.Name, mv.Resource, want)
+		}
 		if mv.Rows != got[mv.Name].Rows {
 			t.Errorf("_manifest.json says view %s has %d rows, its tables %d", mv.Name, mv.Rows, got[mv.Name].Rows)
 		}
