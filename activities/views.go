@@ -369,7 +369,15 @@ func (e errViewWrite) Unwrap() error { return e.err }
 // write flattens one validated resource line through every view of its type.
 // An error wrapping errViewWrite is the storage's; any other is the view's
 // on this resource.
-func (f *viewFile) write(line []byte, m ndjson.Meta) error {
+func (f *viewFile) write(line []byte, m ndjson.Meta) (err error) {
+	// The engine is fuzzed and bounded; should a resource still find a
+	// panic in it, the file fails with a clear error instead of the worker
+	// crashing on every retry.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("flattening the resource failed inside the views engine (%v): report this as a bug", r)
+		}
+	}()
 	f.cur = lake.PartitionOf(f.opts, m)
 	return f.set.runner.Process(line, f.emit)
 }
