@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -403,4 +404,24 @@ func readViewTables(t *testing.T, dir string, m activities.RunManifest) map[stri
 		out[f.View] = c
 	}
 	return out
+}
+
+// The worker checks its views folder at start-up: a view that fails
+// validation stops it (exit 2) naming the file and, in the spec's words,
+// the problem; a missing folder too.
+func TestWorkerRefusesBadViewsDir(t *testing.T) {
+	requireE2E(t)
+	workerBin := buildBinary(t, "./worker")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "bp.json"), []byte(`{"resourceType":"ViewDefinition","name":"bp","resource":"Observation","status":"active","select":[{"column":[{"name":"_id","path":"id"}]}]}`), 0o644)
+	for _, tc := range []struct{ dir, want string }{
+		{dir, "bp.json: view \"bp\": select[0].column[0].name: sql-name: Name is limited to letters, numbers, or underscores"},
+		{filepath.Join(dir, "missing"), "views folder: open "},
+	} {
+		cmd := exec.Command(workerBin, "-views-dir", tc.dir, "-output", t.TempDir(), "-temporal-address", "127.0.0.1:1", "-metrics-addr", "")
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "worker: -views-dir: ") || !strings.Contains(string(out), tc.want) {
+			t.Errorf("-views-dir %s: exit %d:\n%s", tc.dir, code, out)
+		}
+	}
 }
