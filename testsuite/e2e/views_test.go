@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -423,5 +424,36 @@ func TestWorkerRefusesBadViewsDir(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), "worker: -views-dir: ") || !strings.Contains(string(out), tc.want) {
 			t.Errorf("-views-dir %s: exit %d:\n%s", tc.dir, code, out)
 		}
+	}
+}
+
+// A view that fails validation refuses the export before the kick-off, not
+// retried, with the spec's wording: the server never starts a job.
+func TestInvalidViewRefusedBeforeKickoff(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 5, LargeAttachments: -1})
+	queue := startWorkerWith(t, t.TempDir(), func(a *activities.Activities) { a.ViewsDir = docViewsDir(t) })
+	bad := `{"resourceType":"ViewDefinition","name":"bp","resource":"Observation","status":"active","select":[{"column":[{"name":"id","path":"id"},{"name":"id","path":"status"}]}]}`
+	for _, tc := range []struct {
+		views []string
+		want  string
+	}{
+		{[]string{"patient_demographics", bad}, `view "bp": select[0].column[1].name: Column Already Defined: "id"`},
+		{[]string{"no_such_view"}, `the worker's views folder has no no_such_view.json`},
+	} {
+		began := time.Now()
+		run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Views: tc.views})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		err := run.Get(ctx, nil)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "before the kick-off") {
+			t.Errorf("views %v: err %v, want %q", tc.views[len(tc.views)-1][:min(20, len(tc.views[len(tc.views)-1]))], err, tc.want)
+		}
+		if d := time.Since(began); d > 30*time.Second {
+			t.Errorf("refused after %s: it should be at once (not retried)", d)
+		}
+	}
+	if k := srv.Stats().Kickoffs; k != 0 {
+		t.Errorf("the server got %d kick-offs: an invalid view must be refused before", k)
 	}
 }
