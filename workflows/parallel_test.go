@@ -276,6 +276,54 @@ func TestCancelWaitsForEveryRunningChunk(t *testing.T) {
 	require.Equal(t, 6, r.Totals.Files, "three finished files of each chunk")
 }
 
+// slowToCancelChunk stands in for DownloadChunkWorkflow: it finishes three
+// files, runs until cancelled, and then takes a minute to confirm, as a
+// chunk whose downloads are slow to notice the cancel does.
+func slowToCancelChunk(ctx workflow.Context, in ChunkInput) (ChunkResult, error) {
+	err := workflow.Sleep(ctx, 24*time.Hour)
+	if !temporal.IsCanceledError(err) {
+		return ChunkResult{}, fmt.Errorf("chunk %d was not cancelled: %v", in.Chunk, err)
+	}
+	dctx, _ := workflow.NewDisconnectedContext(ctx)
+	if err := workflow.Sleep(dctx, time.Minute); err != nil {
+		return ChunkResult{}, err
+	}
+	return ChunkResult{}, temporal.NewCanceledError(ChunkResult{Totals: Totals{Files: 3}})
+}
+
+// Cancelled with two chunks running, each a minute slow to confirm: staging
+// is removed only once both have ended, a minute after the cancel, and the
+// summary counts both chunks' finished files.
+func TestCancelWaitsForSlowChunks(t *testing.T) {
+	p := plan(map[string]int{"Observation": 12}, 0, 0)
+	var ts testsuite.WorkflowTestSuite
+	env := ts.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(BulkExportWorkflow)
+	env.RegisterWorkflowWithOptions(slowToCancelChunk, workflow.RegisterOptions{Name: "DownloadChunkWorkflow"})
+	env.RegisterActivity(&activities.Activities{})
+	preflightPasses(env)
+	w := watchChunks(env)
+	env.OnActivity(a.Kickoff, mock.Anything, mock.Anything).Return(activities.KickoffResult{StatusURL: "https://ehr.example/status/1"}, nil).Once()
+	env.OnActivity(a.PollStatus, mock.Anything, mock.Anything).Return(activities.PollResult{Done: true, Plan: p}, nil).Once()
+	var cancelAt, abortAt time.Time
+	running, lateChunks := 0, -1
+	env.RegisterDelayedCallback(func() { running, cancelAt = w.runningChunks(), env.Now(); env.CancelWorkflow() }, time.Hour)
+	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
+	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(func(context.Context, activities.Target) error {
+		lateChunks, abortAt = w.runningChunks(), env.Now()
+		return nil
+	}).Once()
+	env.ExecuteWorkflow(BulkExportWorkflow, sideBySide(12, 6, 2, 6))
+	var ce *temporal.CanceledError
+	require.True(t, errors.As(env.GetWorkflowError(), &ce), "want cancelled, got %v", env.GetWorkflowError())
+	var r ExportResult
+	require.NoError(t, ce.Details(&r))
+	require.Equal(t, 2, running, "two chunks run when the cancel lands")
+	require.Zero(t, lateChunks, "chunks still running when staging was removed")
+	require.GreaterOrEqual(t, abortAt.Sub(cancelAt), time.Minute, "staging removed before the chunks confirmed")
+	require.Equal(t, 6, r.Totals.Files, "three finished files of each chunk")
+}
+
 // One chunk fails for good: the other chunk is cancelled at once, with its
 // downloads, and waited for; nothing is recorded or committed.
 func TestFailedChunkStopsTheOthers(t *testing.T) {
@@ -311,6 +359,7 @@ func TestFailedChunkStopsTheOthers(t *testing.T) {
 		cancelled[info.WorkflowExecution.ID+" "+info.ActivityType.Name]++
 	})
 	lateChunks := -1
+	env.OnActivity(a.RecordChunk, mock.Anything, mock.Anything).Return(nil).Maybe()
 	env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil).Once()
 	env.OnActivity(a.Abort, mock.Anything, mock.Anything).Return(func(context.Context, activities.Target) error {
 		lateChunks = w.runningChunks()
