@@ -123,6 +123,7 @@ func TestChunksRunSideBySide(t *testing.T) {
 		t.Run(fmt.Sprint(parallel), func(t *testing.T) {
 			p := plan(map[string]int{"Observation": 8}, 0, 0)
 			env := newEnv()
+			env.SetTestTimeout(time.Minute)
 			w := watchChunks(env)
 			happyJob(env, p)
 			var mu sync.Mutex
@@ -130,7 +131,8 @@ func TestChunksRunSideBySide(t *testing.T) {
 			env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 				_, done := w.download(ctx)
 				defer done()
-				waitUntil(time.Second, func() bool { return w.runningChunks() >= parallel && w.inFlight() >= parallel })
+				need := min(parallel, 8-in.Index) // the last chunks have fewer after them
+				waitUntil(time.Second, func() bool { return w.runningChunks() >= need && w.inFlight() >= need })
 				mu.Lock()
 				seen[in.Index]++
 				mu.Unlock()
@@ -336,7 +338,7 @@ func TestFailedChunkStopsTheOthers(t *testing.T) {
 	defer close(release)
 	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(ctx context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 		if in.Index == 0 {
-			waitUntil(2*time.Second, func() bool { return w.inFlight() >= 4 }) // the other chunk's downloads run
+			waitUntil(10*time.Second, func() bool { return w.inFlight() >= 4 }) // the other chunk's downloads run
 			return activities.FileResult{}, temporal.NewNonRetryableApplicationError("Observation-0001.ndjson line 3: not a JSON object", activities.ErrInvalidContent, nil)
 		}
 		if in.Index < 4 {
@@ -411,7 +413,7 @@ func TestExpiredLinkWithSeveralChunksRunning(t *testing.T) {
 		gone = gone && !fail
 		mu.Unlock()
 		if fail {
-			waitUntil(time.Second, func() bool { return w.inFlight() >= 3 }) // chunk 1 is downloading
+			waitUntil(10*time.Second, func() bool { return w.inFlight() >= 3 }) // chunk 1 is downloading
 			return activities.FileResult{}, temporal.NewNonRetryableApplicationError("410 Gone", activities.ErrFileGone, nil)
 		}
 		if in.Index/2 == 1 {
@@ -522,7 +524,7 @@ func TestRestartWithSeveralChunksRunning(t *testing.T) {
 		defer done()
 		if in.Generation == 0 {
 			if in.Index == 0 {
-				waitUntil(time.Second, func() bool { return w.inFlight() >= 3 })
+				waitUntil(10*time.Second, func() bool { return w.inFlight() >= 3 })
 				return activities.FileResult{}, temporal.NewNonRetryableApplicationError("410 Gone", activities.ErrFileGone, nil)
 			}
 			time.Sleep(200 * time.Millisecond)
