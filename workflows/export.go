@@ -73,9 +73,8 @@ type exportRun struct {
 	wmKey  activities.WatermarkKey
 
 	phase      string
-	live       Totals // the running chunk's progress, from its signals
+	running    []*runningChunk // the chunks in flight, in the order they started
 	failure    string
-	child      string // the running chunk's workflow ID
 	jobDeleted bool
 	retry      *RetryInfo // the step being retried now, for the progress query
 }
@@ -156,13 +155,13 @@ func (r *exportRun) registerHandlers() error {
 	if err := workflow.SetQueryHandler(r.ctx, ProgressQuery, func() (Progress, error) { return r.progress(), nil }); err != nil {
 		return err
 	}
-	// setConcurrency changes the download window of this export (and of the
-	// chunk running now) without restarting anything.
+	// setConcurrency changes the download window of this export (and of
+	// every chunk running now) without restarting anything.
 	if err := workflow.SetUpdateHandlerWithOptions(r.ctx, SetConcurrencyUpdate, func(uctx workflow.Context, n int) (int, error) {
 		prev := r.set.Concurrency
 		r.set.Concurrency = n
-		if r.child != "" {
-			workflow.SignalExternalWorkflow(uctx, r.child, "", setConcurrencySignal, n)
+		for _, c := range r.running {
+			workflow.SignalExternalWorkflow(uctx, c.id, "", setConcurrencySignal, n)
 		}
 		return prev, nil
 	}, workflow.UpdateHandlerOptions{Validator: func(_ workflow.Context, n int) error {
@@ -180,8 +179,10 @@ func (r *exportRun) registerHandlers() error {
 			if !progress.Receive(gctx, &p) {
 				return
 			}
-			if p.Chunk == r.st.NextChunk && r.st.Plan != nil {
-				r.live = p.Totals
+			// A late signal of a chunk that has ended is dropped: its
+			// result is in st.Totals already (or it runs again).
+			if c := r.runningChunk(p.Chunk); c != nil && r.st.Plan != nil {
+				c.live = p.Totals
 				// Not a command: the UI's current details follow the downloads.
 				t := r.sofar()
 				workflow.SetCurrentDetails(gctx, "**Downloading**: "+humanize.Progress(t.Files, r.st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries))
@@ -191,11 +192,34 @@ func (r *exportRun) registerHandlers() error {
 	return nil
 }
 
-// sofar is the finished chunks' totals plus the running chunk's.
+// runningChunk is a chunk child in flight: its workflow ID (setConcurrency
+// signals it) and its progress so far, from its chunk-progress signals.
+type runningChunk struct {
+	chunk int
+	id    string
+	live  Totals
+}
+
+func (r *exportRun) runningChunk(chunk int) *runningChunk {
+	for _, c := range r.running {
+		if c.chunk == chunk {
+			return c
+		}
+	}
+	return nil
+}
+
+func (r *exportRun) chunkEnded(chunk int) {
+	r.running = slices.DeleteFunc(r.running, func(c *runningChunk) bool { return c.chunk == chunk })
+}
+
+// sofar is the finished chunks' totals plus the running chunks'.
 func (r *exportRun) sofar() Totals {
 	var t Totals
 	t.Merge(r.st.Totals)
-	t.Merge(r.live)
+	for _, c := range r.running {
+		t.Merge(c.live)
+	}
 	return t
 }
 
@@ -403,11 +427,22 @@ func (r *exportRun) waitForManifest() error {
 	return nil
 }
 
-// download runs the plan's chunks one child workflow at a time.
+// download runs the plan's chunks in child workflows: since version 1 up
+// to Settings.ParallelChunks side by side, before that one after another.
 func (r *exportRun) download() error {
 	if r.st.Plan == nil {
 		return nil
 	}
+	if workflow.GetVersion(r.ctx, versionParallelChunks, workflow.DefaultVersion, 1) < 1 {
+		return r.downloadInTurn()
+	}
+	return r.downloadSideBySide()
+}
+
+// downloadInTurn (version 0) runs the plan's chunks one child workflow at
+// a time. Its commands must not change: runs recorded before version 1
+// replay it.
+func (r *exportRun) downloadInTurn() error {
 	r.phase = PhaseDownloading
 	chunks := r.set.chunks(r.st.Plan.Files)
 	started := workflow.Now(r.ctx)
@@ -426,7 +461,7 @@ func (r *exportRun) download() error {
 			continue // run again with fresh links, or on to the commit
 		}
 		if r.st.NextChunk == 1 {
-			r.warnIfLinksExpireFirst(started, chunks)
+			r.warnIfLinksExpireFirst(started, chunks, 1)
 		}
 		if r.historyIsLong() {
 			return r.continueAsNew()
@@ -435,9 +470,9 @@ func (r *exportRun) download() error {
 	return nil
 }
 
-// downloadChunk runs the next chunk's child workflow. A file whose link
-// expired refreshes the plan and leaves the chunk to run again (finished
-// files are replaced, never doubled); finished is false then.
+// downloadChunk (version 0) runs the next chunk's child workflow. A file
+// whose link expired refreshes the plan and leaves the chunk to run again
+// (finished files are replaced, never doubled); finished is false then.
 func (r *exportRun) downloadChunk() (finished bool, err error) {
 	st := r.st
 	first := st.NextChunk * r.set.FilesPerChunk
@@ -445,20 +480,9 @@ func (r *exportRun) downloadChunk() (finished bool, err error) {
 	t := st.Totals
 	r.setPhase(PhaseDownloading, fmt.Sprintf("**Downloading** files %s-%s: %s",
 		humanize.Count(int64(first+1)), humanize.Count(int64(first+count)), humanize.Progress(t.Files, st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries)))
-	id := r.chunkID(st.NextChunk)
-	ctx := workflow.WithChildOptions(r.ctx, workflow.ChildWorkflowOptions{
-		WorkflowID:          id,
-		StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
-		WaitForCancellation: true,
-		ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
-	})
-	in := ChunkInput{ServerRef: r.ref, Target: r.target, Chunk: st.NextChunk, First: first, Count: count, PlanVersion: st.PlanVersion, Generation: st.Generation,
-		Layout: r.set.Layout, Concurrency: r.set.Concurrency, MaxAttempts: r.set.MaxFileAttempts, HeartbeatTimeout: r.set.HeartbeatTimeout,
-		Groups: groupsIn(st.Plan.Groups, first, count)}
 	var cr ChunkResult
-	r.child = id
-	err = workflow.ExecuteChildWorkflow(ctx, DownloadChunkWorkflow, in).Get(r.ctx, &cr)
-	r.child, r.live = "", Totals{}
+	err = r.startChunk(r.ctx, st.NextChunk).Get(r.ctx, &cr)
+	r.running = nil
 	if isType(err, activities.ErrFileGone) {
 		return false, r.refreshPlan("a file link expired")
 	}
@@ -478,6 +502,180 @@ func (r *exportRun) downloadChunk() (finished bool, err error) {
 	return true, nil
 }
 
+// startChunk starts a chunk's child workflow and counts it as running.
+// Cancelling ctx cancels the child, which ends once its downloads have
+// confirmed (WaitForCancellation): no download outlives the chunk.
+func (r *exportRun) startChunk(ctx workflow.Context, chunk int) workflow.ChildWorkflowFuture {
+	st := r.st
+	first := chunk * r.set.FilesPerChunk
+	count := min(r.set.FilesPerChunk, st.Plan.Files-first)
+	id := r.chunkID(chunk)
+	ctx = workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:          id,
+		StaticSummary:       fmt.Sprintf("files %d-%d of %d", first+1, first+count, st.Plan.Files),
+		WaitForCancellation: true,
+		ParentClosePolicy:   enums.PARENT_CLOSE_POLICY_REQUEST_CANCEL,
+	})
+	in := ChunkInput{ServerRef: r.ref, Target: r.target, Chunk: chunk, First: first, Count: count, PlanVersion: st.PlanVersion, Generation: st.Generation,
+		Layout: r.set.Layout, Concurrency: r.set.Concurrency, MaxAttempts: r.set.MaxFileAttempts, HeartbeatTimeout: r.set.HeartbeatTimeout,
+		Groups: groupsIn(st.Plan.Groups, first, count)}
+	r.running = append(r.running, &runningChunk{chunk: chunk, id: id})
+	return workflow.ExecuteChildWorkflow(ctx, DownloadChunkWorkflow, in)
+}
+
+// downloadSideBySide (version 1) keeps up to Settings.ParallelChunks chunk
+// children in flight, a sliding window as in temporalio/samples-go: each
+// child's result is collected by a workflow goroutine, and the loop awaits
+// a change of the counters before it starts the next chunk.
+//
+// Whatever stops the window (an expired link, the history growing long, a
+// failed chunk, the export cancelled) lets every chunk in flight end
+// before anything else happens, so no download of an older plan, an older
+// run or a cancelled export writes while the plan is refreshed, staging is
+// dropped for a restart, the state moves to a new run, or cleanup runs:
+//   - an expired link (or Expires passed): no new chunk starts, the running
+//     ones finish (those whose links expired too run again), then fresh
+//     links; the refresh starts a new generation, or a restart.
+//   - a long history: no new chunk starts; once the running ones have
+//     finished the run continues as new, its ResumeState naming every
+//     finished chunk (NextChunk and ChunksDone).
+//   - a failed chunk cancels the others (nothing can be committed) and
+//     waits for them; a cancelled export waits for all of them too.
+func (r *exportRun) downloadSideBySide() error {
+	r.phase = PhaseDownloading
+	chunks := r.set.chunks(r.st.Plan.Files)
+	width := max(1, r.set.ParallelChunks) // 0: settings of an export started before the option
+	started := workflow.Now(r.ctx)
+	warned := r.st.NextChunk > 0 || len(r.st.ChunksDone) > 0
+	for r.st.Plan != nil && !r.downloaded() {
+		var (
+			pending, ended    int
+			failed, cancelled error
+			stale             string // why the links must be refreshed before more chunks start
+			long              bool   // the history is long: continue as new once the window is empty
+		)
+		cctx, stopAll := workflow.WithCancel(r.ctx)
+		next := r.st.NextChunk
+		for {
+			for pending < width && failed == nil && stale == "" && !long && r.ctx.Err() == nil {
+				next = r.st.nextUndone(next)
+				if next >= chunks {
+					break
+				}
+				// BD3 L695: links past Expires may be refreshed by re-fetching the manifest.
+				if exp := r.st.Plan.Expires; !exp.IsZero() && workflow.Now(r.ctx).After(exp) {
+					stale = "the manifest's Expires time passed"
+					break
+				}
+				chunk := next
+				next++
+				r.showDownloading(chunk)
+				f := r.startChunk(cctx, chunk)
+				pending++
+				workflow.Go(r.ctx, func(gctx workflow.Context) {
+					defer func() { pending--; ended++ }()
+					var cr ChunkResult
+					err := f.Get(gctx, &cr)
+					r.chunkEnded(chunk)
+					var ce *temporal.CanceledError
+					switch {
+					case err == nil:
+						r.st.Totals.Merge(cr.Totals)
+						r.st.markDone(chunk)
+					case isType(err, activities.ErrFileGone):
+						// It runs again with fresh links; its finished files are replaced, never doubled.
+						stale = cmp.Or(stale, "a file link expired")
+					case errors.As(err, &ce):
+						// The files it finished before the cancellation count in the summary.
+						var part ChunkResult
+						if ce.HasDetails() && ce.Details(&part) == nil {
+							r.st.Totals.Merge(part.Totals)
+						}
+						cancelled = cmp.Or(cancelled, err)
+					case failed == nil:
+						failed = fmt.Errorf("download: %w", err)
+						stopAll() // nothing can be committed: stop the other chunks
+					}
+				})
+			}
+			if pending == 0 {
+				break
+			}
+			seen := ended
+			if err := workflow.Await(r.ctx, func() bool { return ended > seen }); err != nil {
+				// The export is cancelled, and with it every chunk in flight:
+				// wait until each has confirmed, so cleanup has no late writer.
+				dctx, _ := workflow.NewDisconnectedContext(r.ctx)
+				_ = workflow.Await(dctx, func() bool { return pending == 0 })
+				break
+			}
+			if !warned && r.st.NextChunk > 0 {
+				warned = true
+				r.warnIfLinksExpireFirst(started, chunks, width)
+			}
+			long = long || !r.downloaded() && r.historyIsLong()
+		}
+		stopAll()
+		switch {
+		case failed != nil && r.ctx.Err() == nil:
+			return failed
+		case cancelled != nil: // the export was cancelled (or a chunk, by hand)
+			return fmt.Errorf("download: %w", cancelled)
+		case r.ctx.Err() != nil:
+			return r.ctx.Err()
+		case stale != "":
+			if err := r.refreshPlan(stale); err != nil || r.st.Plan == nil {
+				return err // failed, or restarted: the export starts over from the kick-off
+			}
+		}
+		if !r.downloaded() && r.historyIsLong() {
+			return r.continueAsNew()
+		}
+	}
+	return nil
+}
+
+// markDone records a finished chunk. NextChunk counts the finished prefix
+// of the plan's chunks and ChunksDone lists the finished chunks after it:
+// chunks side by side finish out of order.
+func (st *ResumeState) markDone(chunk int) {
+	if chunk != st.NextChunk {
+		if i, found := slices.BinarySearch(st.ChunksDone, chunk); !found && chunk > st.NextChunk {
+			st.ChunksDone = slices.Insert(st.ChunksDone, i, chunk)
+		}
+		return
+	}
+	st.NextChunk++
+	for len(st.ChunksDone) > 0 && st.ChunksDone[0] <= st.NextChunk {
+		if st.ChunksDone[0] == st.NextChunk {
+			st.NextChunk++
+		}
+		st.ChunksDone = st.ChunksDone[1:]
+	}
+	if len(st.ChunksDone) == 0 {
+		st.ChunksDone = nil
+	}
+}
+
+// nextUndone is the first chunk from from on that has not finished.
+func (st *ResumeState) nextUndone(from int) int {
+	c := max(from, st.NextChunk)
+	for slices.Contains(st.ChunksDone, c) {
+		c++
+	}
+	return c
+}
+
+// showDownloading shows the chunk starting and the export's progress.
+func (r *exportRun) showDownloading(chunk int) {
+	first := chunk * r.set.FilesPerChunk
+	count := min(r.set.FilesPerChunk, r.st.Plan.Files-first)
+	t := r.sofar()
+	r.setPhase(PhaseDownloading, fmt.Sprintf("**Downloading** files %s-%s (%d chunks in flight): %s",
+		humanize.Count(int64(first+1)), humanize.Count(int64(first+count)), len(r.running)+1,
+		humanize.Progress(t.Files, r.st.Plan.Files, t.ResourceCount(), t.Bytes, t.Retries)))
+}
+
 // chunkID names a chunk's child workflow. Since version 1 it carries the
 // parent run's identity, so a workflow ID reused for a new export can never
 // collide with a child of an earlier run that is still closing.
@@ -493,15 +691,16 @@ func (r *exportRun) chunkID(chunk int) string {
 	return id
 }
 
-// warnIfLinksExpireFirst warns early when the rest of the downloads will
-// likely outlive the manifest's links.
-func (r *exportRun) warnIfLinksExpireFirst(started time.Time, chunks int) {
+// warnIfLinksExpireFirst warns early, when the first chunk has finished,
+// if the downloads will likely outlive the manifest's links: chunks run
+// width at a time, each about as long as the first.
+func (r *exportRun) warnIfLinksExpireFirst(started time.Time, chunks, width int) {
 	exp := r.st.Plan.Expires
 	if exp.IsZero() || chunks < 2 {
 		return
 	}
 	now := workflow.Now(r.ctx)
-	if eta := now.Add(now.Sub(started) * time.Duration(chunks-1)); eta.After(exp) {
+	if eta := started.Add(now.Sub(started) * time.Duration((chunks+width-1)/width)); eta.After(exp) {
 		r.st.Warnings = append(r.st.Warnings, fmt.Sprintf("at the current pace the downloads end about %s, after the manifest expires (%s); expired links will be refreshed from the manifest",
 			eta.UTC().Format(time.RFC3339), exp.UTC().Format(time.RFC3339)))
 	}
@@ -637,9 +836,9 @@ func (r *exportRun) restart(why string, cause error) error {
 	if err := workflow.ExecuteActivity(ctx, a.Abort, r.target).Get(r.ctx, nil); err != nil {
 		return err
 	}
-	st.StatusURL, st.Plan, st.NextChunk, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, Totals{}, 0, 0
+	st.StatusURL, st.Plan, st.NextChunk, st.ChunksDone, st.Totals, st.PlanVersion, st.Refreshes = "", nil, 0, nil, Totals{}, 0, 0
 	st.Generation++
-	r.live = Totals{}
+	r.running = nil
 	return nil
 }
 

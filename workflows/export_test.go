@@ -589,6 +589,7 @@ func TestContinueAsNewThreshold(t *testing.T) {
 		suggested bool // the server's ContinueAsNewSuggested
 		polls     int  // 202s before the manifest
 		files     int  // files of the plan, one per chunk
+		parallel  int  // options.parallelChunks (0: one chunk at a time)
 		// want: nil = the run completes; else the state the next run gets
 		want *ResumeState
 	}{
@@ -602,6 +603,13 @@ func TestContinueAsNewThreshold(t *testing.T) {
 		{name: "between-chunks/suggested", length: 10, suggested: true, files: 3,
 			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1, NextChunk: 1}},
 		{name: "between-chunks/below-threshold", length: 4000, files: 3},
+		// Two chunks in flight when the history is found long: no third
+		// starts, and both finish before the run continues as new.
+		{name: "mid-window/threshold", length: 6000, files: 5, parallel: 2,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1, NextChunk: 2}},
+		{name: "mid-window/suggested", length: 10, suggested: true, files: 5, parallel: 3,
+			want: &ResumeState{StatusURL: "https://ehr.example/status/1", Polls: 1, NextChunk: 3}},
+		{name: "mid-window/below-threshold", length: 4000, files: 5, parallel: 2},
 		{name: "after-the-last-chunk-commits", length: 6000, files: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -633,6 +641,7 @@ func TestContinueAsNewThreshold(t *testing.T) {
 			env.OnActivity(a.DeleteJob, mock.Anything, mock.Anything).Return(nil)
 			in := input
 			in.Options.FilesPerChunk = 1
+			in.Options.ParallelChunks = max(1, tc.parallel)
 			env.ExecuteWorkflow(BulkExportWorkflow, in)
 			require.True(t, env.IsWorkflowCompleted())
 			err := env.GetWorkflowError()
@@ -661,7 +670,8 @@ func TestContinueAsNewThreshold(t *testing.T) {
 				require.NotNil(t, r.Plan, "the plan travels to the next run")
 				require.Equal(t, tc.files, r.Plan.Files)
 				require.Equal(t, tc.want.NextChunk, r.Totals.Files, "the finished chunks' totals travel")
-				require.EqualValues(t, tc.want.NextChunk, downloads.Load(), "one chunk downloaded before continuing")
+				require.EqualValues(t, tc.want.NextChunk, downloads.Load(), "the chunks in flight downloaded before continuing, and no more")
+				require.Empty(t, r.ChunksDone, "every chunk started had finished")
 			} else {
 				require.Nil(t, r.Plan)
 				require.Zero(t, downloads.Load())

@@ -85,6 +85,9 @@ type Options struct {
 	Concurrency int `json:"concurrency,omitempty"`
 	// FilesPerChunk is how many files one child workflow downloads (default 500).
 	FilesPerChunk int `json:"filesPerChunk,omitempty"`
+	// ParallelChunks is how many chunk child workflows run side by side
+	// (default 2); each downloads Concurrency files at once.
+	ParallelChunks int `json:"parallelChunks,omitempty"`
 	// MaxFileAttempts bounds the tries of one file (default 10).
 	MaxFileAttempts int `json:"maxFileAttempts,omitempty"`
 	// KeepJob skips the DELETE of the server's job after the run. By default
@@ -117,6 +120,9 @@ type Settings struct {
 	MaxHistoryEvents int               `json:"maxHistoryEvents"`
 	Layout           activities.Layout `json:"layout"`
 	RetryDeadline    time.Duration     `json:"retryDeadline,omitempty"`
+	// ParallelChunks: 0 in settings resolved before the option existed,
+	// which ran chunks one at a time (and still do).
+	ParallelChunks int `json:"parallelChunks,omitempty"`
 }
 
 // ResumeState is what one workflow run hands the next on continue-as-new:
@@ -133,9 +139,12 @@ type ResumeState struct {
 	SinceFrom string           `json:"sinceFrom,omitempty"`
 	Run       string           `json:"run"`
 	Plan      *activities.Plan `json:"plan,omitempty"`
-	NextChunk int              `json:"nextChunk,omitempty"`
-	Totals    Totals           `json:"totals"`
-	Progress  string           `json:"serverProgress,omitempty"`
+	// NextChunk: every chunk before it has finished. ChunksDone lists the
+	// finished chunks after it (chunks side by side finish out of order).
+	NextChunk  int    `json:"nextChunk,omitempty"`
+	ChunksDone []int  `json:"chunksDone,omitempty"`
+	Totals     Totals `json:"totals"`
+	Progress   string `json:"serverProgress,omitempty"`
 	// PlanVersion counts manifest refreshes of this job (fresh links).
 	PlanVersion int `json:"planVersion,omitempty"`
 	// Generation counts every plan this export had (restarts and
@@ -264,6 +273,9 @@ func (in *ExportInput) Validate() error {
 	if o.FilesPerChunk < 0 || o.FilesPerChunk > 2000 {
 		errs = append(errs, fmt.Errorf(`"options.filesPerChunk" %d: use 1 to 2000 (it bounds each child workflow's history)`, o.FilesPerChunk))
 	}
+	if o.ParallelChunks < 0 || o.ParallelChunks > maxParallelChunks {
+		errs = append(errs, fmt.Errorf(`"options.parallelChunks" %d: use 1 to %d (chunk child workflows side by side)`, o.ParallelChunks, maxParallelChunks))
+	}
 	if o.HeartbeatTimeout != "" {
 		if d, err := time.ParseDuration(o.HeartbeatTimeout); err != nil || d < time.Second {
 			errs = append(errs, fmt.Errorf(`"options.heartbeatTimeout" %q: use a duration of at least 1s, such as "90s"`, o.HeartbeatTimeout))
@@ -300,6 +312,15 @@ const (
 	defaultHeartbeatTimeout = 2 * time.Minute
 	defaultMaxHistoryEvents = 5000
 	defaultRetryDeadline    = 6 * time.Hour
+	// Two chunks of 8 downloads fill one worker's defaults (-max-activities
+	// 16, maxConcurrentDownloads 16 per server), and one chunk's ramp-down
+	// and bookkeeping (its last files, RecordChunk, the next child's start)
+	// overlap the other's downloads. Fleets raise it (docs/scale.md).
+	defaultParallelChunks = 2
+	// maxParallelChunks bounds the parent's history: each chunk in flight
+	// adds a progress signal every 15 s, and the window drains before
+	// continue-as-new.
+	maxParallelChunks = 16
 )
 
 // settings resolves the options against today's defaults (validated input).
@@ -307,7 +328,8 @@ func (in *ExportInput) settings() Settings {
 	o := in.Options
 	s := Settings{Concurrency: cmp.Or(o.Concurrency, defaultConcurrency), FilesPerChunk: cmp.Or(o.FilesPerChunk, defaultFilesPerChunk),
 		MaxFileAttempts: cmp.Or(o.MaxFileAttempts, defaultMaxFileAttempts), HeartbeatTimeout: defaultHeartbeatTimeout,
-		KeepJob: o.KeepJob, MaxHistoryEvents: cmp.Or(o.MaxHistoryEvents, defaultMaxHistoryEvents), Layout: in.layout()}
+		KeepJob: o.KeepJob, MaxHistoryEvents: cmp.Or(o.MaxHistoryEvents, defaultMaxHistoryEvents), Layout: in.layout(),
+		ParallelChunks: cmp.Or(o.ParallelChunks, defaultParallelChunks)}
 	if d, err := time.ParseDuration(o.HeartbeatTimeout); err == nil {
 		s.HeartbeatTimeout = d
 	}

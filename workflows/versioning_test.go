@@ -87,7 +87,7 @@ func TestResumeStateWithoutSettingsUsesTheInput(t *testing.T) {
 func TestNewExportResolvesEverySetting(t *testing.T) {
 	in := ExportInput{Server: "x", Format: "both", Options: Options{HeartbeatTimeout: "90s"}}
 	require.Equal(t, Settings{Concurrency: 8, FilesPerChunk: 500, MaxFileAttempts: 10, HeartbeatTimeout: 90 * time.Second,
-		MaxHistoryEvents: 5000, Layout: activities.Layout{Format: "both"}, RetryDeadline: 6 * time.Hour}, in.settings())
+		MaxHistoryEvents: 5000, Layout: activities.Layout{Format: "both"}, RetryDeadline: 6 * time.Hour, ParallelChunks: 2}, in.settings())
 }
 
 // Version N's recorded history (testdata/v0/export-history.json was recorded

@@ -23,4 +23,7 @@ const (
 	// Version 1: a new export checks its credentials, output location and
 	// run folder (CheckTarget) before the kick-off.
 	versionCheckTarget = "check-target"
+	// Version 1: up to Settings.ParallelChunks chunk children run side by
+	// side (version 0: one after another).
+	versionParallelChunks = "parallel-chunks"
 )

@@ -52,6 +52,7 @@ func TestReplayCorpus(t *testing.T) {
 		{"incremental-watermark", corpusIncremental},
 		{"set-concurrency", corpusSetConcurrency},
 		{"upgrade-mid-download", corpusUpgrade},
+		{"parallel-chunks", corpusParallelChunks},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			ids := sc.run(t)
@@ -207,6 +208,31 @@ func corpusCANBetweenChunks(t *testing.T) []string {
 	assertExact(t, res, want)
 	if n := runCount(t, run.GetID()); n < 2 {
 		t.Errorf("%d runs: chunks of 2 files and a 20-event threshold must continue as new between chunks", n)
+	}
+	return []string{run.GetID()}
+}
+
+// parallel-chunks (issue 14 §3): three chunks of two files side by side,
+// one download each, on a slow server so that they overlap; a 40-event
+// threshold makes the runs continue as new mid-window (the window drains
+// first). The commit is the exact set.
+func corpusParallelChunks(t *testing.T) []string {
+	srv := corpusServer(t, testsuite.Options{Faults: "file=slow(bps=20000)"})
+	queue, _ := startWorker(t, t.TempDir())
+	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(),
+		Options: workflows.Options{FilesPerChunk: 2, ParallelChunks: 3, Concurrency: 1, MaxHistoryEvents: 40}})
+	var res workflows.ExportResult
+	if err := run.Get(context.Background(), &res); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := srv.Expected(testsuite.Query{Level: "system"})
+	assertExact(t, res, want)
+	if n := runCount(t, run.GetID()); n < 2 {
+		t.Errorf("%d runs: a 40-event threshold must continue as new mid-window", n)
+	}
+	// One download per chunk: more than one at once means chunks overlapped.
+	if hw := srv.Stats().ConcurrentDownloadsHighWater; hw < 2 || hw > 3 {
+		t.Errorf("%d downloads at once: want 2 or 3 (3 chunks side by side, 1 download each)", hw)
 	}
 	return []string{run.GetID()}
 }

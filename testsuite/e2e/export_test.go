@@ -130,38 +130,51 @@ func TestCancelDeletesJobAndCommitsNothing(t *testing.T) {
 // at all appears under .staging/<run>/ in the minute after the workflow
 // closed (issue 13 §3: late writers used to leave files there 16-25 s
 // later); the job is DELETEd, nothing is committed, and the cancelled
-// result counts the files that had finished.
+// result counts the files that had finished. Also with two chunks running
+// side by side (issue 14 §3): the export waits for both.
 func TestCancelMidDownloadLeavesNothingBehind(t *testing.T) {
 	requireE2E(t)
-	// Fails on the code before the fix: the result counts 0 files and
-	// staged files of cancelled downloads are there when the workflow closes.
-	srv := fhirServer(t, testsuite.Options{Patients: 60, ResourcesPerFile: 200, LargeAttachments: -1, RetryAfter: time.Second,
-		Faults: "file=slow(bps=20000)"})
-	out := t.TempDir()
-	queue, _ := startWorker(t, out)
-	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Options: workflows.Options{Concurrency: 4}})
-	waitFor(t, 2*time.Minute, "two files downloaded", func() bool { return srv.Stats().FilesServed >= 2 })
-	// Files served by now have a second to be validated and staged; files
-	// still streaming are cancelled mid-body.
-	finished := srv.Stats().FilesServed
-	time.Sleep(time.Second)
-	if hw := srv.Stats().ConcurrentDownloadsHighWater; hw < 2 {
-		t.Fatalf("%d downloads at once: cancel would not land mid-download", hw)
+	for _, tc := range []struct {
+		name   string
+		opts   workflows.Options
+		minHW  int64 // downloads at once that show the case is exercised
+		reason string
+	}{
+		{"one chunk", workflows.Options{Concurrency: 4}, 2, "cancel would not land mid-download"},
+		{"chunks side by side", workflows.Options{Concurrency: 2, FilesPerChunk: 3, ParallelChunks: 2}, 3, "two chunks were not running at once"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Fails on the code before the fix: the result counts 0 files and
+			// staged files of cancelled downloads are there when the workflow closes.
+			srv := fhirServer(t, testsuite.Options{Patients: 60, ResourcesPerFile: 200, LargeAttachments: -1, RetryAfter: time.Second,
+				Faults: "file=slow(bps=20000)"})
+			out := t.TempDir()
+			queue, _ := startWorker(t, out)
+			run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Options: tc.opts})
+			waitFor(t, 2*time.Minute, "two files downloaded", func() bool { return srv.Stats().FilesServed >= 2 })
+			// Files served by now have a second to be validated and staged; files
+			// still streaming are cancelled mid-body.
+			finished := srv.Stats().FilesServed
+			time.Sleep(time.Second)
+			if hw := srv.Stats().ConcurrentDownloadsHighWater; int64(hw) < tc.minHW {
+				t.Fatalf("%d downloads at once: %s", hw, tc.reason)
+			}
+			began := time.Now()
+			res := cancelAndWait(t, run)
+			st := srv.Stats()
+			t.Logf("cancelled in %s with %d files served before, %d when it closed; the result counts %d", time.Since(began).Round(time.Millisecond), finished, st.FilesServed, res.Totals.Files)
+			defer func() { t.Logf("%d files served in all", srv.Stats().FilesServed) }()
+			if int64(res.Totals.Files) < finished || int64(res.Totals.Files) > st.FilesServed {
+				t.Errorf("the cancelled result counts %d files; %d had finished before the cancel and %d were served in all",
+					res.Totals.Files, finished, st.FilesServed)
+			}
+			if st.Requests["delete"] < 1 {
+				t.Error("cancel did not DELETE the server job")
+			}
+			assertCancelledLeftNoOutput(t, out)
+			assertStagingStaysEmpty(t, out, res.Run, time.Minute)
+		})
 	}
-	began := time.Now()
-	res := cancelAndWait(t, run)
-	st := srv.Stats()
-	t.Logf("cancelled in %s with %d files served before, %d when it closed; the result counts %d", time.Since(began).Round(time.Millisecond), finished, st.FilesServed, res.Totals.Files)
-	defer func() { t.Logf("%d files served in all", srv.Stats().FilesServed) }()
-	if int64(res.Totals.Files) < finished || int64(res.Totals.Files) > st.FilesServed {
-		t.Errorf("the cancelled result counts %d files; %d had finished before the cancel and %d were served in all",
-			res.Totals.Files, finished, st.FilesServed)
-	}
-	if st.Requests["delete"] < 1 {
-		t.Error("cancel did not DELETE the server job")
-	}
-	assertCancelledLeftNoOutput(t, out)
-	assertStagingStaysEmpty(t, out, res.Run, time.Minute)
 }
 
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
