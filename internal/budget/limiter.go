@@ -292,7 +292,7 @@ func LimiterWorkflow(ctx workflow.Context, in State) error {
 			continue
 		}
 		next := l.nextExpiry()
-		wait := max(next.Sub(workflow.Now(ctx)), 100*time.Millisecond)
+		wait := max(next.Sub(workflow.Now(ctx)), time.Second)
 		if _, err := workflow.AwaitWithTimeout(ctx, wait, func() bool {
 			return needCAN() || idle() || l.nextExpiry().Before(next)
 		}); err != nil {

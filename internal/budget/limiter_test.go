@@ -80,8 +80,13 @@ func give(holder string, seq int64, ret int, ttl time.Duration) Request {
 	return Request{Holder: holder, TTL: ttl, Seq: seq, Return: ret}
 }
 
-// run executes the limiter until it ends (idle) or continues as new.
+// run executes the limiter until it ends (idle); a limiter still running
+// after 3 hours of workflow time is cancelled (and fails the test).
 func (h *harness) run(in State) {
+	h.env.RegisterDelayedCallback(func() {
+		h.t.Error("the limiter was still running after 3h")
+		h.env.CancelWorkflow()
+	}, 3*time.Hour)
 	h.env.ExecuteWorkflow(WorkflowName, in)
 	if !h.env.IsWorkflowCompleted() {
 		h.t.Fatal("limiter did not end")
@@ -201,6 +206,7 @@ func TestLimiterContinueAsNewKeepsHolders(t *testing.T) {
 	for i := range 30 {
 		h.at(time.Duration(3+i)*time.Second, give("b", int64(i+1), 0, ttl), nil)
 	}
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 3*time.Hour)
 	h.env.ExecuteWorkflow(WorkflowName, State{Server: "ehr", Max: 4, MaxExchanges: 20})
 	err := h.env.GetWorkflowError()
 	var can *workflow.ContinueAsNewError
@@ -235,6 +241,7 @@ func TestLimiterContinueAsNewKeepsHolders(t *testing.T) {
 		}
 	})
 	h2.at(5*time.Second, Request{Holder: "a", TTL: ttl, Seq: 100, Return: 2}, nil)
+	h2.env.RegisterDelayedCallback(h2.env.CancelWorkflow, 3*time.Hour)
 	h2.env.ExecuteWorkflow(WorkflowName, next)
 	if grantedAt < 5*time.Second {
 		t.Errorf("after continue-as-new an ask got a slot at %v while the carried holders used the whole window", grantedAt)
