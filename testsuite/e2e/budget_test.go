@@ -141,6 +141,7 @@ func TestFleetSharesOneDownloadBudget(t *testing.T) {
 	if typ := desc.GetWorkflowExecutionInfo().GetType().GetName(); typ != budget.WorkflowName {
 		t.Errorf("limiter workflow type %q", typ)
 	}
+	t.Logf("the limiter's history (this run): %d events for %d downloads", desc.GetWorkflowExecutionInfo().GetHistoryLength(), total)
 	tclient.TerminateWorkflow(context.Background(), budget.WorkflowID("ehr"), "", "test over")
 }
 
