@@ -130,10 +130,11 @@ func main() {
 		os.Exit(2)
 	}
 	acts.MaxLineBytes = *maxLineMiB << 20
+	var fleet *budget.Fleet
 	if *budgetMode == "worker" {
 		acts.Budget = &budget.Local{}
 	} else {
-		fleet := budget.NewFleet(c, *taskQueue, logger)
+		fleet = budget.NewFleet(c, *taskQueue, logger)
 		fleet.TTL = ttl
 		acts.Budget = fleet
 	}
@@ -156,6 +157,13 @@ func main() {
 		slog.Any("codec_key_ids", codecKeyIDs(cdc)), slog.String("metrics", metricsURL(*metricsAddr)))
 	// worker.InterruptCh: SIGINT/SIGTERM stop polling and let running activities finish or hand over.
 	err = w.Run(worker.InterruptCh())
+	if fleet != nil {
+		// The downloads have stopped: their slots go back to the fleet now,
+		// not when this worker's lease expires.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		fleet.Close(ctx)
+		cancel()
+	}
 	stopMetrics()
 	if err != nil {
 		logger.Error("worker stopped", "error", err)

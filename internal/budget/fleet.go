@@ -139,6 +139,41 @@ func (f *Fleet) pool(server string, max int) *pool {
 	return p
 }
 
+// Close gives back every slot this process holds and no download uses, and
+// waits (until ctx ends) for the limiters to have them: a worker that stops
+// gracefully does not keep its slots for a lease TTL.
+func (f *Fleet) Close(ctx context.Context) {
+	f.mu.Lock()
+	pools := make([]*pool, 0, len(f.pools))
+	for _, p := range f.pools {
+		pools = append(pools, p)
+	}
+	f.mu.Unlock()
+	for _, p := range pools {
+		p.mu.Lock()
+		p.ret += len(p.idle)
+		p.idle = nil
+		if p.ret > 0 {
+			p.start()
+		}
+		p.mu.Unlock()
+	}
+	for _, p := range pools {
+		for {
+			p.mu.Lock()
+			done := p.ret == 0 && !p.giving
+			p.mu.Unlock()
+			if done || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
 // pool is this process's share of one server's budget.
 type pool struct {
 	f      *Fleet
@@ -153,6 +188,7 @@ type pool struct {
 	kick    chan struct{} // wakes the runner
 	running bool
 	asking  bool
+	giving  bool // a give-back is on its way
 	gen     int // bumped when the limiter said our lease had expired
 
 	// To report with the next exchange.
@@ -289,9 +325,11 @@ func (p *pool) run() {
 			r := Request{Holder: p.f.Holder, TTL: p.f.ttl(), Max: p.max, Seq: p.giveSeq, Return: p.ret,
 				Successes: p.successes, Throttled: p.throttled, ThrottledEpoch: p.throttledEpoch, Held: p.held()}
 			p.ret, p.successes, p.throttled, p.throttledEpoch = 0, 0, 0, 0
+			p.giving = true
 			p.mu.Unlock()
 			rep, sent := p.send(r)
 			p.mu.Lock()
+			p.giving = false
 			p.answered(rep, sent)
 			p.mu.Unlock()
 			continue

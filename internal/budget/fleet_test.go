@@ -95,3 +95,35 @@ func TestFleetSharesSlotsAndSavesRoundTrips(t *testing.T) {
 		t.Errorf("%d exchanges for %d downloads: slots are not reused", ex, a+b)
 	}
 }
+
+// A worker that stops gracefully gives its slots back at once, not after
+// its lease expires.
+func TestFleetCloseGivesSlotsBack(t *testing.T) {
+	lim := newFakeLimiter(3)
+	f := &Fleet{Holder: "a", Linger: time.Hour, Reuse: time.Hour, WaitUpTo: time.Second, exchange: lim.exchange}
+	var leases []Lease
+	for range 2 {
+		l, err := f.Acquire(context.Background(), "ehr", 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, l)
+	}
+	for _, l := range leases {
+		l.Release(throttle.Success)
+	}
+	lim.mu.Lock()
+	held := lim.inUse
+	lim.mu.Unlock()
+	if held == 0 {
+		t.Fatal("the slots went back before Close: the test shows nothing")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	f.Close(ctx)
+	lim.mu.Lock()
+	defer lim.mu.Unlock()
+	if lim.inUse != 0 {
+		t.Errorf("%d slots still held after Close", lim.inUse)
+	}
+}
