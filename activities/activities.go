@@ -492,11 +492,12 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 			return FileResult{}, aerr
 		}
 		res, err = a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
+		releaseSlot(lease, err)
 		if k := bulk.KindOf(err); err != nil && k == bulk.KindRateLimited {
 			a.observeOutcome(in.ServerRef, "file", err)
-			a.Logger.Info("server throttled downloads", "server", server)
+			window, _ := a.budget().Stats(server)
+			a.Logger.Info("server throttled downloads", "server", server, "window", window)
 		}
-		releaseSlot(lease, err)
 		// A 429 on a file is the server asking us to wait, not the file
 		// failing: wait here, heartbeating, so it does not use up one of
 		// the file's attempts (issue 13 §4).
@@ -767,10 +768,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 // wait behind a busy or throttled server is not mistaken for a stalled
 // activity.
 func (a *Activities) downloadSlot(ctx context.Context, ref ServerRef, beat func()) (budget.Lease, error) {
-	b := a.Budget
-	if b == nil {
-		b = &a.local
-	}
+	b := a.budget()
 	server := serverName(ref)
 	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
 	lease, err := acquire(ctx, b, server, a.Servers.MaxConcurrentDownloads(ref.Server, ref.BaseURL), every, beat)
@@ -783,6 +781,13 @@ func (a *Activities) downloadSlot(ctx context.Context, ref ServerRef, beat func(
 	}
 	gauge()
 	return &meteredLease{Lease: lease, set: gauge}, nil
+}
+
+func (a *Activities) budget() budget.Budget {
+	if a.Budget != nil {
+		return a.Budget
+	}
+	return &a.local
 }
 
 // meteredLease updates the concurrency gauges when it is released.
