@@ -74,7 +74,7 @@ func temporalExchange(ctx context.Context, c client.Client, queue, server string
 		kind = "ask"
 	}
 	start := c.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID:                       WorkflowID(server),
+		ID:                       WorkflowID(queue, server),
 		TaskQueue:                queue,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
 		StaticSummary:            "download budget of " + server,
@@ -189,7 +189,7 @@ type pool struct {
 	running bool
 	asking  bool
 	giving  bool // a give-back is on its way
-	gen     int // bumped when the limiter said our lease had expired
+	gen     int  // bumped when the limiter said our lease had expired
 
 	// To report with the next exchange.
 	ret, successes, throttled, throttledEpoch int

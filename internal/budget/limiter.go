@@ -1,14 +1,14 @@
 // Package budget shares one download budget per FHIR server across every
-// worker process and every export: the cap in the servers file
-// (maxConcurrentDownloads) is what the server sees from the whole fleet.
+// worker process of a task queue and every export: the cap in the servers
+// file (maxConcurrentDownloads) is what the server sees from the fleet.
 //
 // The budget of a server is a long-lived Temporal workflow, the limiter
-// (LimiterWorkflow, ID WorkflowID(server)), started on demand by the first
-// worker that needs a slot (update-with-start). Workers hold slots under
+// (LimiterWorkflow, ID WorkflowID(queue, server)), started on demand by the
+// first worker that needs a slot (update-with-start). Workers hold slots under
 // leases that expire unless renewed, so a killed worker's slots come back
 // after its lease TTL. The limiter runs AIMD on the fleet's one window: a
-// 429 halves it, successes grow it back (docs/scale.md, "One download
-// budget per server").
+// 429 halves it, successes grow it back (docs/architecture.md, "One
+// download budget per server").
 //
 // Round trips are per worker and per second, not per file: a worker keeps
 // the slots it was granted and reuses them for its next downloads for a
@@ -33,8 +33,13 @@ const WorkflowName = "DownloadBudgetWorkflow"
 const ExchangeUpdate = "exchange"
 
 // WorkflowID is the limiter's workflow ID for a server (its name in the
-// servers file, or its base URL): every worker derives the same one.
-func WorkflowID(server string) string { return "bulkflow-download-budget:" + server }
+// servers file, or its base URL) on a task queue: every worker of the queue
+// derives the same one. The queue is part of it because the limiter runs
+// on that queue: a budget shared with another queue would stall when that
+// queue's workers go away.
+func WorkflowID(taskQueue, server string) string {
+	return "bulkflow-download-budget:" + taskQueue + ":" + server
+}
 
 // Defaults of the limiter.
 const (

@@ -134,7 +134,7 @@ func TestFleetSharesOneDownloadBudget(t *testing.T) {
 		t.Error("no download was retried: the kill interrupted none")
 	}
 	// The budget is a workflow per server, found by its name.
-	desc, err := tclient.DescribeWorkflowExecution(context.Background(), budget.WorkflowID("ehr"), "")
+	desc, err := tclient.DescribeWorkflowExecution(context.Background(), budget.WorkflowID(queue, "ehr"), "")
 	if err != nil {
 		t.Fatalf("the server's limiter workflow: %v", err)
 	}
@@ -142,7 +142,7 @@ func TestFleetSharesOneDownloadBudget(t *testing.T) {
 		t.Errorf("limiter workflow type %q", typ)
 	}
 	t.Logf("the limiter's history (this run): %d events for %d downloads", desc.GetWorkflowExecutionInfo().GetHistoryLength(), total)
-	tclient.TerminateWorkflow(context.Background(), budget.WorkflowID("ehr"), "", "test over")
+	tclient.TerminateWorkflow(context.Background(), budget.WorkflowID(queue, "ehr"), "", "test over")
 }
 
 // expectedFiles is the number of output files of an export: each type's
