@@ -26,7 +26,7 @@ $(WORKFLOWCHECK):
 # Non-deterministic calls in workflow code (false positives are listed,
 # with their reasons, in workflowcheck.config.yaml).
 workflowcheck: $(WORKFLOWCHECK)
-	$(WORKFLOWCHECK) -config workflowcheck.config.yaml ./workflows/...
+	$(WORKFLOWCHECK) -config workflowcheck.config.yaml ./workflows/... ./internal/budget/...
 
 # Re-record the replay corpus (workflows/testdata/corpus) from real runs;
 # `make test` replays it. See docs/versioning.md before re-recording.

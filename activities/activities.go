@@ -33,6 +33,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/bulkflow/bulkflow/internal/atrest"
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
@@ -72,10 +73,15 @@ type Activities struct {
 	// ViewDefinitions in it (<name>.json) instead of giving them inline.
 	ViewsDir string
 
+	// Budget hands out download slots per server. The worker sets the
+	// fleet's (budget.NewFleet: one budget per server for every worker);
+	// nil means a budget of this process only (budget.Local).
+	Budget budget.Budget
+
 	mu       sync.Mutex
 	sinks    map[string]sink.Sink
-	limiters map[*bulk.Client]*throttle.Limiter // one per server: its clients are shared
-	plans    map[string]*plan                   // small cache: plans are read by every download of a run
+	local    budget.Local
+	plans    map[string]*plan // small cache: plans are read by every download of a run
 	order    []string
 	viewSets map[string]*viewSet // compiled staged views, by run (views.go)
 }
@@ -475,14 +481,12 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
-	lim := a.limiter(c, in.ServerRef)
 	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
 	// Waiting (for a slot, or out a 429) re-sends the resume point an
 	// earlier attempt left, never an empty one over it.
 	resume := lastCheckpoint(ctx)
 	beat := func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) }
 	server := serverName(in.ServerRef)
-	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
 	layout := in.Layout
 	layout.transactionTime = p.TransactionTime
 	if len(layout.Views) > 0 && item.Kind == KindOutput {
@@ -493,21 +497,16 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	var res FileResult
 	var waited time.Duration
 	for {
-		slot, aerr := acquire(ctx, lim, every, resume, beat)
+		lease, aerr := a.downloadSlot(ctx, in.ServerRef, func() { beat(resume) })
 		if aerr != nil {
 			return FileResult{}, aerr
 		}
-		a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
 		res, err = a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
-		switch k := bulk.KindOf(err); {
-		case err == nil:
-			slot.Release(throttle.Success)
-		case k == bulk.KindRateLimited:
-			slot.Release(throttle.Throttled)
+		releaseSlot(lease, err)
+		if k := bulk.KindOf(err); err != nil && k == bulk.KindRateLimited {
 			a.observeOutcome(in.ServerRef, "file", err)
-			a.Logger.Info("server throttled downloads", "server", server, "limit", lim.Limit())
-		default:
-			slot.Release(throttle.Other)
+			window, _ := a.budget().Stats(server)
+			a.Logger.Info("server throttled downloads", "server", server, "window", window)
 		}
 		// A 429 on a file is the server asking us to wait, not the file
 		// failing: wait here, heartbeating, so it does not use up one of
@@ -772,38 +771,72 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	return res, nil
 }
 
-// limiter returns the AIMD download limiter of c's server.
-func (a *Activities) limiter(c *bulk.Client, ref ServerRef) *throttle.Limiter {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if l, ok := a.limiters[c]; ok {
-		return l
+// downloadSlot takes one of the server's download slots from the budget
+// (the fleet's, shared by every worker, or this process's): every request
+// for a file's body goes through it, and gives the lease back with
+// releaseSlot. While it waits it calls beat every HeartbeatEvery, so a long
+// wait behind a busy or throttled server is not mistaken for a stalled
+// activity.
+func (a *Activities) downloadSlot(ctx context.Context, ref ServerRef, beat func()) (budget.Lease, error) {
+	b := a.budget()
+	server := serverName(ref)
+	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
+	lease, err := acquire(ctx, b, server, a.Servers.MaxConcurrentDownloads(ref.Server, ref.BaseURL), every, beat)
+	if err != nil {
+		return nil, err
 	}
-	if a.limiters == nil {
-		a.limiters = map[*bulk.Client]*throttle.Limiter{}
+	gauge := func() {
+		window, inUse := b.Stats(server)
+		a.Metrics.SetConcurrency(server, window, inUse)
 	}
-	l := throttle.New(a.Servers.MaxConcurrentDownloads(ref.Server, ref.BaseURL))
-	a.limiters[c] = l
-	return l
+	gauge()
+	return &meteredLease{Lease: lease, set: gauge}, nil
 }
 
-// acquire waits for a download slot, heartbeating so that a long wait
-// behind a throttled server is not mistaken for a stalled download. Each
-// heartbeat carries resume, the checkpoint an earlier attempt left: the
-// last heartbeat's details are what the next attempt resumes from, so an
-// empty one would throw a real resume point away.
-func acquire(ctx context.Context, l *throttle.Limiter, every time.Duration, resume checkpoint, beat func(checkpoint)) (*throttle.Slot, error) {
+func (a *Activities) budget() budget.Budget {
+	if a.Budget != nil {
+		return a.Budget
+	}
+	return &a.local
+}
+
+// meteredLease updates the concurrency gauges when it is released.
+type meteredLease struct {
+	budget.Lease
+	set func()
+}
+
+func (l *meteredLease) Release(o throttle.Outcome) {
+	l.Lease.Release(o)
+	l.set()
+}
+
+// releaseSlot gives a download's slot back with how its request ended: a
+// 429 (or 503 with Retry-After) shrinks the server's window.
+func releaseSlot(l budget.Lease, err error) {
+	switch k := bulk.KindOf(err); {
+	case err == nil:
+		l.Release(throttle.Success)
+	case k == bulk.KindRateLimited:
+		l.Release(throttle.Throttled)
+	default:
+		l.Release(throttle.Other)
+	}
+}
+
+// acquire waits for a slot, calling beat every interval while it waits.
+func acquire(ctx context.Context, b budget.Budget, server string, maxSlots int, every time.Duration, beat func()) (budget.Lease, error) {
 	for {
 		wctx, cancel := context.WithTimeout(ctx, every)
-		slot, err := l.Acquire(wctx)
+		l, err := b.Acquire(wctx, server, maxSlots)
 		cancel()
 		if err == nil {
-			return slot, nil
+			return l, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		beat(resume)
+		beat()
 	}
 }
 

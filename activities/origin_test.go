@@ -22,6 +22,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/internal/throttle"
@@ -120,8 +121,8 @@ func TestAttemptBudgets(t *testing.T) {
 // issue 13 §4 (2): waiting for a download slot heartbeats the resume point
 // an earlier attempt left, never an empty checkpoint over it.
 func TestAcquireKeepsResumePoint(t *testing.T) {
-	lim := throttle.New(1)
-	held, err := lim.Acquire(context.Background())
+	var b budget.Local
+	held, err := b.Acquire(context.Background(), "ehr", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +131,12 @@ func TestAcquireKeepsResumePoint(t *testing.T) {
 	var beats []checkpoint
 	done := make(chan error, 1)
 	go func() {
-		slot, err := acquire(context.Background(), lim, 10*time.Millisecond, resume, func(cp checkpoint) {
+		beat := func(cp checkpoint) {
 			mu.Lock()
 			beats = append(beats, cp)
 			mu.Unlock()
-		})
+		}
+		slot, err := acquire(context.Background(), &b, "ehr", 1, 10*time.Millisecond, func() { beat(resume) })
 		if err == nil {
 			slot.Release(throttle.Success)
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/bulkflow/bulkflow/activities"
 	"github.com/bulkflow/bulkflow/internal/atrest"
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/bulkworker"
 	"github.com/bulkflow/bulkflow/internal/codec"
 	"github.com/bulkflow/bulkflow/internal/envflag"
@@ -47,6 +48,8 @@ func main() {
 	auditStdout := envflag.Bool(fs, "audit-stdout", "BULKFLOW_AUDIT_STDOUT", false, "also print every audit event to stdout as NDJSON (the audit log in the output location is always written)")
 	maxLineMiB := envflag.Int(fs, "max-line-mib", "BULKFLOW_MAX_LINE_MIB", 64, "longest accepted NDJSON line (one resource, inline attachments included) in MiB; each download holds at most about this much of a line in memory")
 	viewsDir := envflag.String(fs, "views-dir", "BULKFLOW_VIEWS_DIR", "", "folder of SQL on FHIR ViewDefinitions (<name>.json) that exports name in \"views\"; each is validated at start-up (docs/views.md)")
+	budgetMode := envflag.String(fs, "download-budget", "BULKFLOW_DOWNLOAD_BUDGET", "fleet", "fleet: each server's maxConcurrentDownloads is shared by every worker on the task queue (a limiter workflow per server); worker: each worker process has its own (the cap is then per worker)")
+	leaseTTL := envflag.String(fs, "budget-lease-ttl", "BULKFLOW_BUDGET_LEASE_TTL", "30s", "with -download-budget fleet: a worker that stops renewing its download slots (killed, cut off from Temporal) loses them after this long")
 	logFormat := envflag.String(fs, "log-format", "BULKFLOW_LOG_FORMAT", "text", "log format: text or json")
 	logLevel := envflag.String(fs, "log-level", "BULKFLOW_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	codecKeyFile := envflag.String(fs, "codec-key-file", codec.EnvKeyFile, "",
@@ -69,6 +72,15 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	ttl, err := time.ParseDuration(*leaseTTL)
+	switch {
+	case *budgetMode != "fleet" && *budgetMode != "worker":
+		fmt.Fprintf(os.Stderr, "worker: -download-budget %q: use fleet or worker\n", *budgetMode)
+		os.Exit(2)
+	case err != nil || ttl < 3*time.Second || ttl > time.Hour:
+		fmt.Fprintf(os.Stderr, "worker: -budget-lease-ttl %q: use a duration from 3s to 1h, e.g. 30s\n", *leaseTTL)
 		os.Exit(2)
 	}
 	reg, err := servers.Load(*serversFile)
@@ -132,6 +144,14 @@ func main() {
 		os.Exit(2)
 	}
 	acts.MaxLineBytes = *maxLineMiB << 20
+	var fleet *budget.Fleet
+	if *budgetMode == "worker" {
+		acts.Budget = &budget.Local{}
+	} else {
+		fleet = budget.NewFleet(c, *taskQueue, logger)
+		fleet.TTL = ttl
+		acts.Budget = fleet
+	}
 	aliasServers(rec, *serversFile)
 	rec.CountRunningExports(bulkworker.RunningByPhase(c))
 	if *keysetFile != "" {
@@ -151,6 +171,13 @@ func main() {
 		slog.Any("codec_key_ids", codecKeyIDs(cdc)), slog.String("metrics", metricsURL(*metricsAddr)))
 	// worker.InterruptCh: SIGINT/SIGTERM stop polling and let running activities finish or hand over.
 	err = w.Run(worker.InterruptCh())
+	if fleet != nil {
+		// The downloads have stopped: their slots go back to the fleet now,
+		// not when this worker's lease expires.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		fleet.Close(ctx)
+		cancel()
+	}
 	stopMetrics()
 	if err != nil {
 		logger.Error("worker stopped", "error", err)

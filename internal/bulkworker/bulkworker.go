@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/bulkflow/bulkflow/activities"
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/servers"
 	"github.com/bulkflow/bulkflow/workflows"
 )
@@ -30,6 +31,8 @@ type WorkflowRegistry interface {
 func RegisterWorkflows(w WorkflowRegistry) {
 	w.RegisterWorkflowWithOptions(workflows.BulkExportWorkflow, workflow.RegisterOptions{Name: ExportWorkflowName})
 	w.RegisterWorkflowWithOptions(workflows.DownloadChunkWorkflow, workflow.RegisterOptions{Name: "DownloadChunkWorkflow"})
+	// The per-server download budget shared by the fleet (internal/budget).
+	w.RegisterWorkflowWithOptions(budget.LimiterWorkflow, workflow.RegisterOptions{Name: budget.WorkflowName})
 }
 
 // Register adds every workflow and the activities to w.
@@ -39,10 +42,15 @@ func Register(w worker.Registry, acts *activities.Activities) {
 }
 
 // New returns a worker on taskQueue with bulkflow registered. maxActivities
-// bounds concurrent activities (downloads) in this process.
+// bounds concurrent activities (downloads) in this process. Downloads share
+// each server's budget with every worker on the queue (budget.Fleet) unless
+// acts.Budget is already set.
 func New(c client.Client, taskQueue string, acts *activities.Activities, maxActivities int) worker.Worker {
 	if maxActivities <= 0 {
 		maxActivities = 16
+	}
+	if acts.Budget == nil {
+		acts.Budget = budget.NewFleet(c, taskQueue, acts.Logger)
 	}
 	w := worker.New(c, taskQueue, worker.Options{
 		MaxConcurrentActivityExecutionSize: maxActivities,

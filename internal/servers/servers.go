@@ -32,9 +32,10 @@ type Server struct {
 	// (Go durations such as "1s", "10m"). Defaults 1s and 10m.
 	RetryAfterMin string `json:"retryAfterMin,omitempty"`
 	RetryAfterMax string `json:"retryAfterMax,omitempty"`
-	// MaxConcurrentDownloads caps this worker's downloads from the server;
-	// the worker adapts below it (AIMD) when the server answers 429/503.
-	// Default 16.
+	// MaxConcurrentDownloads caps the downloads from the server of all
+	// workers together (internal/budget; per worker with -download-budget
+	// worker); the fleet adapts below it (AIMD) when the server answers
+	// 429/503. Default 16.
 	MaxConcurrentDownloads int `json:"maxConcurrentDownloads,omitempty"`
 	// AllowedOrigins are further origins (scheme://host[:port], e.g. a CDN
 	// serving this server's files with requiresAccessToken true) that may
@@ -179,7 +180,7 @@ func (r *Registry) lookup(name, baseURL string) (Server, bool) {
 	return Server{}, false
 }
 
-// DefaultMaxConcurrentDownloads is the per-server, per-worker download cap.
+// DefaultMaxConcurrentDownloads is the per-server download cap.
 const DefaultMaxConcurrentDownloads = 16
 
 // MaxConcurrentDownloads is the download cap for the server a workflow

@@ -1,8 +1,8 @@
 // Package throttle adapts how many downloads run at once against one FHIR
 // server: additive increase, multiplicative decrease (AIMD), the rule TCP
-// uses to share a link. Each worker process holds one Limiter per server;
-// several workers converge like TCP flows on a shared bottleneck, each
-// halving when the server pushes back.
+// uses to share a link. The fleet's budget (internal/budget) applies the
+// same rule to one window per server for all workers; a Limiter is the
+// per-process budget (budget.Local, -download-budget worker).
 package throttle
 
 import (
