@@ -1,0 +1,373 @@
+package ndjson
+
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// fastMaxDepth bounds the nesting the fast path tracks (one bit per level
+// in a uint64). Deeper lines are valid JSON up to maxDepth: the slow path
+// takes them.
+const fastMaxDepth = 64
+
+// Fields whose values the fast path records: what the next value belongs to.
+const (
+	fNone uint8 = iota
+	fResourceType
+	fID
+	fMeta // an object value opens the meta context at depth 2
+	fSubject
+	fPatient
+	fLastUpdated // meta.lastUpdated
+	fVersionID   // meta.versionId
+	fRefSubject  // subject.reference
+	fRefPatient  // patient.reference
+)
+
+// span is a string value of the line, without its quotes.
+type span struct {
+	start, end int
+	esc, set   bool
+}
+
+func (s span) str(d []byte) string {
+	if !s.set {
+		return ""
+	}
+	if s.esc {
+		return decodeString(d[s.start:s.end])
+	}
+	return string(d[s.start:s.end])
+}
+
+// strOK marks the bytes a JSON string holds as they are: not '"', '\\' or
+// a control character.
+var strOK = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// fastInspect is Inspect's fast path: one loop over the line, no recursion,
+// closures or allocations beyond the returned strings (BenchmarkInspect:
+// about 2x the recursive scanner on FHIR lines). It accepts exactly the
+// JSON grammar (the same as json.Valid) and extracts the same Meta as
+// inspectSlow. ok=false means "let inspectSlow decide": the line is
+// invalid, or valid but unusual (not an object, nesting deeper than
+// fastMaxDepth, an escaped key where keys matter, a duplicated or
+// non-string top-level resourceType). inspectSlow then produces the same
+// answer or the precise error, so errors are unchanged
+// (FuzzFastInspect compares the two on every input).
+func fastInspect(d []byte) (m Meta, ok bool) {
+	n := len(d)
+	i := 0
+	for i < n && isWS(d[i]) {
+		i++
+	}
+	if i >= n || d[i] != '{' {
+		return m, false
+	}
+	var (
+		objects uint64 // bit k set: the container at depth k+1 is an object
+		depth   int
+		field   uint8 // what the next value belongs to
+		ctx2    uint8 // the depth-1 key whose object is open at depth 2
+		rt, id  span
+		lu, vid span
+		subj    span
+		pat     span
+	)
+	for {
+		// A value starts at i (whitespace skipped).
+		if i >= n {
+			return m, false
+		}
+		c := d[i]
+		if field == fResourceType && c != '"' {
+			return m, false // not a string: the slow path says so
+		}
+		switch c {
+		case '"':
+			start := i + 1
+			var esc bool
+			if i, esc, ok = scanString(d, start); !ok {
+				return m, false
+			}
+			if field != fNone {
+				sp := span{start: start, end: i - 1, esc: esc, set: true}
+				switch field {
+				case fResourceType:
+					if rt.set {
+						return m, false // duplicate: the slow path says where
+					}
+					rt = sp
+				case fID:
+					id = sp
+				case fLastUpdated:
+					lu = sp
+				case fVersionID:
+					vid = sp
+				case fRefSubject:
+					subj = sp
+				case fRefPatient:
+					pat = sp
+				}
+			}
+		case '{', '[':
+			if depth == fastMaxDepth {
+				return m, false
+			}
+			if depth == 1 {
+				ctx2 = fNone
+				if c == '{' && (field == fMeta || field == fSubject || field == fPatient) {
+					ctx2 = field
+				}
+			}
+			if c == '{' {
+				objects |= 1 << depth
+			} else {
+				objects &^= 1 << depth
+			}
+			depth++
+			i++
+			for i < n && isWS(d[i]) {
+				i++
+			}
+			if i < n && (c == '{' && d[i] == '}' || c == '[' && d[i] == ']') {
+				i++
+				depth--
+				break // an empty container is a complete value
+			}
+			if c == '[' {
+				field = fNone
+				continue // the first element
+			}
+			if i, field, ok = readKey(d, i, depth, ctx2); !ok {
+				return m, false
+			}
+			continue
+		case 't':
+			if n-i < 4 || string(d[i:i+4]) != "true" {
+				return m, false
+			}
+			i += 4
+		case 'f':
+			if n-i < 5 || string(d[i:i+5]) != "false" {
+				return m, false
+			}
+			i += 5
+		case 'n':
+			if n-i < 4 || string(d[i:i+4]) != "null" {
+				return m, false
+			}
+			i += 4
+		default:
+			if i, ok = scanNumber(d, i); !ok {
+				return m, false
+			}
+		}
+		// After a value: ',' then the next key or element, or close
+		// containers.
+		for {
+			for i < n && isWS(d[i]) {
+				i++
+			}
+			if depth == 0 {
+				if i != n {
+					return m, false // something after the object
+				}
+				m.ResourceType, m.ID = rt.str(d), id.str(d)
+				m.LastUpdated, m.VersionID = lu.str(d), vid.str(d)
+				if m.Subject = subj.str(d); m.Subject == "" {
+					m.Subject = pat.str(d)
+				}
+				return m, true
+			}
+			if i >= n {
+				return m, false
+			}
+			inObject := objects&(1<<(depth-1)) != 0
+			switch c := d[i]; {
+			case c == ',':
+				i++
+				for i < n && isWS(d[i]) {
+					i++
+				}
+				if !inObject {
+					field = fNone
+				} else if i, field, ok = readKey(d, i, depth, ctx2); !ok {
+					return m, false
+				}
+			case c == '}' && inObject, c == ']' && !inObject:
+				i++
+				depth--
+				continue
+			default:
+				return m, false
+			}
+			break
+		}
+	}
+}
+
+// readKey reads `"key" :` at i (whitespace after the colon skipped) and
+// says which recorded field, if any, the value belongs to. An escaped key
+// where keys matter (depth 1, or the meta/subject/patient object) is left
+// to the slow path, which decodes it.
+func readKey(d []byte, i, depth int, ctx2 uint8) (int, uint8, bool) {
+	n := len(d)
+	if i >= n || d[i] != '"' {
+		return i, fNone, false
+	}
+	start := i + 1
+	i, esc, ok := scanString(d, start)
+	if !ok {
+		return i, fNone, false
+	}
+	key := d[start : i-1]
+	for i < n && isWS(d[i]) {
+		i++
+	}
+	if i >= n || d[i] != ':' {
+		return i, fNone, false
+	}
+	i++
+	for i < n && isWS(d[i]) {
+		i++
+	}
+	field := fNone
+	switch {
+	case depth == 1:
+		if esc {
+			return i, fNone, false
+		}
+		switch string(key) {
+		case "resourceType":
+			field = fResourceType
+		case "id":
+			field = fID
+		case "meta":
+			field = fMeta
+		case "subject":
+			field = fSubject
+		case "patient":
+			field = fPatient
+		}
+	case depth == 2 && ctx2 != fNone:
+		if esc {
+			return i, fNone, false
+		}
+		switch {
+		case ctx2 == fMeta && string(key) == "lastUpdated":
+			field = fLastUpdated
+		case ctx2 == fMeta && string(key) == "versionId":
+			field = fVersionID
+		case ctx2 == fSubject && string(key) == "reference":
+			field = fRefSubject
+		case ctx2 == fPatient && string(key) == "reference":
+			field = fRefPatient
+		}
+	}
+	return i, field, true
+}
+
+func isWS(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// scanString checks a string whose opening quote is just before i and
+// returns the index after its closing quote. Eight bytes at a time while
+// none is '"', '\\' or a control character; the lowest flagged lane is
+// exact (a borrow only ever flags lanes above a real hit).
+func scanString(d []byte, i int) (int, bool, bool) {
+	n := len(d)
+	esc := false
+	for {
+		for i+8 <= n {
+			x := binary.LittleEndian.Uint64(d[i:])
+			q := x ^ (lsb * '"')
+			b := x ^ (lsb * '\\')
+			t := (((q - lsb) &^ q) | ((b - lsb) &^ b) | ((x - lsb*0x20) &^ x)) & msb
+			if t != 0 {
+				i += bits.TrailingZeros64(t) >> 3
+				goto special
+			}
+			i += 8
+		}
+		for i < n && strOK[d[i]] {
+			i++
+		}
+		if i >= n {
+			return i, esc, false
+		}
+	special:
+		switch d[i] {
+		case '"':
+			return i + 1, esc, true
+		case '\\':
+			esc = true
+			if i+1 >= n {
+				return i, esc, false
+			}
+			switch d[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > n || !isHex(d[i+2]) || !isHex(d[i+3]) || !isHex(d[i+4]) || !isHex(d[i+5]) {
+					return i, esc, false
+				}
+				i += 6
+			default:
+				return i, esc, false
+			}
+		default:
+			return i, esc, false // a control character
+		}
+	}
+}
+
+// scanNumber checks -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? at i.
+// What may follow (',' '}' ']' or whitespace) is the caller's check.
+func scanNumber(d []byte, i int) (int, bool) {
+	n := len(d)
+	if d[i] == '-' {
+		i++
+		if i >= n {
+			return i, false
+		}
+	}
+	switch c := d[i]; {
+	case c == '0':
+		i++
+	case c >= '1' && c <= '9':
+		i++
+		for i < n && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+	default:
+		return i, false
+	}
+	if i < n && d[i] == '.' {
+		i++
+		j := i
+		for i < n && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+		if i == j {
+			return i, false
+		}
+	}
+	if i < n && (d[i] == 'e' || d[i] == 'E') {
+		i++
+		if i < n && (d[i] == '+' || d[i] == '-') {
+			i++
+		}
+		j := i
+		for i < n && d[i] >= '0' && d[i] <= '9' {
+			i++
+		}
+		if i == j {
+			return i, false
+		}
+	}
+	return i, true
+}
