@@ -8,11 +8,13 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/bulkflow/bulkflow/internal/ndjson"
 	fhirtest "github.com/bulkflow/bulkflow/testsuite"
 )
 
@@ -142,6 +144,38 @@ func BenchmarkDownloadFile(b *testing.B) {
 		b.StopTimer()
 		os.RemoveAll(filepath.Join(f.out, ".staging", "run", "data"))
 		b.StartTimer()
+	}
+	b.ReportMetric(float64(typical.bytes)*float64(b.N)/(cpuTime()-cpu0).Seconds()/1e6, "MB/cpu-s")
+}
+
+// BenchmarkValidateTypical is the per-line check alone (ndjson.Validator,
+// as nextResource calls it) over the typical export's lines, in memory.
+func BenchmarkValidateTypical(b *testing.B) {
+	loadTypical(b)
+	type file struct {
+		typ   string
+		lines [][]byte
+	}
+	var files []file
+	for _, tf := range typical.files {
+		f := file{typ: tf.typ}
+		for _, l := range strings.Split(strings.TrimSuffix(tf.body, "\n"), "\n") {
+			f.lines = append(f.lines, []byte(l))
+		}
+		files = append(files, f)
+	}
+	b.SetBytes(typical.bytes)
+	b.ReportAllocs()
+	cpu0 := cpuTime()
+	for b.Loop() {
+		for _, f := range files {
+			v := ndjson.Validator{WantType: f.typ}
+			for _, l := range f.lines {
+				if _, err := v.Check(l); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
 	}
 	b.ReportMetric(float64(typical.bytes)*float64(b.N)/(cpuTime()-cpu0).Seconds()/1e6, "MB/cpu-s")
 }
