@@ -22,7 +22,6 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -894,27 +893,37 @@ func (s *idSet) check() error {
 	if s == nil {
 		return nil
 	}
-	slices.SortFunc(s.ents, func(a, b idEnt) int { return cmp.Or(cmp.Compare(a.h, b.h), cmp.Compare(a.line, b.line)) })
-	var dup *idEnt
-	for i := 1; i < len(s.ents); i++ {
-		if s.ents[i].h == s.ents[i-1].h && (dup == nil || s.ents[i].line < dup.line) {
-			dup = &s.ents[i]
+	sortIDHashes(s.ents)
+	// The report: of every group of equal ids, its first line and its
+	// second; the group whose second line comes first.
+	found, first, dup := false, uint32(0), uint32(0)
+	for i := 0; i < len(s.ents); {
+		j := i + 1
+		for j < len(s.ents) && s.ents[j].h == s.ents[i].h {
+			j++
 		}
+		if j-i > 1 {
+			m1, m2 := uint32(math.MaxUint32), uint32(math.MaxUint32)
+			for _, e := range s.ents[i:j] {
+				if e.line < m1 {
+					m1, m2 = e.line, m1
+				} else if e.line < m2 {
+					m2 = e.line
+				}
+			}
+			if !found || m2 < dup {
+				found, first, dup = true, m1, m2
+			}
+		}
+		i = j
 	}
-	if dup == nil {
+	if !found {
 		return nil
-	}
-	first := uint32(0)
-	for _, e := range s.ents {
-		if e.h == dup.h {
-			first = e.line
-			break
-		}
 	}
 	ve := invalid("duplicate_id", bulk.KindTruncated, fmt.Sprintf(
 		"%s: lines %d and %d hold the same resource id; the file changed while it was served or the server repeated a resource, so it is downloaded again from the start",
-		s.path, first, dup.line)).(*validationError)
-	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup.line)
+		s.path, first, dup)).(*validationError)
+	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup)
 	return ve
 }
 
