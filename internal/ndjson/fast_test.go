@@ -3,6 +3,7 @@ package ndjson
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -116,4 +117,30 @@ func FuzzFastInspect(f *testing.F) {
 			t.Fatalf("fast path declined a plain valid line %q", data)
 		}
 	})
+}
+
+// TestCheckIDAgreesWithCheck: CheckID accepts and rejects what Check
+// does, with the same error, and returns Check's id.
+func TestCheckIDAgreesWithCheck(t *testing.T) {
+	lines := append([]string{
+		`{"resourceType":"Patient","id":"p1"}`, `{"resourceType":"Observation","id":"o"}`,
+		`{"id":"x"}`, `{"resourceType":"Patient"}`, `{"resourceType":"Pat\u0069ent","id":"e\u0073c"}`,
+		`{"resourceType":"Patient","id":5}`, `{"resourceType":"Patient","id":""}`,
+	}, fastCases...)
+	for _, want := range []string{"", "Patient", "Observation", "X"} {
+		v := Validator{WantType: want}
+		for _, l := range lines {
+			m, err1 := v.Check([]byte(l))
+			id, err2 := v.CheckID([]byte(l))
+			if fmt.Sprint(err1) != fmt.Sprint(err2) {
+				t.Fatalf("%q (want %q): Check %v, CheckID %v", l, want, err1, err2)
+			}
+			if err1 == nil && m.ID != string(id) {
+				t.Fatalf("%q: Check id %q, CheckID %q", l, m.ID, id)
+			}
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { Validator{WantType: "Observation"}.CheckID(sampleResource()) }); n > 1 {
+		t.Fatalf("CheckID allocates %v times per valid line", n) // 1: sampleResource's own copy
+	}
 }
