@@ -78,6 +78,9 @@ type spans struct {
 }
 
 // fastScan is fastInspect without the strings: it allocates nothing.
+// Keys are read at the top of the loop (key set) and strings try their
+// first eight bytes inline before calling scanString: most FHIR keys and
+// values are that short, and the call was a fifth of the check.
 func fastScan(d []byte) (sp spans, ok bool) {
 	n := len(d)
 	i := 0
@@ -92,8 +95,48 @@ func fastScan(d []byte) (sp spans, ok bool) {
 		depth   int
 		field   uint8 // what the next value belongs to
 		ctx2    uint8 // the depth-1 key whose object is open at depth 2
+		key     bool  // a key comes next (after '{' or ',' in an object)
 	)
 	for {
+		if key {
+			// `"key" :` at i, whitespace after the colon skipped.
+			if i >= n || d[i] != '"' {
+				return sp, false
+			}
+			start, end, esc := i+1, -1, false
+			if start+8 <= n {
+				if t := specials(binary.LittleEndian.Uint64(d[start:])); t != 0 {
+					if k := start + bits.TrailingZeros64(t)>>3; d[k] == '"' {
+						end = k
+					}
+				}
+			}
+			if end < 0 {
+				if i, esc, ok = scanString(d, start); !ok {
+					return sp, false
+				}
+				end = i - 1
+			}
+			i = end + 1
+			for i < n && isWS(d[i]) {
+				i++
+			}
+			if i >= n || d[i] != ':' {
+				return sp, false
+			}
+			i++
+			for i < n && isWS(d[i]) {
+				i++
+			}
+			field = fNone
+			if depth == 1 || depth == 2 && ctx2 != fNone {
+				if esc {
+					return sp, false // an escaped key that may matter: the slow path decodes it
+				}
+				field = classify(d[start:end], depth, ctx2)
+			}
+			key = false
+		}
 		// A value starts at i (whitespace skipped).
 		if i >= n {
 			return sp, false
@@ -104,13 +147,23 @@ func fastScan(d []byte) (sp spans, ok bool) {
 		}
 		switch c {
 		case '"':
-			start := i + 1
-			var esc bool
-			if i, esc, ok = scanString(d, start); !ok {
-				return sp, false
+			start, end, esc := i+1, -1, false
+			if start+8 <= n {
+				if t := specials(binary.LittleEndian.Uint64(d[start:])); t != 0 {
+					if k := start + bits.TrailingZeros64(t)>>3; d[k] == '"' {
+						end = k
+					}
+				}
 			}
+			if end < 0 {
+				if i, esc, ok = scanString(d, start); !ok {
+					return sp, false
+				}
+				end = i - 1
+			}
+			i = end + 1
 			if field != fNone {
-				s := span{start: start, end: i - 1, esc: esc, set: true}
+				s := span{start: start, end: end, esc: esc, set: true}
 				switch field {
 				case fResourceType:
 					if sp.rt.set {
@@ -155,11 +208,9 @@ func fastScan(d []byte) (sp spans, ok bool) {
 				break // an empty container is a complete value
 			}
 			if c == '[' {
-				field = fNone
-				continue // the first element
-			}
-			if i, field, ok = readKey(d, i, depth, ctx2); !ok {
-				return sp, false
+				field = fNone // the first element
+			} else {
+				key = true
 			}
 			continue
 		case 't':
@@ -204,10 +255,10 @@ func fastScan(d []byte) (sp spans, ok bool) {
 				for i < n && isWS(d[i]) {
 					i++
 				}
-				if !inObject {
+				if inObject {
+					key = true
+				} else {
 					field = fNone
-				} else if i, field, ok = readKey(d, i, depth, ctx2); !ok {
-					return sp, false
 				}
 			case c == '}' && inObject, c == ']' && !inObject:
 				i++
@@ -221,65 +272,44 @@ func fastScan(d []byte) (sp spans, ok bool) {
 	}
 }
 
-// readKey reads `"key" :` at i (whitespace after the colon skipped) and
-// says which recorded field, if any, the value belongs to. An escaped key
-// where keys matter (depth 1, or the meta/subject/patient object) is left
-// to the slow path, which decodes it.
-func readKey(d []byte, i, depth int, ctx2 uint8) (int, uint8, bool) {
-	n := len(d)
-	if i >= n || d[i] != '"' {
-		return i, fNone, false
-	}
-	start := i + 1
-	i, esc, ok := scanString(d, start)
-	if !ok {
-		return i, fNone, false
-	}
-	key := d[start : i-1]
-	for i < n && isWS(d[i]) {
-		i++
-	}
-	if i >= n || d[i] != ':' {
-		return i, fNone, false
-	}
-	i++
-	for i < n && isWS(d[i]) {
-		i++
-	}
-	field := fNone
-	switch {
-	case depth == 1:
-		if esc {
-			return i, fNone, false
-		}
+// classify says which recorded field, if any, the value of key belongs to:
+// keys matter at depth 1 and in the meta/subject/patient object at depth 2.
+func classify(key []byte, depth int, ctx2 uint8) uint8 {
+	if depth == 1 {
 		switch string(key) {
 		case "resourceType":
-			field = fResourceType
+			return fResourceType
 		case "id":
-			field = fID
+			return fID
 		case "meta":
-			field = fMeta
+			return fMeta
 		case "subject":
-			field = fSubject
+			return fSubject
 		case "patient":
-			field = fPatient
+			return fPatient
 		}
-	case depth == 2 && ctx2 != fNone:
-		if esc {
-			return i, fNone, false
-		}
-		switch {
-		case ctx2 == fMeta && string(key) == "lastUpdated":
-			field = fLastUpdated
-		case ctx2 == fMeta && string(key) == "versionId":
-			field = fVersionID
-		case ctx2 == fSubject && string(key) == "reference":
-			field = fRefSubject
-		case ctx2 == fPatient && string(key) == "reference":
-			field = fRefPatient
-		}
+		return fNone
 	}
-	return i, field, true
+	switch {
+	case ctx2 == fMeta && string(key) == "lastUpdated":
+		return fLastUpdated
+	case ctx2 == fMeta && string(key) == "versionId":
+		return fVersionID
+	case ctx2 == fSubject && string(key) == "reference":
+		return fRefSubject
+	case ctx2 == fPatient && string(key) == "reference":
+		return fRefPatient
+	}
+	return fNone
+}
+
+// specials flags (high bit of each lane) the bytes of x that end a run of
+// plain string bytes: '"', '\\' or a control character. The lowest flagged
+// lane is exact (a borrow only ever flags lanes above a real hit).
+func specials(x uint64) uint64 {
+	q := x ^ (lsb * '"')
+	b := x ^ (lsb * '\\')
+	return (((q - lsb) &^ q) | ((b - lsb) &^ b) | ((x - lsb*0x20) &^ x)) & msb
 }
 
 func isWS(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
@@ -293,11 +323,7 @@ func scanString(d []byte, i int) (int, bool, bool) {
 	esc := false
 	for {
 		for i+8 <= n {
-			x := binary.LittleEndian.Uint64(d[i:])
-			q := x ^ (lsb * '"')
-			b := x ^ (lsb * '\\')
-			t := (((q - lsb) &^ q) | ((b - lsb) &^ b) | ((x - lsb*0x20) &^ x)) & msb
-			if t != 0 {
+			if t := specials(binary.LittleEndian.Uint64(d[i:])); t != 0 {
 				i += bits.TrailingZeros64(t) >> 3
 				goto special
 			}
