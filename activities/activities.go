@@ -22,7 +22,6 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -685,7 +684,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
 	for {
-		line, m, err := nextResource(r, v, item, res.Resources)
+		line, id, err := nextResourceID(r, v, item, res.Resources)
 		if err == io.EOF {
 			break
 		}
@@ -696,7 +695,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
 			return FileResult{}, withURL(err, srcURL)
 		}
-		ids.add(m.ID, r.Line())
+		ids.addBytes(id, r.Line())
 		if layout.CheckSubsetted && item.Kind == KindOutput && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
@@ -930,33 +929,51 @@ func (s *idSet) add(id string, line int64) {
 	s.ents = append(s.ents, idEnt{h: maphash.String(s.seed, id), line: uint32(min(line, math.MaxUint32))})
 }
 
+// addBytes is add for an id still in the line (the same hash).
+func (s *idSet) addBytes(id []byte, line int64) {
+	if s == nil || len(id) == 0 {
+		return
+	}
+	s.ents = append(s.ents, idEnt{h: maphash.Bytes(s.seed, id), line: uint32(min(line, math.MaxUint32))})
+}
+
 // check reports the first repeated id (by its lines: ids can identify
 // patients) once the whole file is read.
 func (s *idSet) check() error {
 	if s == nil {
 		return nil
 	}
-	slices.SortFunc(s.ents, func(a, b idEnt) int { return cmp.Or(cmp.Compare(a.h, b.h), cmp.Compare(a.line, b.line)) })
-	var dup *idEnt
-	for i := 1; i < len(s.ents); i++ {
-		if s.ents[i].h == s.ents[i-1].h && (dup == nil || s.ents[i].line < dup.line) {
-			dup = &s.ents[i]
+	sortIDHashes(s.ents)
+	// The report: of every group of equal ids, its first line and its
+	// second; the group whose second line comes first.
+	found, first, dup := false, uint32(0), uint32(0)
+	for i := 0; i < len(s.ents); {
+		j := i + 1
+		for j < len(s.ents) && s.ents[j].h == s.ents[i].h {
+			j++
 		}
+		if j-i > 1 {
+			m1, m2 := uint32(math.MaxUint32), uint32(math.MaxUint32)
+			for _, e := range s.ents[i:j] {
+				if e.line < m1 {
+					m1, m2 = e.line, m1
+				} else if e.line < m2 {
+					m2 = e.line
+				}
+			}
+			if !found || m2 < dup {
+				found, first, dup = true, m1, m2
+			}
+		}
+		i = j
 	}
-	if dup == nil {
+	if !found {
 		return nil
-	}
-	first := uint32(0)
-	for _, e := range s.ents {
-		if e.h == dup.h {
-			first = e.line
-			break
-		}
 	}
 	ve := invalid("duplicate_id", bulk.KindTruncated, fmt.Sprintf(
 		"%s: lines %d and %d hold the same resource id; the file changed while it was served or the server repeated a resource, so it is downloaded again from the start",
-		s.path, first, dup.line)).(*validationError)
-	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup.line)
+		s.path, first, dup)).(*validationError)
+	ve.sig = fmt.Sprintf("duplicate %d %d", first, dup)
 	return ve
 }
 
@@ -1043,14 +1060,43 @@ func forbiddenFile(err error, p *plan) error {
 // KindTruncated (fetch again), an invalid line KindInvalidContent (the
 // server's fault, naming the line), a transport failure keeps its kind.
 func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar int64) ([]byte, ndjson.Meta, error) {
+	line, err := nextLine(r, item, sofar)
+	if err != nil {
+		return nil, ndjson.Meta{}, err
+	}
+	m, err := v.Check(line)
+	if err != nil {
+		return nil, m, lineError(r, item, err)
+	}
+	return line, m, nil
+}
+
+// nextResourceID is nextResource for the plain NDJSON path, which needs
+// only the id: returned as a slice of the line, without allocating
+// (ndjson.Validator.CheckID).
+func nextResourceID(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar int64) ([]byte, []byte, error) {
+	line, err := nextLine(r, item, sofar)
+	if err != nil {
+		return nil, nil, err
+	}
+	id, err := v.CheckID(line)
+	if err != nil {
+		return nil, nil, lineError(r, item, err)
+	}
+	return line, id, nil
+}
+
+// nextLine reads the next line, turning reader errors into download
+// errors.
+func nextLine(r *ndjson.Reader, item plannedFile, sofar int64) ([]byte, error) {
 	line, err := r.Next()
 	if err == io.EOF {
-		return nil, ndjson.Meta{}, io.EOF
+		return nil, io.EOF
 	}
 	if err != nil {
 		if lt := (*ndjson.LineTooLongError)(nil); errors.As(err, &lt) {
 			// The server's data, not the transfer: fetching again cannot help.
-			return nil, ndjson.Meta{}, invalid("line_too_long", bulk.KindInvalidContent, fmt.Sprintf(
+			return nil, invalid("line_too_long", bulk.KindInvalidContent, fmt.Sprintf(
 				"%s: %v (after %d resources); a resource that large is refused: report it to the server's operators, or raise the worker's -max-line-mib if it is genuine",
 				item.Path, lt, sofar))
 		}
@@ -1058,22 +1104,23 @@ func nextResource(r *ndjson.Reader, v ndjson.Validator, item plannedFile, sofar 
 		if kind != bulk.KindTransient && kind != bulk.KindRateLimited && kind != bulk.KindUnauthorized {
 			kind = bulk.KindTruncated
 		}
-		return nil, ndjson.Meta{}, &bulk.Error{Op: "download", Kind: kind, Diagnostics: fmt.Sprintf("%s: body ended after %d resources", item.Path, sofar), Err: err}
+		return nil, &bulk.Error{Op: "download", Kind: kind, Diagnostics: fmt.Sprintf("%s: body ended after %d resources", item.Path, sofar), Err: err}
 	}
-	m, err := v.Check(line)
-	if err != nil {
-		if r.MissingFinalNewline() {
-			// A cut last line: the body stopped mid-resource.
-			return nil, m, invalid("truncated", bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err))
-		}
-		reason := "wrong_type"
-		if ne := (*ndjson.Error)(nil); errors.As(err, &ne) && ne.Syntax {
-			reason = "invalid_json"
-		}
-		return nil, m, invalid(reason, bulk.KindInvalidContent,
-			fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err))
+	return line, nil
+}
+
+// lineError explains a line the validator refused.
+func lineError(r *ndjson.Reader, item plannedFile, err error) error {
+	if r.MissingFinalNewline() {
+		// A cut last line: the body stopped mid-resource.
+		return invalid("truncated", bulk.KindTruncated, fmt.Sprintf("%s: the last line (%d) is cut: %v", item.Path, r.Line(), err))
 	}
-	return line, m, nil
+	reason := "wrong_type"
+	if ne := (*ndjson.Error)(nil); errors.As(err, &ne) && ne.Syntax {
+		reason = "invalid_json"
+	}
+	return invalid(reason, bulk.KindInvalidContent,
+		fmt.Sprintf("%s line %d: %v; the server sent invalid NDJSON, report it to the server's operators", item.Path, r.Line(), err))
 }
 
 // checkCount compares a finished output file with its manifest count,

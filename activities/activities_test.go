@@ -28,14 +28,14 @@ func obs(id string) string {
 
 // fixture serves named bodies and stages a one-file plan pointing at them.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	acts   *Activities
 	out    string
 	bodies map[string]string
 	srv    *httptest.Server
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	f := &fixture{t: t, bodies: map[string]string{}, out: t.TempDir()}
 	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, ok := f.bodies[r.URL.Path]

@@ -78,6 +78,19 @@ func BenchmarkInspect(b *testing.B) {
 			}
 		})
 	}
+	// Reference points: the recursive scanner alone (what Inspect ran
+	// before fastInspect, and still runs on lines it declines) and
+	// encoding/json's validator.
+	b.Run("slow-1KB", func(b *testing.B) {
+		line := sampleResource()
+		b.SetBytes(int64(len(line)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := inspectSlow(line); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	// Reference point: encoding/json's validator alone.
 	b.Run("json.Valid-1KB", func(b *testing.B) {
 		line := sampleResource()

@@ -57,7 +57,18 @@ type scanner struct {
 //
 // Errors: *Error with Syntax=true for malformed JSON; Syntax=false for a
 // non-object line, a non-string or duplicated top-level resourceType.
+//
+// Valid lines take fastInspect; anything it declines goes through
+// inspectSlow, the recursive scanner that explains what is wrong.
 func Inspect(line []byte) (Meta, error) {
+	if m, ok := fastInspect(line); ok {
+		return m, nil
+	}
+	return inspectSlow(line)
+}
+
+// inspectSlow is Inspect by recursive descent, with precise errors.
+func inspectSlow(line []byte) (Meta, error) {
 	var m Meta
 	s := scanner{d: line}
 	s.skipWS()

@@ -155,7 +155,11 @@ func (w *gcsWriter) Stored() string {
 	return ""
 }
 
-func crc32cToken(c uint32) string { return fmt.Sprintf("crc32c:%08x", c) }
+func crc32cToken(c uint32) string { return fmt.Sprintf(crc32cPrefix+"%08x", c) }
+
+// crc32cPrefix starts a Stored value that is a CRC32C (GCS, and the local
+// sink's files written in one go).
+const crc32cPrefix = "crc32c:"
 
 func (w *gcsWriter) Abort() error {
 	if w.done {

@@ -84,6 +84,17 @@ func TestCommitFilesRefusesChangedStagedFile(t *testing.T) {
 			return stored
 		}, false},
 		{"missing", func(t *testing.T, s Sink) string { return "" }, false},
+		{"altered in place, same size, checked against the stored CRC32C", func(t *testing.T, s Sink) string {
+			stored := writeStored(t, AtGeneration(s, 1), "r", "P.ndjson", body)
+			if stored == "" {
+				t.Fatal("the local writer stored no checksum")
+			}
+			p := filepath.Join(s.(*Local).Root, ".staging", "r", "g1", "P.ndjson")
+			if err := os.WriteFile(p, []byte(strings.Replace(body, `"a"`, `"b"`, 1)), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			return stored
+		}, true},
 		{"cut on disk after staging", func(t *testing.T, s Sink) string {
 			write(t, AtGeneration(s, 1), "r", "P.ndjson", body)
 			if err := os.Truncate(filepath.Join(s.(*Local).Root, ".staging", "r", "g1", "P.ndjson"), 5); err != nil {

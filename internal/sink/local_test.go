@@ -3,6 +3,8 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -233,5 +235,48 @@ func TestLocalLeftoverPartialsAreNotPromoted(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(s.Location("r"), "Patient"))
 	if len(entries) != 1 || entries[0].Name() != "p.ndjson" {
 		t.Fatalf("committed Patient/ holds %v", entries)
+	}
+}
+
+// TestLocalStoredChecksum: a file written in one go carries the CRC32C of
+// its bytes, and the commit checks the staged file against it instead of
+// re-hashing it with SHA-256 (the SHA-256 of such a record is not read
+// again: a wrong one still commits); a resumed file carries none, so its
+// commit re-hashes it against its SHA-256, which continued a checkpointed
+// hash state.
+func TestLocalStoredChecksum(t *testing.T) {
+	ctx := context.Background()
+	const body = "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n"
+	s, _ := NewLocal(t.TempDir())
+	stored := writeStored(t, s, "r", "P.ndjson", body)
+	if want := fmt.Sprintf("crc32c:%08x", crc32.Checksum([]byte(body), crc32.MakeTable(crc32.Castagnoli))); stored != want {
+		t.Fatalf("Stored = %q, want %q", stored, want)
+	}
+	rec := Staged{Name: "P.ndjson", Bytes: int64(len(body)), SHA256: sha("not the body"), Stored: stored}
+	if err := s.CommitFiles(ctx, "r", []Staged{rec}, []byte("m")); err != nil {
+		t.Fatalf("commit with the stored CRC32C: %v", err)
+	}
+
+	w, _ := s.Create(ctx, "r2", "P.ndjson")
+	io.WriteString(w, body)
+	token, size, err := w.(Resumable).Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.(Resumable).Suspend()
+	w2, err := s.Resume(ctx, "r2", "P.ndjson", token, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w2, body)
+	if err := w2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := StoredOf(w2); got != "" {
+		t.Fatalf("a resumed file stored %q, want none", got)
+	}
+	rec = Staged{Name: "P.ndjson", Bytes: int64(2 * len(body)), SHA256: sha("not the body")}
+	if err := s.CommitFiles(ctx, "r2", []Staged{rec}, []byte("m")); !errors.Is(err, ErrStagedChanged) {
+		t.Fatalf("resumed file committed against a wrong SHA-256: %v", err)
 	}
 }
