@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/bulkflow/bulkflow/activities"
@@ -26,6 +27,10 @@ func jsonPayload(s string) *commonpb.Payload {
 func newEnv() *testsuite.TestWorkflowEnvironment {
 	var s testsuite.WorkflowTestSuite
 	env := s.NewTestWorkflowEnvironment()
+	// The SDK's 1 s deadlock detector fires on a loaded machine when one
+	// workflow task handles hundreds of mocked completions; a real
+	// deadlock still fails, after 10 s.
+	env.SetWorkerOptions(worker.Options{DeadlockDetectionTimeout: 10 * time.Second})
 	env.RegisterWorkflow(BulkExportWorkflow)
 	env.RegisterWorkflow(DownloadChunkWorkflow)
 	env.RegisterActivity(&activities.Activities{})
