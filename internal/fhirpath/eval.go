@@ -25,8 +25,21 @@ type Context struct {
 	Constants map[string][]Item
 	RowIndex  int
 
-	scratch ev     // reused by each evaluation (evaluations do not nest)
-	slab    []Item // small result slices are carved from here
+	scratch ev       // reused by each evaluation (evaluations do not nest)
+	slab    []Item   // small result slices are carved from here
+	slabs   [][]Item // every slab carved since Reset, for the next resource
+	slabIdx int
+}
+
+// Reset readies the context for another resource, keeping its scratch
+// memory: the results of earlier evaluations must no longer be in use.
+func (c *Context) Reset(resource *Node, constants map[string][]Item) {
+	c.Resource, c.Constants, c.RowIndex = resource, constants, 0
+	c.slabIdx = 0
+	c.slab = nil
+	if len(c.slabs) > 64 {
+		c.slabs = c.slabs[:64] // a hostile resource's worth of slabs is not kept
+	}
 }
 
 // items returns an empty slice with room for n items. Small ones share a
@@ -37,7 +50,13 @@ func (c *Context) items(n int) []Item {
 		return make([]Item, 0, n)
 	}
 	if cap(c.slab)-len(c.slab) < n {
-		c.slab = make([]Item, 0, 64)
+		if c.slabIdx < len(c.slabs) {
+			c.slab = c.slabs[c.slabIdx][:0]
+		} else {
+			c.slab = make([]Item, 0, 64)
+			c.slabs = append(c.slabs, c.slab)
+		}
+		c.slabIdx++
 	}
 	l := len(c.slab)
 	c.slab = c.slab[:l+n]

@@ -40,6 +40,8 @@ func FuzzEvaluate(f *testing.F) {
 	})
 }
 
+var fuzzDecoder Decoder
+
 // FuzzParseJSON: the decoder never panics, accepts exactly what
 // encoding/json accepts (short of the depth limit), and reads the same
 // strings.
@@ -66,6 +68,15 @@ func FuzzParseJSON(f *testing.F) {
 		}
 		if got := plain(n); !reflect.DeepEqual(got, std) {
 			t.Fatalf("ParseJSON reads %#v, encoding/json %#v", got, std)
+		}
+		// A Decoder that has decoded other documents reads the same.
+		fuzzDecoder.Decode([]byte(patientJSON))
+		dn, err := fuzzDecoder.Decode([]byte(doc))
+		if err != nil {
+			t.Fatalf("Decoder: %v", err)
+		}
+		if got := plain(dn); !reflect.DeepEqual(got, std) {
+			t.Fatalf("Decoder reads %#v, encoding/json %#v", got, std)
 		}
 	})
 }

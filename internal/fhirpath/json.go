@@ -9,6 +9,7 @@ import (
 	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Kind is the JSON kind of a Node.
@@ -82,17 +83,21 @@ var ErrTooDeep = errors.New("JSON nested deeper than the limit")
 func ParseJSON(data []byte) (*Node, error) {
 	p := parserPool.Get().(*jsonParser)
 	defer p.release()
-	p.s, p.i = string(data), 0
+	return p.parse(string(data))
+}
+
+func (p *jsonParser) parse(s string) (*Node, error) {
+	p.s, p.i = s, 0
 	p.skipWS()
 	v, err := p.value(0)
 	if err != nil {
 		return nil, err
 	}
-	n := &v
 	p.skipWS()
 	if p.i != len(p.s) {
 		return nil, p.errf("unexpected data after the JSON value")
 	}
+	n := &v
 	return n, nil
 }
 
@@ -106,6 +111,14 @@ type jsonParser struct {
 	keys      []string
 	nodeArena []Node
 	keyArena  []string
+
+	// A Decoder's parser keeps its arenas and carves the next document's
+	// nodes from them again (reuse), walking the chunks in order.
+	reuse      bool
+	nodeChunks [][]Node
+	keyChunks  [][]string
+	nodeChunk  int
+	keyChunk   int
 }
 
 var parserPool = sync.Pool{New: func() any { return &jsonParser{} }}
@@ -122,20 +135,96 @@ func (p *jsonParser) release() {
 // append by a caller from spilling into a neighbour.
 func (p *jsonParser) allocNodes(k int) []Node {
 	if cap(p.nodeArena)-len(p.nodeArena) < k {
-		p.nodeArena = make([]Node, 0, max(k, len(p.s)/24, 32))
+		p.nodeArena = p.nextNodeChunk(k)
 	}
 	l := len(p.nodeArena)
 	p.nodeArena = p.nodeArena[:l+k]
 	return p.nodeArena[l : l+k : l+k]
 }
 
+func (p *jsonParser) nextNodeChunk(k int) []Node {
+	want := max(k, len(p.s)/24, 32)
+	if !p.reuse {
+		return make([]Node, 0, want)
+	}
+	for p.nodeChunk < len(p.nodeChunks) {
+		c := p.nodeChunks[p.nodeChunk]
+		p.nodeChunk++
+		if cap(c) >= k {
+			return c[:0]
+		}
+	}
+	c := make([]Node, 0, max(want, 1024))
+	p.nodeChunks = append(p.nodeChunks, c)
+	p.nodeChunk = len(p.nodeChunks)
+	return c
+}
+
 func (p *jsonParser) allocKeys(k int) []string {
 	if cap(p.keyArena)-len(p.keyArena) < k {
-		p.keyArena = make([]string, 0, max(k, len(p.s)/48, 32))
+		p.keyArena = p.nextKeyChunk(k)
 	}
 	l := len(p.keyArena)
 	p.keyArena = p.keyArena[:l+k]
 	return p.keyArena[l : l+k : l+k]
+}
+
+func (p *jsonParser) nextKeyChunk(k int) []string {
+	want := max(k, len(p.s)/48, 32)
+	if !p.reuse {
+		return make([]string, 0, want)
+	}
+	for p.keyChunk < len(p.keyChunks) {
+		c := p.keyChunks[p.keyChunk]
+		p.keyChunk++
+		if cap(c) >= k {
+			return c[:0]
+		}
+	}
+	c := make([]string, 0, max(want, 1024))
+	p.keyChunks = append(p.keyChunks, c)
+	p.keyChunk = len(p.keyChunks)
+	return c
+}
+
+// A Decoder decodes one document after another into memory it reuses: the
+// tree Decode returns is valid only until the next Decode (its strings stay
+// valid: they live in a fresh copy of each document). For a loop that is done
+// with each resource before it reads the next, as Runner is; a Decoder is not
+// safe for concurrent use.
+type Decoder struct{ p jsonParser }
+
+// decoderKeep bounds the arena memory a Decoder keeps between documents: a
+// huge document's arenas are dropped rather than held for the next.
+const decoderKeep = 4 << 20
+
+// Decode decodes one JSON document (one NDJSON line), as ParseJSON does.
+func (d *Decoder) Decode(data []byte) (*Node, error) {
+	p := &d.p
+	p.reuse = true
+	p.nodeChunk, p.keyChunk = 0, 0
+	p.nodeArena, p.keyArena = nil, nil
+	defer func() {
+		clear(p.stack[:cap(p.stack)])
+		clear(p.keys[:cap(p.keys)])
+		p.stack, p.keys = p.stack[:0], p.keys[:0]
+		p.s, p.nodeArena, p.keyArena = "", nil, nil
+		if size := chunkBytes(p.nodeChunks, p.keyChunks); size > decoderKeep {
+			p.nodeChunks, p.keyChunks = nil, nil
+		}
+	}()
+	return p.parse(string(data))
+}
+
+func chunkBytes(nodes [][]Node, keys [][]string) int {
+	n := 0
+	for _, c := range nodes {
+		n += cap(c) * int(unsafe.Sizeof(Node{}))
+	}
+	for _, c := range keys {
+		n += cap(c) * 16
+	}
+	return n
 }
 
 func (p *jsonParser) errf(format string, a ...any) error {

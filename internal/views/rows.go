@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/bulkflow/bulkflow/internal/fhirpath"
 )
@@ -46,6 +47,10 @@ func (v *View) rowErr(format string, a ...any) error {
 	return fmt.Errorf("%w: view %q on %s: %s", ErrRow, v.Name, v.Resource, fmt.Sprintf(format, a...))
 }
 
+// contexts keep their evaluation scratch memory from one resource to the
+// next: rows hold converted values, never an evaluation's result items.
+var contexts = sync.Pool{New: func() any { return new(fhirpath.Context) }}
+
 // Rows flattens one decoded resource. A resource of another type gives no
 // rows. Errors name the view and the column, never a value of the resource
 // (no PHI in logs).
@@ -54,7 +59,9 @@ func (v *View) Rows(res *fhirpath.Node) ([]Row, error) {
 	if rt == nil || rt.Kind != fhirpath.String || rt.Str != v.Resource {
 		return nil, nil
 	}
-	ctx := &fhirpath.Context{Resource: res, Constants: v.constants}
+	ctx := contexts.Get().(*fhirpath.Context)
+	defer contexts.Put(ctx)
+	ctx.Reset(res, v.constants)
 	root := fhirpath.Item{N: res}
 	for i, w := range v.where {
 		out, err := w.Evaluate(ctx, []fhirpath.Item{root})
@@ -370,10 +377,18 @@ func NewRunner(vs ...*View) *Runner {
 // can skip decoding the others.
 func (r *Runner) Wants(resourceType string) bool { return len(r.byType[resourceType]) > 0 }
 
+// decoders reuse their node arenas from one line to the next: the rows a
+// view yields hold no node of the tree (strings live in the line's own
+// copy), so the tree is dead once Process returns. A Runner may serve
+// several goroutines, hence a pool rather than one decoder per Runner.
+var decoders = sync.Pool{New: func() any { return new(fhirpath.Decoder) }}
+
 // Process decodes one NDJSON line and hands each view of its type the rows
-// it yields.
+// it yields. The line is not retained: the rows own their values.
 func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) error {
-	n, err := fhirpath.ParseJSON(line)
+	d := decoders.Get().(*fhirpath.Decoder)
+	defer decoders.Put(d)
+	n, err := d.Decode(line)
 	if err != nil {
 		return err
 	}

@@ -338,3 +338,35 @@ func TestViewConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+// The Runner decodes each line into memory it reuses for the next: the rows
+// it hands out must own their values, whatever the caller does with the
+// line buffer and however many lines follow.
+func TestRunnerRowsOutliveTheLine(t *testing.T) {
+	v, err := Compile([]byte(benchPatientView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := v.Rows(node(t, benchPatient))
+	if err != nil || len(want) != 1 {
+		t.Fatalf("rows %v, %v", want, err)
+	}
+	r := NewRunner(v)
+	var kept []Row
+	buf := []byte(benchPatient)
+	if err := r.Process(buf, func(_ *View, rows []Row) error { kept = rows; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range buf {
+		buf[i] = ' ' // the caller's reader reuses its buffer
+	}
+	other := strings.NewReplacer("Rodriguez", "Xxxxxxxxx", "female", "male__", "1968", "2001", "Maria", "Yyyyy").Replace(benchPatient)
+	for range 50 {
+		if err := r.Process([]byte(other), func(*View, []Row) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reflect.DeepEqual(kept, want) {
+		t.Errorf("rows changed after later lines:\n got %v\nwant %v", kept, want)
+	}
+}
