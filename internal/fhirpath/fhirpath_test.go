@@ -1,6 +1,7 @@
 package fhirpath
 
 import (
+	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -452,6 +453,43 @@ func TestContextResetPerResource(t *testing.T) {
 			if r := render(results[i]); r != tc.want {
 				t.Errorf("round %d: %s = %s after later evaluations, want %s", round, tc.expr, r, tc.want)
 			}
+		}
+	}
+}
+
+func TestDecodeProjected(t *testing.T) {
+	keep := func(rt, k string) bool { return rt == "Patient" && (k == "name" || k == "birthDate") }
+	var d Decoder
+	for _, tc := range []struct{ doc, want string }{
+		{`{"resourceType":"Patient","id":"1","name":[{"family":"F"}],"telecom":[{"value":"x"}],"birthDate":"1970","extension":[]}`,
+			`{"birthDate":"1970","id":"1","name":[{"family":"F"}],"resourceType":"Patient"}`},
+		{`{"resourceType":"Observation","id":"2","name":"n","code":{}}`, `{"id":"2","resourceType":"Observation"}`},
+		// resourceType not first: decoded whole
+		{`{"id":"3","resourceType":"Patient","telecom":[]}`, `{"id":"3","resourceType":"Patient","telecom":[]}`},
+		// a second resourceType: decoded whole, the last wins
+		{`{"resourceType":"Observation","code":{},"resourceType":"Patient","telecom":[]}`, `{"code":{},"resourceType":"Patient","telecom":[]}`},
+	} {
+		n, err := d.DecodeProjected([]byte(tc.doc), func(rt, k string) bool { return k == "id" || keep(rt, k) })
+		if err != nil {
+			t.Fatalf("%s: %v", tc.doc, err)
+		}
+		got, _ := json.Marshal(plain(n))
+		if string(got) != tc.want {
+			t.Errorf("%s\n got %s\nwant %s", tc.doc, got, tc.want)
+		}
+	}
+	// Skipped values are still checked, with ParseJSON's errors.
+	for _, bad := range []string{
+		`{"resourceType":"Patient","telecom":[1,]}`, `{"resourceType":"Patient","telecom":"\x"}`,
+		`{"resourceType":"Patient","telecom":{"a" 1}}`, `{"resourceType":"Patient","telecom":"a` + "\x01" + `"}`,
+		`{"resourceType":"Patient","telecom":tru}`, `{"resourceType":"Patient","telecom":01}`,
+		`{"resourceType":"Patient","telecom":` + strings.Repeat("[", MaxDepth+5) + strings.Repeat("]", MaxDepth+5) + `}`,
+		`{"resourceType":"Patient","telecom":"\u12"}`, `{"resourceType":"Patient","telecom":[}`,
+	} {
+		_, perr := d.DecodeProjected([]byte(bad), keep)
+		_, ferr := ParseJSON([]byte(bad))
+		if perr == nil || ferr == nil || perr.Error() != ferr.Error() {
+			t.Errorf("%q: projected error %v, ParseJSON error %v", bad, perr, ferr)
 		}
 	}
 }

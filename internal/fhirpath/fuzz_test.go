@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,7 +53,15 @@ func FuzzParseJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, doc string) {
 		n, err := ParseJSON([]byte(doc))
 		if errors.Is(err, ErrTooDeep) {
+			if _, perr := fuzzDecoder.DecodeProjected([]byte(doc), keepEven); !errors.Is(perr, ErrTooDeep) {
+				t.Fatalf("projected decode: %v, want too deep", perr)
+			}
 			return
+		}
+		if err != nil {
+			if _, perr := fuzzDecoder.DecodeProjected([]byte(doc), keepEven); perr == nil {
+				t.Fatalf("projected decode accepts what ParseJSON refuses (%v)", err)
+			}
 		}
 		if valid := json.Valid([]byte(doc)); valid != (err == nil) {
 			t.Fatalf("ParseJSON error %v, but encoding/json valid=%v for %q", err, valid, doc)
@@ -78,6 +87,7 @@ func FuzzParseJSON(f *testing.F) {
 		if got := plain(dn); !reflect.DeepEqual(got, std) {
 			t.Fatalf("Decoder reads %#v, encoding/json %#v", got, std)
 		}
+		checkProjection(t, doc)
 	})
 }
 
@@ -105,4 +115,35 @@ func plain(n *Node) any {
 		return out
 	}
 	return nil
+}
+
+func keepEven(_, key string) bool { return len(key)%2 == 0 }
+
+// checkProjection: a projected decode is the whole decode with the refused
+// top-level keys left out, when the document leads with one resourceType,
+// and the whole decode otherwise.
+func checkProjection(t *testing.T, doc string) {
+	t.Helper()
+	full, err := ParseJSON([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := full
+	if full.Kind == Object && len(full.Keys) > 0 && full.Keys[0] == "resourceType" && full.Kids[0].Kind == String &&
+		!slices.Contains(full.Keys[1:], "resourceType") {
+		want = &Node{Kind: Object}
+		for i, k := range full.Keys {
+			if i == 0 || keepEven("", k) {
+				want.Keys = append(want.Keys, k)
+				want.Kids = append(want.Kids, full.Kids[i])
+			}
+		}
+	}
+	got, err := fuzzDecoder.DecodeProjected([]byte(doc), keepEven)
+	if err != nil {
+		t.Fatalf("projected decode: %v", err)
+	}
+	if !reflect.DeepEqual(plain(got), plain(want)) {
+		t.Fatalf("projected decode reads %#v, want %#v", plain(got), plain(want))
+	}
 }

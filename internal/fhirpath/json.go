@@ -119,6 +119,12 @@ type jsonParser struct {
 	keyChunks  [][]string
 	nodeChunk  int
 	keyChunk   int
+
+	// keep, when set, chooses the top-level keys to decode once the
+	// resource's type is known (DecodeProjected); rt is that type.
+	keep    func(resourceType, key string) bool
+	rt      string
+	rtAgain bool
 }
 
 var parserPool = sync.Pool{New: func() any { return &jsonParser{} }}
@@ -200,7 +206,17 @@ const decoderKeep = 4 << 20
 
 // Decode decodes one JSON document (one NDJSON line), as ParseJSON does.
 func (d *Decoder) Decode(data []byte) (*Node, error) {
+	return d.DecodeProjected(data, nil)
+}
+
+// DecodeProjected is Decode that leaves out the top-level elements of a
+// resource that keep refuses (resourceType excepted), once it has read the
+// resource's type: in FHIR JSON resourceType comes first, and a document
+// where it does not is decoded whole. Skipped values are still checked, so a
+// document decodes without error exactly when ParseJSON accepts it.
+func (d *Decoder) DecodeProjected(data []byte, keep func(resourceType, key string) bool) (*Node, error) {
 	p := &d.p
+	p.keep, p.rt, p.rtAgain = keep, "", false
 	p.reuse = true
 	p.nodeChunk, p.keyChunk = 0, 0
 	p.nodeArena, p.keyArena = nil, nil
@@ -209,11 +225,22 @@ func (d *Decoder) Decode(data []byte) (*Node, error) {
 		clear(p.keys[:cap(p.keys)])
 		p.stack, p.keys = p.stack[:0], p.keys[:0]
 		p.s, p.nodeArena, p.keyArena = "", nil, nil
+		p.keep, p.rt = nil, ""
 		if size := chunkBytes(p.nodeChunks, p.keyChunks); size > decoderKeep {
 			p.nodeChunks, p.keyChunks = nil, nil
 		}
 	}()
-	return p.parse(string(data))
+	s := string(data)
+	n, err := p.parse(s)
+	if err == nil && p.rtAgain {
+		// A second resourceType: decode it all (the last one wins, as
+		// everywhere, and the projection was chosen by the first).
+		p.keep, p.rt = nil, ""
+		p.nodeChunk, p.keyChunk = 0, 0
+		p.nodeArena, p.keyArena = nil, nil
+		n, err = p.parse(s)
+	}
+	return n, err
 }
 
 func chunkBytes(nodes [][]Node, keys [][]string) int {
@@ -446,12 +473,27 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		p.i++
 		p.skipWS()
-		p.keys = append(p.keys, k)
-		v, err := p.value(depth + 1)
-		if err != nil {
-			return err
+		if depth == 0 && p.keep != nil && p.rt != "" && k != "resourceType" && !p.keep(p.rt, k) {
+			if err := p.skip(depth + 1); err != nil {
+				return err
+			}
+		} else {
+			p.keys = append(p.keys, k)
+			v, err := p.value(depth + 1)
+			if err != nil {
+				return err
+			}
+			p.stack = append(p.stack, v)
+			if depth == 0 && p.keep != nil && k == "resourceType" {
+				if len(p.stack) == base+1 && v.Kind == String {
+					// FHIR JSON leads with resourceType: from here on the
+					// projection of that type applies.
+					p.rt = v.Str
+				} else {
+					p.rtAgain = true // which type wins is for a whole decode to say
+				}
+			}
 		}
-		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated object")
@@ -513,6 +555,119 @@ func (p *jsonParser) array(n *Node, depth int) error {
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	return nil
+}
+
+// skip checks one JSON value as value would, without building it: the
+// same errors, at the same offsets, for the same input.
+func (p *jsonParser) skip(depth int) error {
+	if depth > MaxDepth {
+		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+	}
+	if p.i >= len(p.s) {
+		return p.errf("unexpected end of input")
+	}
+	var dummy Node
+	switch c := p.s[p.i]; {
+	case c == '{':
+		return p.skipContainer(depth, '}', true)
+	case c == '[':
+		return p.skipContainer(depth, ']', false)
+	case c == '"':
+		return p.skipStr()
+	case c == 't':
+		return p.lit(&dummy, "true", Bool, true)
+	case c == 'f':
+		return p.lit(&dummy, "false", Bool, false)
+	case c == 'n':
+		return p.lit(&dummy, "null", Null, false)
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number(&dummy)
+	}
+	return p.errf("unexpected character")
+}
+
+func (p *jsonParser) skipContainer(depth int, end byte, object bool) error {
+	p.i++ // { or [
+	p.skipWS()
+	if p.i < len(p.s) && p.s[p.i] == end {
+		p.i++
+		return nil
+	}
+	for {
+		p.skipWS()
+		if object {
+			if p.i >= len(p.s) || p.s[p.i] != '"' {
+				return p.errf("expected object key")
+			}
+			if err := p.skipStr(); err != nil {
+				return err
+			}
+			p.skipWS()
+			if p.i >= len(p.s) || p.s[p.i] != ':' {
+				return p.errf("expected ':'")
+			}
+			p.i++
+			p.skipWS()
+		}
+		if err := p.skip(depth + 1); err != nil {
+			return err
+		}
+		p.skipWS()
+		if p.i >= len(p.s) {
+			if object {
+				return p.errf("unterminated object")
+			}
+			return p.errf("unterminated array")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == end {
+			p.i++
+			return nil
+		}
+		if object {
+			return p.errf("expected ',' or '}'")
+		}
+		return p.errf("expected ',' or ']'")
+	}
+}
+
+// skipStr checks a string as str does (escapes, control characters)
+// without building it.
+func (p *jsonParser) skipStr() error {
+	p.i++ // opening quote
+	s := p.s
+	for p.i < len(s) {
+		c := s[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			return nil
+		case c < 0x20:
+			return p.errf("control character in string")
+		case c != '\\':
+			p.i++
+			continue
+		}
+		p.i++
+		if p.i >= len(s) {
+			break
+		}
+		e := s[p.i]
+		p.i++
+		switch e {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		case 'u':
+			if _, ok := p.hex4(); !ok {
+				return p.errf("invalid \\u escape")
+			}
+		default:
+			return p.errf("invalid escape")
+		}
+	}
+	return p.errf("unterminated string")
 }
 
 // FromAny converts a value decoded by encoding/json (with or without

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulkflow/bulkflow/internal/fhirpath"
 	"github.com/bulkflow/bulkflow/internal/views"
 	"github.com/bulkflow/bulkflow/internal/viewtable"
 	"github.com/bulkflow/bulkflow/testsuite"
@@ -204,6 +205,40 @@ func BenchmarkRunner3Views(b *testing.B) {
 			}
 			b.ReportMetric(float64(rows)/float64(b.N), "rows/op")
 			b.ReportMetric(float64(len(lines)), "lines/op")
+		})
+	}
+}
+
+// BenchmarkDecodeCorpus is the decoding alone on the same corpus: every
+// element (ParseJSON, and a Decoder reusing its arenas), and only the
+// elements the three views reach (what Runner.Process decodes).
+func BenchmarkDecodeCorpus(b *testing.B) {
+	lines, size := benchCorpus(b)
+	r := views.NewRunner(benchViews(b, "patient_demographics", "blood_pressure", "condition_codings")...)
+	var d fhirpath.Decoder
+	keep := r.Keep
+	for _, bc := range []struct {
+		name   string
+		decode func([]byte) error
+	}{
+		{"ParseJSON", func(l []byte) error { _, err := fhirpath.ParseJSON(l); return err }},
+		{"Decoder", func(l []byte) error { _, err := d.Decode(l); return err }},
+		{"projected", func(l []byte) error { _, err := d.DecodeProjected(l, keep); return err }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(size)
+			b.ReportAllocs()
+			cpu0 := cpuTime()
+			for b.Loop() {
+				for _, l := range lines {
+					if err := bc.decode(l); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			if cpu := cpuTime() - cpu0; cpu > 0 {
+				b.ReportMetric(float64(size)*float64(b.N)/1e6/cpu.Seconds(), "MB/cpu-s")
+			}
 		})
 	}
 }

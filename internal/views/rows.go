@@ -3,6 +3,7 @@ package views
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -362,13 +363,42 @@ func (v *View) Map(r Row) map[string]any {
 // once for all of them.
 type Runner struct {
 	byType map[string][]*View
+	// elements per resource type: the names its views navigate by, or nil
+	// when one of them needs the whole resource.
+	elements map[string][]string
+	keep     func(resourceType, key string) bool
 }
+
+// Keep reports whether Process decodes the top-level element key of a
+// resource of this type: only the elements the type's views can reach are
+// built, the rest of the line is checked and skipped
+// (fhirpath.Decoder.DecodeProjected).
+func (r *Runner) Keep(resourceType, key string) bool { return r.keep(resourceType, key) }
 
 // NewRunner groups views by resource type.
 func NewRunner(vs ...*View) *Runner {
-	r := &Runner{byType: map[string][]*View{}}
+	r := &Runner{byType: map[string][]*View{}, elements: map[string][]string{}}
+	whole := map[string]bool{}
 	for _, v := range vs {
 		r.byType[v.Resource] = append(r.byType[v.Resource], v)
+		if v.allElements {
+			whole[v.Resource] = true
+		}
+		for _, n := range v.elements {
+			if !slices.Contains(r.elements[v.Resource], n) {
+				r.elements[v.Resource] = append(r.elements[v.Resource], n)
+			}
+		}
+	}
+	for t := range whole {
+		r.elements[t] = nil
+	}
+	r.keep = func(resourceType, key string) bool {
+		if whole[resourceType] {
+			return true
+		}
+		// A type no view reads keeps only its resourceType and id.
+		return fhirpath.KeepElement(r.elements[resourceType], key)
 	}
 	return r
 }
@@ -388,7 +418,9 @@ var decoders = sync.Pool{New: func() any { return new(fhirpath.Decoder) }}
 func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) error {
 	d := decoders.Get().(*fhirpath.Decoder)
 	defer decoders.Put(d)
-	n, err := d.Decode(line)
+	// Only the top-level elements the views of the line's type can reach
+	// are built; the rest is checked and skipped.
+	n, err := d.DecodeProjected(line, r.keep)
 	if err != nil {
 		return err
 	}

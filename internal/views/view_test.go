@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -279,6 +280,11 @@ func FuzzRows(f *testing.F) {
 				t.Fatalf("row of %d values for %d columns", len(r), len(v.Columns))
 			}
 		}
+		// The Runner decodes only what the view can reach: same rows.
+		var got []Row
+		if err := NewRunner(v).Process([]byte(res), func(_ *View, r []Row) error { got = r; return nil }); err == nil && len(rows) > 0 && !reflect.DeepEqual(got, rows) {
+			t.Fatalf("Runner rows %v, whole-resource rows %v", got, rows)
+		}
 	})
 }
 
@@ -368,5 +374,37 @@ func TestRunnerRowsOutliveTheLine(t *testing.T) {
 	}
 	if !reflect.DeepEqual(kept, want) {
 		t.Errorf("rows changed after later lines:\n got %v\nwant %v", kept, want)
+	}
+}
+
+// The Runner decodes only the top-level elements a type's views can reach:
+// whatever a view's paths do, its rows are those of the whole resource.
+func TestRunnerProjectionKeepsWhatViewsSee(t *testing.T) {
+	line := `{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"},"telecom":[{"system":"phone","value":"555"}],` +
+		`"name":[{"family":"F","given":["a","b"]}],"birthDate":"1970","_birthDate":{"extension":[{"url":"u","valueString":"x"}]},` +
+		`"deceasedBoolean":false,"address":[{"city":"C"}]}`
+	for _, path := range []string{
+		"first()", "where(telecom.exists())", "$this", "%resource", "%rootResource.telecom.value", "Patient.telecom.value",
+		"children().count()", "descendants().count()", "name.where(%resource.telecom.exists()).family",
+		"telecom.value", "birthDate.extension('u').value", "deceased", "name.given.join(' ')",
+		"iif(telecom.exists(), address.city, name.family)", "address.select(%context.id)", "repeat(address)",
+		"ofType(Patient).address.city", "name.exists($this.family = 'F')", "(telecom | address).count()",
+		"trace('x').meta.versionId", "getResourceKey()",
+	} {
+		v, err := Compile([]byte(`{"name":"v","resource":"Patient","select":[{"column":[{"name":"c","path":` + strconv.Quote(path) + `,"collection":true}]}]}`))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		want, err := v.Rows(node(t, line))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		var got []Row
+		if err := NewRunner(v).Process([]byte(line), func(_ *View, rows []Row) error { got = rows; return nil }); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: Runner gives %v, the whole resource %v", path, got, want)
+		}
 	}
 }
