@@ -458,7 +458,12 @@ func TestContextResetPerResource(t *testing.T) {
 }
 
 func TestDecodeProjected(t *testing.T) {
-	keep := func(rt, k string) bool { return rt == "Patient" && (k == "name" || k == "birthDate") }
+	elements := func(rt string) ([]string, bool) {
+		if rt == "Patient" {
+			return []string{"name", "birthDate"}, false
+		}
+		return nil, false
+	}
 	var d Decoder
 	for _, tc := range []struct{ doc, want string }{
 		{`{"resourceType":"Patient","id":"1","name":[{"family":"F"}],"telecom":[{"value":"x"}],"birthDate":"1970","extension":[]}`,
@@ -469,7 +474,7 @@ func TestDecodeProjected(t *testing.T) {
 		// a second resourceType: decoded whole, the last wins
 		{`{"resourceType":"Observation","code":{},"resourceType":"Patient","telecom":[]}`, `{"code":{},"resourceType":"Patient","telecom":[]}`},
 	} {
-		n, err := d.DecodeProjected([]byte(tc.doc), func(rt, k string) bool { return k == "id" || keep(rt, k) })
+		n, err := d.DecodeProjected([]byte(tc.doc), elements)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.doc, err)
 		}
@@ -486,7 +491,7 @@ func TestDecodeProjected(t *testing.T) {
 		`{"resourceType":"Patient","telecom":` + strings.Repeat("[", MaxDepth+5) + strings.Repeat("]", MaxDepth+5) + `}`,
 		`{"resourceType":"Patient","telecom":"\u12"}`, `{"resourceType":"Patient","telecom":[}`,
 	} {
-		_, perr := d.DecodeProjected([]byte(bad), keep)
+		_, perr := d.DecodeProjected([]byte(bad), elements)
 		_, ferr := ParseJSON([]byte(bad))
 		if perr == nil || ferr == nil || perr.Error() != ferr.Error() {
 			t.Errorf("%q: projected error %v, ParseJSON error %v", bad, perr, ferr)

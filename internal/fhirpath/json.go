@@ -120,11 +120,13 @@ type jsonParser struct {
 	nodeChunk  int
 	keyChunk   int
 
-	// keep, when set, chooses the top-level keys to decode once the
-	// resource's type is known (DecodeProjected); rt is that type.
-	keep    func(resourceType, key string) bool
-	rt      string
-	rtAgain bool
+	// elements, when set, gives the top-level elements to decode once the
+	// resource's type is known (DecodeProjected); names are those of the
+	// document's type, applied while projected.
+	elements  func(resourceType string) (names []string, all bool)
+	names     []string
+	projected bool
+	rtAgain   bool
 }
 
 var parserPool = sync.Pool{New: func() any { return &jsonParser{} }}
@@ -209,14 +211,15 @@ func (d *Decoder) Decode(data []byte) (*Node, error) {
 	return d.DecodeProjected(data, nil)
 }
 
-// DecodeProjected is Decode that leaves out the top-level elements of a
-// resource that keep refuses (resourceType excepted), once it has read the
-// resource's type: in FHIR JSON resourceType comes first, and a document
-// where it does not is decoded whole. Skipped values are still checked, so a
-// document decodes without error exactly when ParseJSON accepts it.
-func (d *Decoder) DecodeProjected(data []byte, keep func(resourceType, key string) bool) (*Node, error) {
+// DecodeProjected is Decode that builds only the top-level elements of a
+// resource that KeepElement keeps for the names elements gives for its type
+// (all: every element), once it has read the type: in FHIR JSON
+// resourceType comes first, and a document where it does not is decoded
+// whole. Skipped values are still checked, so a document decodes without
+// error exactly when ParseJSON accepts it.
+func (d *Decoder) DecodeProjected(data []byte, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
 	p := &d.p
-	p.keep, p.rt, p.rtAgain = keep, "", false
+	p.elements, p.names, p.projected, p.rtAgain = elements, nil, false, false
 	p.reuse = true
 	p.nodeChunk, p.keyChunk = 0, 0
 	p.nodeArena, p.keyArena = nil, nil
@@ -225,7 +228,7 @@ func (d *Decoder) DecodeProjected(data []byte, keep func(resourceType, key strin
 		clear(p.keys[:cap(p.keys)])
 		p.stack, p.keys = p.stack[:0], p.keys[:0]
 		p.s, p.nodeArena, p.keyArena = "", nil, nil
-		p.keep, p.rt = nil, ""
+		p.elements, p.names, p.projected = nil, nil, false
 		if size := chunkBytes(p.nodeChunks, p.keyChunks); size > decoderKeep {
 			p.nodeChunks, p.keyChunks = nil, nil
 		}
@@ -235,7 +238,7 @@ func (d *Decoder) DecodeProjected(data []byte, keep func(resourceType, key strin
 	if err == nil && p.rtAgain {
 		// A second resourceType: decode it all (the last one wins, as
 		// everywhere, and the projection was chosen by the first).
-		p.keep, p.rt = nil, ""
+		p.elements, p.names, p.projected = nil, nil, false
 		p.nodeChunk, p.keyChunk = 0, 0
 		p.nodeArena, p.keyArena = nil, nil
 		n, err = p.parse(s)
@@ -352,6 +355,10 @@ func (p *jsonParser) str() (string, error) {
 	s := p.s
 	ascii := true
 	for p.i < len(s) {
+		p.i = plainRun(s, p.i)
+		if p.i >= len(s) {
+			break
+		}
 		c := s[p.i]
 		if c == '"' {
 			out := s[start:p.i]
@@ -373,6 +380,25 @@ func (p *jsonParser) str() (string, error) {
 		p.i++
 	}
 	return "", p.errf("unterminated string")
+}
+
+// plainRun returns the index of the first 8-byte word from i on that may
+// hold a byte a string scan must look at (a quote, a backslash, a control
+// character or a non-ASCII byte), or len(s) minus less than 8: most of a
+// FHIR string (URLs, codes, display text) is passed over a word at a time.
+func plainRun(s string, i int) int {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	for i+8 <= len(s) {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		q := x ^ (lo * '"')
+		b := x ^ (lo * '\\')
+		if ((q-lo)&^q|(b-lo)&^b|(x-lo*0x20)&^x|x)&hi != 0 {
+			return i
+		}
+		i += 8
+	}
+	return i
 }
 
 func (p *jsonParser) strSlow(start int) (string, error) {
@@ -473,7 +499,7 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		p.i++
 		p.skipWS()
-		if depth == 0 && p.keep != nil && p.rt != "" && k != "resourceType" && !p.keep(p.rt, k) {
+		if depth == 0 && p.projected && k != "resourceType" && !KeepElement(p.names, k) {
 			if err := p.skip(depth + 1); err != nil {
 				return err
 			}
@@ -484,11 +510,13 @@ func (p *jsonParser) object(n *Node, depth int) error {
 				return err
 			}
 			p.stack = append(p.stack, v)
-			if depth == 0 && p.keep != nil && k == "resourceType" {
+			if depth == 0 && p.elements != nil && k == "resourceType" {
 				if len(p.stack) == base+1 && v.Kind == String {
 					// FHIR JSON leads with resourceType: from here on the
 					// projection of that type applies.
-					p.rt = v.Str
+					var all bool
+					p.names, all = p.elements(v.Str)
+					p.projected = !all
 				} else {
 					p.rtAgain = true // which type wins is for a whole decode to say
 				}
@@ -640,6 +668,10 @@ func (p *jsonParser) skipStr() error {
 	p.i++ // opening quote
 	s := p.s
 	for p.i < len(s) {
+		p.i = plainRun(s, p.i)
+		if p.i >= len(s) {
+			break
+		}
 		c := s[p.i]
 		switch {
 		case c == '"':

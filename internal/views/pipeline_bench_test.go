@@ -216,14 +216,14 @@ func BenchmarkDecodeCorpus(b *testing.B) {
 	lines, size := benchCorpus(b)
 	r := views.NewRunner(benchViews(b, "patient_demographics", "blood_pressure", "condition_codings")...)
 	var d fhirpath.Decoder
-	keep := r.Keep
+	elements := r.Elements
 	for _, bc := range []struct {
 		name   string
 		decode func([]byte) error
 	}{
 		{"ParseJSON", func(l []byte) error { _, err := fhirpath.ParseJSON(l); return err }},
 		{"Decoder", func(l []byte) error { _, err := d.Decode(l); return err }},
-		{"projected", func(l []byte) error { _, err := d.DecodeProjected(l, keep); return err }},
+		{"projected", func(l []byte) error { _, err := d.DecodeProjected(l, elements); return err }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetBytes(size)

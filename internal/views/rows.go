@@ -363,42 +363,39 @@ func (v *View) Map(r Row) map[string]any {
 // once for all of them.
 type Runner struct {
 	byType map[string][]*View
-	// elements per resource type: the names its views navigate by, or nil
-	// when one of them needs the whole resource.
-	elements map[string][]string
-	keep     func(resourceType, key string) bool
+	// elements per resource type: the names its views navigate by (see
+	// Elements).
+	elements map[string]projection
 }
 
-// Keep reports whether Process decodes the top-level element key of a
-// resource of this type: only the elements the type's views can reach are
-// built, the rest of the line is checked and skipped
-// (fhirpath.Decoder.DecodeProjected).
-func (r *Runner) Keep(resourceType, key string) bool { return r.keep(resourceType, key) }
+type projection struct {
+	names []string
+	all   bool
+}
+
+// Elements says which top-level elements of a resource of this type Process
+// decodes (fhirpath.KeepElement of names, or all): only those its views can
+// reach; the rest of the line is checked and skipped
+// (fhirpath.Decoder.DecodeProjected). A type no view reads keeps only its
+// resourceType and id.
+func (r *Runner) Elements(resourceType string) (names []string, all bool) {
+	p := r.elements[resourceType]
+	return p.names, p.all
+}
 
 // NewRunner groups views by resource type.
 func NewRunner(vs ...*View) *Runner {
-	r := &Runner{byType: map[string][]*View{}, elements: map[string][]string{}}
-	whole := map[string]bool{}
+	r := &Runner{byType: map[string][]*View{}, elements: map[string]projection{}}
 	for _, v := range vs {
 		r.byType[v.Resource] = append(r.byType[v.Resource], v)
-		if v.allElements {
-			whole[v.Resource] = true
-		}
+		p := r.elements[v.Resource]
+		p.all = p.all || v.allElements
 		for _, n := range v.elements {
-			if !slices.Contains(r.elements[v.Resource], n) {
-				r.elements[v.Resource] = append(r.elements[v.Resource], n)
+			if !slices.Contains(p.names, n) {
+				p.names = append(p.names, n)
 			}
 		}
-	}
-	for t := range whole {
-		r.elements[t] = nil
-	}
-	r.keep = func(resourceType, key string) bool {
-		if whole[resourceType] {
-			return true
-		}
-		// A type no view reads keeps only its resourceType and id.
-		return fhirpath.KeepElement(r.elements[resourceType], key)
+		r.elements[v.Resource] = p
 	}
 	return r
 }
@@ -420,7 +417,7 @@ func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) erro
 	defer decoders.Put(d)
 	// Only the top-level elements the views of the line's type can reach
 	// are built; the rest is checked and skipped.
-	n, err := d.DecodeProjected(line, r.keep)
+	n, err := d.DecodeProjected(line, r.Elements)
 	if err != nil {
 		return err
 	}
