@@ -29,17 +29,40 @@ type Context struct {
 	slab    []Item   // small result slices are carved from here
 	slabs   [][]Item // every slab carved since Reset, for the next resource
 	slabIdx int
+	// computed string nodes, likewise
+	nodes     []Node
+	nodeSlabs [][]Node
+	nodeIdx   int
 }
 
 // Reset readies the context for another resource, keeping its scratch
 // memory: the results of earlier evaluations must no longer be in use.
 func (c *Context) Reset(resource *Node, constants map[string][]Item) {
 	c.Resource, c.Constants, c.RowIndex = resource, constants, 0
-	c.slabIdx = 0
-	c.slab = nil
+	c.slabIdx, c.nodeIdx = 0, 0
+	c.slab, c.nodes = nil, nil
 	if len(c.slabs) > 64 {
 		c.slabs = c.slabs[:64] // a hostile resource's worth of slabs is not kept
 	}
+	if len(c.nodeSlabs) > 64 {
+		c.nodeSlabs = c.nodeSlabs[:64]
+	}
+}
+
+// stringItem is a computed string (a key), its node carved from a slab
+// that Reset rewinds like the item slabs.
+func (c *Context) stringItem(s, typ string) Item {
+	if len(c.nodes) == cap(c.nodes) {
+		if c.nodeIdx < len(c.nodeSlabs) {
+			c.nodes = c.nodeSlabs[c.nodeIdx][:0]
+		} else {
+			c.nodes = make([]Node, 0, 32)
+			c.nodeSlabs = append(c.nodeSlabs, c.nodes)
+		}
+		c.nodeIdx++
+	}
+	c.nodes = append(c.nodes, Node{Kind: String, Str: s})
+	return Item{N: &c.nodes[len(c.nodes)-1], T: typ}
 }
 
 // items returns an empty slice with room for n items. Small ones share a

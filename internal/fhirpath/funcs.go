@@ -921,15 +921,17 @@ func ReferenceKey(ref string) (typ, key string, ok bool) {
 	if i := strings.IndexAny(ref, "?#"); i >= 0 {
 		return "", "", false
 	}
-	parts := strings.Split(ref, "/")
-	if len(parts) < 2 {
+	// The last two segments, and the key is the text they span (no copy).
+	i := strings.LastIndexByte(ref, '/')
+	if i < 0 {
 		return "", "", false
 	}
-	typ, id := parts[len(parts)-2], parts[len(parts)-1]
+	j := strings.LastIndexByte(ref[:i], '/')
+	typ, id := ref[j+1:i], ref[i+1:]
 	if !validResourceType(typ) || !validID(id) {
 		return "", "", false
 	}
-	return typ, typ + "/" + id, true
+	return typ, ref[j+1:], true
 }
 
 func validResourceType(s string) bool {
@@ -962,7 +964,7 @@ func fnResourceKey(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 	var out []Item
 	for _, it := range in {
 		if k, ok := ResourceKey(it.N); ok {
-			out = append(out, stringItem(k, "string"))
+			out = append(out, v.ctx.stringItem(k, "string"))
 		}
 	}
 	return out, nil
@@ -980,7 +982,7 @@ func fnReferenceKey(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 		if !ok || (want != "" && typ != want) {
 			continue
 		}
-		out = append(out, stringItem(key, "string"))
+		out = append(out, v.ctx.stringItem(key, "string"))
 	}
 	return out, nil
 }

@@ -79,7 +79,8 @@ func (v *View) Rows(res *fhirpath.Node) ([]Row, error) {
 			return nil, nil
 		}
 	}
-	return v.process(v.sel, root, ctx, 0)
+	ra := rowArena{n: len(v.Columns)}
+	return v.process(v.sel, root, ctx, 0, &ra)
 }
 
 func describe(items []fhirpath.Item) string {
@@ -92,10 +93,26 @@ func describe(items []fhirpath.Item) string {
 	return fmt.Sprintf("%d items", len(items))
 }
 
-func (v *View) blank() Row { return make(Row, len(v.Columns)) }
+// rowArena carves the rows of one Rows call from a few shared backing
+// arrays instead of one allocation per row; the three-index slices keep an
+// append by a caller from spilling into a neighbour.
+type rowArena struct {
+	n   int
+	buf []any
+}
+
+func (a *rowArena) row() Row {
+	if cap(a.buf)-len(a.buf) < a.n {
+		// Most resources yield one row or a few: start with one, double.
+		a.buf = make([]any, 0, min(max(a.n, 2*cap(a.buf)), 64*a.n))
+	}
+	l := len(a.buf)
+	a.buf = a.buf[:l+a.n]
+	return Row(a.buf[l : l+a.n : l+a.n])
+}
 
 // process is the spec's Process(S, N): rows of selection s for focus n.
-func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int) ([]Row, error) {
+func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int, ra *rowArena) ([]Row, error) {
 	foci := []fhirpath.Item{n}
 	iterating := s.forEach != nil || s.repeat != nil
 	var err error
@@ -116,7 +133,9 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		if iterating {
 			idx = i
 		}
-		rows := []Row{v.blank()}
+		var one [1]Row
+		one[0] = ra.row()
+		rows := one[:]
 		ctx.RowIndex = idx
 		focus := []fhirpath.Item{f} // shared by the columns: results are read-only
 		for _, c := range s.columns {
@@ -127,24 +146,24 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 			rows[0][c.idx] = val
 		}
 		for _, sub := range s.selects {
-			part, err := v.process(sub, f, ctx, idx)
+			part, err := v.process(sub, f, ctx, idx, ra)
 			if err != nil {
 				return nil, err
 			}
-			if rows, err = v.product(s, rows, part, sub.allCols); err != nil {
+			if rows, err = v.product(s, rows, part, sub.allCols, ra); err != nil {
 				return nil, err
 			}
 		}
 		if len(s.unionAll) > 0 {
 			var urows []Row
 			for _, u := range s.unionAll {
-				part, err := v.process(u, f, ctx, idx)
+				part, err := v.process(u, f, ctx, idx, ra)
 				if err != nil {
 					return nil, err
 				}
 				urows = append(urows, part...)
 			}
-			if rows, err = v.product(s, rows, urows, s.unionAll[0].allCols); err != nil {
+			if rows, err = v.product(s, rows, urows, s.unionAll[0].allCols, ra); err != nil {
 				return nil, err
 			}
 		}
@@ -156,7 +175,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 	if len(foci) == 0 && s.orNull {
 		// The null row: its own columns see an empty focus (so %rowIndex
 		// is still 0 and a constant is still itself); nested ones are null.
-		r := v.blank()
+		r := ra.row()
 		ctx.RowIndex = 0
 		for _, c := range s.columns {
 			val, err := v.columnValueOf(c, nil, ctx)
@@ -175,7 +194,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 
 // product is the Cartesian product of rows with the partial rows of part,
 // which bind the columns cols.
-func (v *View) product(s *selection, rows, part []Row, cols []int) ([]Row, error) {
+func (v *View) product(s *selection, rows, part []Row, cols []int, ra *rowArena) ([]Row, error) {
 	switch len(part) {
 	case 0:
 		return nil, nil
@@ -193,7 +212,7 @@ func (v *View) product(s *selection, rows, part []Row, cols []int) ([]Row, error
 	out := make([]Row, 0, len(rows)*len(part))
 	for _, r := range rows {
 		for _, p := range part {
-			nr := make(Row, len(r))
+			nr := ra.row()
 			copy(nr, r)
 			for _, c := range cols {
 				nr[c] = p[c]
