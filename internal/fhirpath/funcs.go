@@ -725,6 +725,7 @@ func compileRegex(p string) (*regexp.Regexp, error) {
 	if ok {
 		return re, nil
 	}
+	p = strings.Clone(p) // it outlives the resource, whose text may be reused (Decoder.DecodeInPlace)
 	re, err := regexp.Compile(p)
 	if err != nil {
 		return nil, fmt.Errorf("invalid regular expression: %w", err)

@@ -218,6 +218,17 @@ func (d *Decoder) Decode(data []byte) (*Node, error) {
 // whole. Skipped values are still checked, so a document decodes without
 // error exactly when ParseJSON accepts it.
 func (d *Decoder) DecodeProjected(data []byte, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
+	return d.decode(string(data), elements)
+}
+
+// DecodeInPlace is DecodeProjected without the copy of data: the tree's
+// strings are part of data, so it is valid only while data is unchanged,
+// and whatever outlives it must copy the text it keeps.
+func (d *Decoder) DecodeInPlace(data []byte, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
+	return d.decode(unsafe.String(unsafe.SliceData(data), len(data)), elements)
+}
+
+func (d *Decoder) decode(s string, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
 	p := &d.p
 	p.elements, p.names, p.projected, p.rtAgain = elements, nil, false, false
 	p.reuse = true
@@ -233,7 +244,6 @@ func (d *Decoder) DecodeProjected(data []byte, elements func(resourceType string
 			p.nodeChunks, p.keyChunks = nil, nil
 		}
 	}()
-	s := string(data)
 	n, err := p.parse(s)
 	if err == nil && p.rtAgain {
 		// A second resourceType: decode it all (the last one wins, as

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"unsafe"
 
 	"github.com/bulkflow/bulkflow/internal/fhirpath"
 )
@@ -96,9 +97,27 @@ func describe(items []fhirpath.Item) string {
 // rowArena carves the rows of one Rows call from a few shared backing
 // arrays instead of one allocation per row; the three-index slices keep an
 // append by a caller from spilling into a neighbour.
+//
+// It also copies the text the rows hold: a Runner decodes a line in place
+// (fhirpath.Decoder.DecodeInPlace), so a string of the tree is part of the
+// caller's line buffer, which the rows must outlive. The copies share a
+// few chunks, appended to and never written again.
 type rowArena struct {
-	n   int
-	buf []any
+	n    int
+	buf  []any
+	text []byte
+}
+
+func (a *rowArena) str(s string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	if cap(a.text)-len(a.text) < len(s) {
+		a.text = make([]byte, 0, max(len(s), 2*cap(a.text), 256))
+	}
+	l := len(a.text)
+	a.text = append(a.text, s...)
+	return unsafe.String(&a.text[l], len(s))
 }
 
 func (a *rowArena) row() Row {
@@ -139,7 +158,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		ctx.RowIndex = idx
 		focus := []fhirpath.Item{f} // shared by the columns: results are read-only
 		for _, c := range s.columns {
-			val, err := v.columnValueOf(c, focus, ctx)
+			val, err := v.columnValueOf(c, focus, ctx, ra)
 			if err != nil {
 				return nil, err
 			}
@@ -178,7 +197,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		r := ra.row()
 		ctx.RowIndex = 0
 		for _, c := range s.columns {
-			val, err := v.columnValueOf(c, nil, ctx)
+			val, err := v.columnValueOf(c, nil, ctx, ra)
 			if err != nil {
 				return nil, err
 			}
@@ -258,7 +277,7 @@ func (v *View) repeat(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowI
 	return out, walk(n, 0)
 }
 
-func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context) (any, error) {
+func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context, ra *rowArena) (any, error) {
 	vals, err := c.expr.Evaluate(ctx, focus)
 	if err != nil {
 		return nil, v.rowErr("column %q: %v", c.name, err)
@@ -266,7 +285,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 	if c.collection {
 		list := make([]any, 0, len(vals))
 		for _, it := range vals {
-			x, err := convert(it, c.typ)
+			x, err := ra.convert(it, c.typ)
 			if err != nil {
 				return nil, v.rowErr("column %q: %v", c.name, err)
 			}
@@ -278,7 +297,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 	case 0:
 		return nil, nil
 	case 1:
-		x, err := convert(vals[0], c.typ)
+		x, err := ra.convert(vals[0], c.typ)
 		if err != nil {
 			return nil, v.rowErr("column %q: %v", c.name, err)
 		}
@@ -289,7 +308,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 
 // convert maps a FHIRPath item to the Go value of a column of FHIR type typ
 // ("" = as the value comes).
-func convert(it fhirpath.Item, typ string) (any, error) {
+func (ra *rowArena) convert(it fhirpath.Item, typ string) (any, error) {
 	n := it.N
 	mismatch := func() error {
 		return fmt.Errorf("%s value in a column of type %s", describe([]fhirpath.Item{it}), typ)
@@ -300,14 +319,14 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 		case fhirpath.Bool:
 			return n.Bool, nil
 		case fhirpath.String:
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		case fhirpath.Number:
 			if i, err := strconv.ParseInt(n.Str, 10, 64); err == nil {
 				return i, nil
 			}
-			return Decimal(n.Str), nil
+			return Decimal(ra.str(n.Str)), nil
 		}
-		return toAny(n), nil
+		return ra.toAny(n), nil
 	case "boolean":
 		if n.Kind != fhirpath.Bool {
 			return nil, mismatch()
@@ -326,14 +345,14 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 		if n.Kind != fhirpath.Number {
 			return nil, mismatch()
 		}
-		return Decimal(n.Str), nil
+		return Decimal(ra.str(n.Str)), nil
 	case "string", "code", "id", "markdown", "uri", "url", "canonical", "oid", "uuid",
 		"base64Binary", "date", "dateTime", "instant", "time", "xhtml":
 		switch n.Kind {
 		case fhirpath.String:
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		case fhirpath.Number: // e.g. a computed %rowIndex into a string column
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		}
 		return nil, mismatch()
 	}
@@ -341,28 +360,28 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 	if n.Kind != fhirpath.Object && n.Kind != fhirpath.Array {
 		return nil, mismatch()
 	}
-	return toAny(n), nil
+	return ra.toAny(n), nil
 }
 
 // toAny converts a node to plain Go values (numbers as Decimal).
-func toAny(n *fhirpath.Node) any {
+func (ra *rowArena) toAny(n *fhirpath.Node) any {
 	switch n.Kind {
 	case fhirpath.Bool:
 		return n.Bool
 	case fhirpath.String:
-		return n.Str
+		return ra.str(n.Str)
 	case fhirpath.Number:
-		return Decimal(n.Str)
+		return Decimal(ra.str(n.Str))
 	case fhirpath.Array:
 		out := make([]any, len(n.Kids))
 		for i := range n.Kids {
-			out[i] = toAny(&n.Kids[i])
+			out[i] = ra.toAny(&n.Kids[i])
 		}
 		return out
 	case fhirpath.Object:
 		out := make(map[string]any, len(n.Keys))
 		for i, k := range n.Keys {
-			out[k] = toAny(&n.Kids[i])
+			out[ra.str(k)] = ra.toAny(&n.Kids[i])
 		}
 		return out
 	}
@@ -423,9 +442,10 @@ func NewRunner(vs ...*View) *Runner {
 // can skip decoding the others.
 func (r *Runner) Wants(resourceType string) bool { return len(r.byType[resourceType]) > 0 }
 
-// decoders reuse their node arenas from one line to the next: the rows a
-// view yields hold no node of the tree (strings live in the line's own
-// copy), so the tree is dead once Process returns. A Runner may serve
+// decoders reuse their node arenas from one line to the next, and decode
+// the line in place: the rows a view yields hold no node of the tree and
+// copy the text they keep (rowArena.str), so the tree is dead once Process
+// returns. A Runner may serve
 // several goroutines, hence a pool rather than one decoder per Runner.
 var decoders = sync.Pool{New: func() any { return new(fhirpath.Decoder) }}
 
@@ -436,7 +456,7 @@ func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) erro
 	defer decoders.Put(d)
 	// Only the top-level elements the views of the line's type can reach
 	// are built; the rest is checked and skipped.
-	n, err := d.DecodeProjected(line, r.Elements)
+	n, err := d.DecodeInPlace(line, r.Elements)
 	if err != nil {
 		return err
 	}

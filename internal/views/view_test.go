@@ -353,27 +353,46 @@ func TestRunnerRowsOutliveTheLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Text in every form a row holds it: JSON of a complex type, lists,
+	// keys (a reference key is a piece of the reference's text).
+	jv, err := Compile([]byte(`{"name":"j","resource":"Patient","select":[{"column":[{"name":"ms","path":"maritalStatus"},
+		{"name":"given","path":"name.given","collection":true},{"name":"org","path":"managingOrganization.getReferenceKey()"},
+		{"name":"gp","path":"generalPractitioner.reference","type":"string"}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	want, err := v.Rows(node(t, benchPatient))
 	if err != nil || len(want) != 1 {
 		t.Fatalf("rows %v, %v", want, err)
 	}
-	r := NewRunner(v)
-	var kept []Row
+	jwant, err := jv.Rows(node(t, benchPatient))
+	if err != nil || len(jwant) != 1 {
+		t.Fatalf("rows %v, %v", jwant, err)
+	}
+	r := NewRunner(v, jv)
+	var kept, jkept []Row
 	buf := []byte(benchPatient)
-	if err := r.Process(buf, func(_ *View, rows []Row) error { kept = rows; return nil }); err != nil {
+	if err := r.Process(buf, func(w *View, rows []Row) error {
+		if w == jv {
+			jkept = rows
+		} else {
+			kept = rows
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range buf {
 		buf[i] = ' ' // the caller's reader reuses its buffer
 	}
-	other := strings.NewReplacer("Rodriguez", "Xxxxxxxxx", "female", "male__", "1968", "2001", "Maria", "Yyyyy").Replace(benchPatient)
+	other := strings.NewReplacer("Rodriguez", "Xxxxxxxxx", "female", "male__", "1968", "2001", "Maria", "Yyyyy", "Married", "Xxxxxxx", "1d2e3f", "zzzzzz").Replace(benchPatient)
 	for range 50 {
 		if err := r.Process([]byte(other), func(*View, []Row) error { return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if !reflect.DeepEqual(kept, want) {
-		t.Errorf("rows changed after later lines:\n got %v\nwant %v", kept, want)
+	if !reflect.DeepEqual(kept, want) || !reflect.DeepEqual(jkept, jwant) {
+		t.Errorf("rows changed after later lines:\n got %v %v\nwant %v %v", kept, jkept, want, jwant)
 	}
 }
 
