@@ -75,7 +75,7 @@ func init() {
 		"select": {1, 1, false, fnSelect},
 		"repeat": {1, 1, false, fnRepeat},
 		"ofType": {1, 1, true, func(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
-			var out []Item
+			out := v.ctx.items(len(in))
 			for _, it := range in {
 				if isType(it, e.typ) {
 					out = append(out, Item{N: it.N, T: typeAfterCast(it, e.typ), X: it.X})
@@ -345,7 +345,8 @@ func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []It
 	// One focus slice and one scope serve every item: each result is
 	// consumed by f before the next evaluation.
 	focus := v.ctx.items(1)[:1]
-	s := &scope{total: sc.total}
+	s := v.ctx.scope()
+	s.total = sc.total
 	for i, it := range in {
 		focus[0], s.this, s.index = it, it, i
 		r, err := v.eval(a, focus, s)
@@ -361,7 +362,7 @@ func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []It
 }
 
 func fnWhere(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
-	var out []Item
+	out := v.ctx.items(len(in)) // at most all of them: never regrown
 	err := v.lambda(in, e.args[0], sc, func(_ int, it Item, r []Item) (bool, error) {
 		t, err := toTri(r)
 		if err != nil {

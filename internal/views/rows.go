@@ -103,9 +103,20 @@ func describe(items []fhirpath.Item) string {
 // caller's line buffer, which the rows must outlive. The copies share a
 // few chunks, appended to and never written again.
 type rowArena struct {
-	n    int
-	buf  []any
-	text []byte
+	n     int
+	buf   []any
+	text  []byte
+	items []fhirpath.Item
+}
+
+// one is a one-item collection (a focus) carved from a shared chunk.
+func (a *rowArena) one(it fhirpath.Item) []fhirpath.Item {
+	if len(a.items) == cap(a.items) {
+		a.items = make([]fhirpath.Item, 0, 16)
+	}
+	a.items = append(a.items, it)
+	l := len(a.items)
+	return a.items[l-1 : l : l]
 }
 
 func (a *rowArena) str(s string) string {
@@ -132,7 +143,7 @@ func (a *rowArena) row() Row {
 
 // process is the spec's Process(S, N): rows of selection s for focus n.
 func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int, ra *rowArena) ([]Row, error) {
-	foci := []fhirpath.Item{n}
+	foci := ra.one(n)
 	iterating := s.forEach != nil || s.repeat != nil
 	var err error
 	switch {
@@ -156,7 +167,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		one[0] = ra.row()
 		rows := one[:]
 		ctx.RowIndex = idx
-		focus := []fhirpath.Item{f} // shared by the columns: results are read-only
+		focus := ra.one(f) // shared by the columns: results are read-only
 		for _, c := range s.columns {
 			val, err := v.columnValueOf(c, focus, ctx, ra)
 			if err != nil {
