@@ -2,8 +2,9 @@
 // compiles its FHIRPath once, and flattens each resource into rows.
 //
 // Shape for streaming: Compile once per view, decode each resource once
-// (fhirpath.ParseJSON) and hand the same tree to every view of its type
-// (View.Rows, or Runner for a set of views).
+// and hand the same tree to every view of its type: Runner for a set of
+// views (it decodes only the elements its views reach, into reused memory),
+// or fhirpath.ParseJSON and View.Rows.
 package views
 
 import (

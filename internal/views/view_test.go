@@ -427,3 +427,48 @@ func TestRunnerProjectionKeepsWhatViewsSee(t *testing.T) {
 		}
 	}
 }
+
+// One Runner serves several workers at once: each Process has its own
+// decoder and evaluation scratch.
+func TestRunnerConcurrentUse(t *testing.T) {
+	pv, err := Compile([]byte(benchPatientView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov, err := Compile([]byte(benchObservationView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRunner(pv, ov)
+	lines := []string{benchPatient, benchObservation}
+	want := map[string][]Row{}
+	for _, l := range lines {
+		if err := r.Process([]byte(l), func(v *View, rows []Row) error { want[v.Name] = rows; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for i := range 200 {
+				l := lines[(i+g)%2]
+				err := r.Process([]byte(l), func(v *View, rows []Row) error {
+					if !reflect.DeepEqual(rows, want[v.Name]) {
+						return errors.New("rows differ between goroutines")
+					}
+					return nil
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
