@@ -89,15 +89,21 @@ func ParseJSON(data []byte) (*Node, error) {
 func (p *jsonParser) parse(s string) (*Node, error) {
 	p.s, p.i = s, 0
 	p.skipWS()
-	v, err := p.value(0)
+	base := len(p.stack)
+	err := p.push(0)
 	if err != nil {
+		clear(p.stack[base:])
+		p.stack, p.keys = p.stack[:base], p.keys[:0]
 		return nil, err
 	}
+	n := new(Node)
+	*n = p.stack[base]
+	p.stack[base] = Node{}
+	p.stack = p.stack[:base]
 	p.skipWS()
 	if p.i != len(p.s) {
 		return nil, p.errf("unexpected data after the JSON value")
 	}
-	n := &v
 	return n, nil
 }
 
@@ -282,35 +288,37 @@ func (p *jsonParser) skipWS() {
 	}
 }
 
-func (p *jsonParser) value(depth int) (Node, error) {
-	var n Node
+// push decodes one value into a new slot on top of the stack (no copy of
+// the node on the way: containers fill their slot once their children are
+// in the arena).
+func (p *jsonParser) push(depth int) error {
 	if depth > MaxDepth {
-		return n, fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
 	}
 	if p.i >= len(p.s) {
-		return n, p.errf("unexpected end of input")
+		return p.errf("unexpected end of input")
 	}
-	var err error
+	idx := len(p.stack)
+	p.stack = append(p.stack, Node{})
 	switch c := p.s[p.i]; {
 	case c == '{':
-		err = p.object(&n, depth)
+		return p.object(idx, depth)
 	case c == '[':
-		err = p.array(&n, depth)
+		return p.array(idx, depth)
 	case c == '"':
-		n.Kind = String
-		n.Str, err = p.str()
+		str, err := p.str()
+		p.stack[idx].Kind, p.stack[idx].Str = String, str
+		return err
 	case c == 't':
-		err = p.lit(&n, "true", Bool, true)
+		return p.lit(&p.stack[idx], "true", Bool, true)
 	case c == 'f':
-		err = p.lit(&n, "false", Bool, false)
+		return p.lit(&p.stack[idx], "false", Bool, false)
 	case c == 'n':
-		err = p.lit(&n, "null", Null, false)
+		return p.lit(&p.stack[idx], "null", Null, false)
 	case c == '-' || (c >= '0' && c <= '9'):
-		err = p.number(&n)
-	default:
-		err = p.errf("unexpected character")
+		return p.number(&p.stack[idx])
 	}
-	return n, err
+	return p.errf("unexpected character")
 }
 
 func (p *jsonParser) lit(n *Node, word string, k Kind, b bool) error {
@@ -485,13 +493,13 @@ func (p *jsonParser) hex4() (rune, bool) {
 	return rune(v), true
 }
 
-func (p *jsonParser) object(n *Node, depth int) error {
+func (p *jsonParser) object(idx, depth int) error {
 	p.i++ // {
 	base, kbase := len(p.stack), len(p.keys)
 	p.skipWS()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
-		n.Kind = Object
+		p.stack[idx].Kind = Object
 		return nil
 	}
 	for {
@@ -515,12 +523,10 @@ func (p *jsonParser) object(n *Node, depth int) error {
 			}
 		} else {
 			p.keys = append(p.keys, k)
-			v, err := p.value(depth + 1)
-			if err != nil {
+			if err := p.push(depth + 1); err != nil {
 				return err
 			}
-			p.stack = append(p.stack, v)
-			if depth == 0 && p.elements != nil && k == "resourceType" {
+			if v := &p.stack[len(p.stack)-1]; depth == 0 && p.elements != nil && k == "resourceType" {
 				if len(p.stack) == base+1 && v.Kind == String {
 					// FHIR JSON leads with resourceType: from here on the
 					// projection of that type applies.
@@ -546,33 +552,32 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		return p.errf("expected ',' or '}'")
 	}
-	n.Kind = Object
-	n.Kids = p.allocNodes(len(p.stack) - base)
-	copy(n.Kids, p.stack[base:])
-	n.Keys = p.allocKeys(len(p.keys) - kbase)
-	copy(n.Keys, p.keys[kbase:])
+	kids := p.allocNodes(len(p.stack) - base)
+	copy(kids, p.stack[base:])
+	keys := p.allocKeys(len(p.keys) - kbase)
+	copy(keys, p.keys[kbase:])
+	n := &p.stack[idx]
+	n.Kind, n.Kids, n.Keys = Object, kids, keys
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	p.keys = p.keys[:kbase]
 	return nil
 }
 
-func (p *jsonParser) array(n *Node, depth int) error {
+func (p *jsonParser) array(idx, depth int) error {
 	p.i++ // [
 	base := len(p.stack)
 	p.skipWS()
 	if p.i < len(p.s) && p.s[p.i] == ']' {
 		p.i++
-		n.Kind = Array
+		p.stack[idx].Kind = Array
 		return nil
 	}
 	for {
 		p.skipWS()
-		v, err := p.value(depth + 1)
-		if err != nil {
+		if err := p.push(depth + 1); err != nil {
 			return err
 		}
-		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated array")
@@ -587,9 +592,9 @@ func (p *jsonParser) array(n *Node, depth int) error {
 		}
 		return p.errf("expected ',' or ']'")
 	}
-	n.Kind = Array
-	n.Kids = p.allocNodes(len(p.stack) - base)
-	copy(n.Kids, p.stack[base:])
+	kids := p.allocNodes(len(p.stack) - base)
+	copy(kids, p.stack[base:])
+	p.stack[idx].Kind, p.stack[idx].Kids = Array, kids
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	return nil
