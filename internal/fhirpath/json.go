@@ -1,6 +1,7 @@
 package fhirpath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -407,8 +408,8 @@ func (p *jsonParser) str() (string, error) {
 func plainRun(s string, i int) int {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	for i+8 <= len(s) {
-		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
-			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		// One 8-byte load (i+8 <= len(s)): read only, never written.
+		x := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
 		q := x ^ (lo * '"')
 		b := x ^ (lo * '\\')
 		if ((q-lo)&^q|(b-lo)&^b|(x-lo*0x20)&^x|x)&hi != 0 {
