@@ -462,17 +462,21 @@ func (p *jsonParser) strSlow(start int) (string, error) {
 				return "", p.errf("invalid \\u escape")
 			}
 			if utf16.IsSurrogate(r) {
-				r2 := utf8.RuneError
+				// A valid pair takes the next escape too; otherwise
+				// U+FFFD, and the next escape is read on its own (as
+				// encoding/json does: "\ud800\u0000" is U+FFFD, U+0000).
+				dec := utf8.RuneError
 				if strings.HasPrefix(s[p.i:], `\u`) {
 					save := p.i
 					p.i += 2
 					if x, ok := p.hex4(); ok {
-						r2 = x
-					} else {
+						dec = utf16.DecodeRune(r, x)
+					}
+					if dec == utf8.RuneError {
 						p.i = save
 					}
 				}
-				r = utf16.DecodeRune(r, r2)
+				r = dec
 			}
 			b.WriteRune(r)
 		default:
