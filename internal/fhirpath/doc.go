@@ -8,6 +8,13 @@
 // on google/fhir protos, and github.com/gofhir/fhirpath are refused), hence
 // this package.
 //
+// For a stream of resources, a Decoder reuses its node arenas from one
+// document to the next, and DecodeProjected/DecodeInPlace build only the
+// top-level elements a set of expressions can reach (Expr.Elements),
+// checking and skipping the rest; a Context is Reset per resource and keeps
+// its scratch memory. That is what makes flattening cheap next to the
+// download (views.Runner, internal/views BenchmarkRunner3Views).
+//
 // Types without a FHIR model: there are no StructureDefinitions here, so an
 // item's FHIR type comes from a choice element's suffix (value resolves to
 // valueQuantity typed Quantity), a constant's declared type, or a function's

@@ -25,8 +25,66 @@ type Context struct {
 	Constants map[string][]Item
 	RowIndex  int
 
-	scratch ev     // reused by each evaluation (evaluations do not nest)
-	slab    []Item // small result slices are carved from here
+	scratch ev       // reused by each evaluation (evaluations do not nest)
+	slab    []Item   // small result slices are carved from here
+	slabs   [][]Item // every slab carved since Reset, for the next resource
+	slabIdx int
+	// computed string nodes and lambda scopes, likewise
+	nodes      []Node
+	nodeSlabs  [][]Node
+	nodeIdx    int
+	scopes     []scope
+	scopeSlabs [][]scope
+	scopeIdx   int
+}
+
+// Reset readies the context for another resource, keeping its scratch
+// memory: the results of earlier evaluations must no longer be in use.
+func (c *Context) Reset(resource *Node, constants map[string][]Item) {
+	c.Resource, c.Constants, c.RowIndex = resource, constants, 0
+	c.slabIdx, c.nodeIdx, c.scopeIdx = 0, 0, 0
+	c.slab, c.nodes, c.scopes = nil, nil, nil
+	if len(c.slabs) > 64 {
+		c.slabs = c.slabs[:64] // a hostile resource's worth of slabs is not kept
+	}
+	if len(c.nodeSlabs) > 64 {
+		c.nodeSlabs = c.nodeSlabs[:64]
+	}
+	if len(c.scopeSlabs) > 64 {
+		c.scopeSlabs = c.scopeSlabs[:64]
+	}
+}
+
+// stringItem is a computed string (a key), its node carved from a slab
+// that Reset rewinds like the item slabs.
+func (c *Context) stringItem(s, typ string) Item {
+	if len(c.nodes) == cap(c.nodes) {
+		if c.nodeIdx < len(c.nodeSlabs) {
+			c.nodes = c.nodeSlabs[c.nodeIdx][:0]
+		} else {
+			c.nodes = make([]Node, 0, 32)
+			c.nodeSlabs = append(c.nodeSlabs, c.nodes)
+		}
+		c.nodeIdx++
+	}
+	c.nodes = append(c.nodes, Node{Kind: String, Str: s})
+	return Item{N: &c.nodes[len(c.nodes)-1], T: typ}
+}
+
+// scope returns a cleared scope for a lambda, carved from a slab that Reset
+// rewinds: a lambda's scope lives only while the lambda runs.
+func (c *Context) scope() *scope {
+	if len(c.scopes) == cap(c.scopes) {
+		if c.scopeIdx < len(c.scopeSlabs) {
+			c.scopes = c.scopeSlabs[c.scopeIdx][:0]
+		} else {
+			c.scopes = make([]scope, 0, 16)
+			c.scopeSlabs = append(c.scopeSlabs, c.scopes)
+		}
+		c.scopeIdx++
+	}
+	c.scopes = append(c.scopes, scope{})
+	return &c.scopes[len(c.scopes)-1]
 }
 
 // items returns an empty slice with room for n items. Small ones share a
@@ -37,7 +95,13 @@ func (c *Context) items(n int) []Item {
 		return make([]Item, 0, n)
 	}
 	if cap(c.slab)-len(c.slab) < n {
-		c.slab = make([]Item, 0, 64)
+		if c.slabIdx < len(c.slabs) {
+			c.slab = c.slabs[c.slabIdx][:0]
+		} else {
+			c.slab = make([]Item, 0, 64)
+			c.slabs = append(c.slabs, c.slab)
+		}
+		c.slabIdx++
 	}
 	l := len(c.slab)
 	c.slab = c.slab[:l+n]

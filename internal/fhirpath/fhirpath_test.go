@@ -1,7 +1,9 @@
 package fhirpath
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -400,6 +402,99 @@ func TestReferenceKey(t *testing.T) {
 		_, got, _ := ReferenceKey(ref)
 		if got != want {
 			t.Errorf("ReferenceKey(%q) = %q, want %q", ref, got, want)
+		}
+	}
+}
+
+// A Decoder carves each document from the arenas of the one before: every
+// document, larger or smaller than the last, reads as ParseJSON reads it.
+func TestDecoderReuse(t *testing.T) {
+	big := `{"a":[` + strings.Repeat(`{"k":"v","n":[1,2,{"x":null}]},`, 3000) + `0]}`
+	// Many small containers, then one container larger than any arena
+	// chunk so far: it must get a chunk of its own.
+	small := `[` + strings.Repeat(`{"k":1},`, 3000) + `0]`
+	wide := `[[` + strings.Repeat(`0,`, 5000) + `0]]`
+	docs := []string{patientJSON, big, `{"x":1}`, patientJSON, `[]`, big, `"s"`, patientJSON, small, wide, small}
+	var d Decoder
+	for i, doc := range docs {
+		want := plain(mustNode(t, doc))
+		n, err := d.Decode([]byte(doc))
+		if err != nil {
+			t.Fatalf("doc %d: %v", i, err)
+		}
+		if got := plain(n); !reflect.DeepEqual(got, want) {
+			t.Fatalf("doc %d decodes differently after reuse", i)
+		}
+	}
+	if _, err := d.Decode([]byte(`{"a":[1,`)); err == nil {
+		t.Fatal("bad JSON accepted")
+	}
+	if n, err := d.Decode([]byte(patientJSON)); err != nil || !reflect.DeepEqual(plain(n), plain(mustNode(t, patientJSON))) {
+		t.Fatalf("after an error: %v", err)
+	}
+}
+
+// A reused Context (Reset per resource) gives each resource the results a
+// fresh one would.
+func TestContextResetPerResource(t *testing.T) {
+	p := mustNode(t, patientJSON)
+	ctx := new(Context)
+	for round := range 3 {
+		ctx.Reset(p, nil)
+		results := make([][]Item, len(evalTests))
+		for i, tc := range evalTests {
+			got, err := MustParse(tc.expr).EvaluateNode(ctx, p)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.expr, err)
+			}
+			results[i] = got
+		}
+		for i, tc := range evalTests {
+			if r := render(results[i]); r != tc.want {
+				t.Errorf("round %d: %s = %s after later evaluations, want %s", round, tc.expr, r, tc.want)
+			}
+		}
+	}
+}
+
+func TestDecodeProjected(t *testing.T) {
+	elements := func(rt string) ([]string, bool) {
+		if rt == "Patient" {
+			return []string{"name", "birthDate"}, false
+		}
+		return nil, false
+	}
+	var d Decoder
+	for _, tc := range []struct{ doc, want string }{
+		{`{"resourceType":"Patient","id":"1","name":[{"family":"F"}],"telecom":[{"value":"x"}],"birthDate":"1970","extension":[]}`,
+			`{"birthDate":"1970","id":"1","name":[{"family":"F"}],"resourceType":"Patient"}`},
+		{`{"resourceType":"Observation","id":"2","name":"n","code":{}}`, `{"id":"2","resourceType":"Observation"}`},
+		// resourceType not first: decoded whole
+		{`{"id":"3","resourceType":"Patient","telecom":[]}`, `{"id":"3","resourceType":"Patient","telecom":[]}`},
+		// a second resourceType: decoded whole, the last wins
+		{`{"resourceType":"Observation","code":{},"resourceType":"Patient","telecom":[]}`, `{"code":{},"resourceType":"Patient","telecom":[]}`},
+	} {
+		n, err := d.DecodeProjected([]byte(tc.doc), elements)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.doc, err)
+		}
+		got, _ := json.Marshal(plain(n))
+		if string(got) != tc.want {
+			t.Errorf("%s\n got %s\nwant %s", tc.doc, got, tc.want)
+		}
+	}
+	// Skipped values are still checked, with ParseJSON's errors.
+	for _, bad := range []string{
+		`{"resourceType":"Patient","telecom":[1,]}`, `{"resourceType":"Patient","telecom":"\x"}`,
+		`{"resourceType":"Patient","telecom":{"a" 1}}`, `{"resourceType":"Patient","telecom":"a` + "\x01" + `"}`,
+		`{"resourceType":"Patient","telecom":tru}`, `{"resourceType":"Patient","telecom":01}`,
+		`{"resourceType":"Patient","telecom":` + strings.Repeat("[", MaxDepth+5) + strings.Repeat("]", MaxDepth+5) + `}`,
+		`{"resourceType":"Patient","telecom":"\u12"}`, `{"resourceType":"Patient","telecom":[}`,
+	} {
+		_, perr := d.DecodeProjected([]byte(bad), elements)
+		_, ferr := ParseJSON([]byte(bad))
+		if perr == nil || ferr == nil || perr.Error() != ferr.Error() {
+			t.Errorf("%q: projected error %v, ParseJSON error %v", bad, perr, ferr)
 		}
 	}
 }

@@ -75,7 +75,7 @@ func init() {
 		"select": {1, 1, false, fnSelect},
 		"repeat": {1, 1, false, fnRepeat},
 		"ofType": {1, 1, true, func(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
-			var out []Item
+			out := v.ctx.items(len(in))
 			for _, it := range in {
 				if isType(it, e.typ) {
 					out = append(out, Item{N: it.N, T: typeAfterCast(it, e.typ), X: it.X})
@@ -345,7 +345,8 @@ func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []It
 	// One focus slice and one scope serve every item: each result is
 	// consumed by f before the next evaluation.
 	focus := v.ctx.items(1)[:1]
-	s := &scope{total: sc.total}
+	s := v.ctx.scope()
+	s.total = sc.total
 	for i, it := range in {
 		focus[0], s.this, s.index = it, it, i
 		r, err := v.eval(a, focus, s)
@@ -361,7 +362,7 @@ func (v *ev) lambda(in []Item, a *expr, sc *scope, f func(i int, it Item, r []It
 }
 
 func fnWhere(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
-	var out []Item
+	out := v.ctx.items(len(in)) // at most all of them: never regrown
 	err := v.lambda(in, e.args[0], sc, func(_ int, it Item, r []Item) (bool, error) {
 		t, err := toTri(r)
 		if err != nil {
@@ -725,6 +726,7 @@ func compileRegex(p string) (*regexp.Regexp, error) {
 	if ok {
 		return re, nil
 	}
+	p = strings.Clone(p) // it outlives the resource, whose text may be reused (Decoder.DecodeInPlace)
 	re, err := regexp.Compile(p)
 	if err != nil {
 		return nil, fmt.Errorf("invalid regular expression: %w", err)
@@ -921,15 +923,17 @@ func ReferenceKey(ref string) (typ, key string, ok bool) {
 	if i := strings.IndexAny(ref, "?#"); i >= 0 {
 		return "", "", false
 	}
-	parts := strings.Split(ref, "/")
-	if len(parts) < 2 {
+	// The last two segments, and the key is the text they span (no copy).
+	i := strings.LastIndexByte(ref, '/')
+	if i < 0 {
 		return "", "", false
 	}
-	typ, id := parts[len(parts)-2], parts[len(parts)-1]
+	j := strings.LastIndexByte(ref[:i], '/')
+	typ, id := ref[j+1:i], ref[i+1:]
 	if !validResourceType(typ) || !validID(id) {
 		return "", "", false
 	}
-	return typ, typ + "/" + id, true
+	return typ, ref[j+1:], true
 }
 
 func validResourceType(s string) bool {
@@ -962,7 +966,7 @@ func fnResourceKey(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 	var out []Item
 	for _, it := range in {
 		if k, ok := ResourceKey(it.N); ok {
-			out = append(out, stringItem(k, "string"))
+			out = append(out, v.ctx.stringItem(k, "string"))
 		}
 	}
 	return out, nil
@@ -980,7 +984,7 @@ func fnReferenceKey(v *ev, in []Item, e *expr, sc *scope) ([]Item, error) {
 		if !ok || (want != "" && typ != want) {
 			continue
 		}
-		out = append(out, stringItem(key, "string"))
+		out = append(out, v.ctx.stringItem(key, "string"))
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,8 @@ func FuzzEvaluate(f *testing.F) {
 	})
 }
 
+var fuzzDecoder Decoder
+
 // FuzzParseJSON: the decoder never panics, accepts exactly what
 // encoding/json accepts (short of the depth limit), and reads the same
 // strings.
@@ -50,7 +53,15 @@ func FuzzParseJSON(f *testing.F) {
 	f.Fuzz(func(t *testing.T, doc string) {
 		n, err := ParseJSON([]byte(doc))
 		if errors.Is(err, ErrTooDeep) {
+			if _, perr := fuzzDecoder.DecodeProjected([]byte(doc), evenElements); !errors.Is(perr, ErrTooDeep) {
+				t.Fatalf("projected decode: %v, want too deep", perr)
+			}
 			return
+		}
+		if err != nil {
+			if _, perr := fuzzDecoder.DecodeProjected([]byte(doc), evenElements); perr == nil {
+				t.Fatalf("projected decode accepts what ParseJSON refuses (%v)", err)
+			}
 		}
 		if valid := json.Valid([]byte(doc)); valid != (err == nil) {
 			t.Fatalf("ParseJSON error %v, but encoding/json valid=%v for %q", err, valid, doc)
@@ -67,6 +78,16 @@ func FuzzParseJSON(f *testing.F) {
 		if got := plain(n); !reflect.DeepEqual(got, std) {
 			t.Fatalf("ParseJSON reads %#v, encoding/json %#v", got, std)
 		}
+		// A Decoder that has decoded other documents reads the same.
+		fuzzDecoder.Decode([]byte(patientJSON))
+		dn, err := fuzzDecoder.Decode([]byte(doc))
+		if err != nil {
+			t.Fatalf("Decoder: %v", err)
+		}
+		if got := plain(dn); !reflect.DeepEqual(got, std) {
+			t.Fatalf("Decoder reads %#v, encoding/json %#v", got, std)
+		}
+		checkProjection(t, doc)
 	})
 }
 
@@ -94,4 +115,38 @@ func plain(n *Node) any {
 		return out
 	}
 	return nil
+}
+
+// evenElements keeps the top-level keys that start with a, c or e.
+func evenElements(string) ([]string, bool) { return []string{"a", "c", "e"}, false }
+
+func keepEven(_, key string) bool { return KeepElement([]string{"a", "c", "e"}, key) }
+
+// checkProjection: a projected decode is the whole decode with the refused
+// top-level keys left out, when the document leads with one resourceType,
+// and the whole decode otherwise.
+func checkProjection(t *testing.T, doc string) {
+	t.Helper()
+	full, err := ParseJSON([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := full
+	if full.Kind == Object && len(full.Keys) > 0 && full.Keys[0] == "resourceType" && full.Kids[0].Kind == String &&
+		!slices.Contains(full.Keys[1:], "resourceType") {
+		want = &Node{Kind: Object}
+		for i, k := range full.Keys {
+			if i == 0 || keepEven("", k) {
+				want.Keys = append(want.Keys, k)
+				want.Kids = append(want.Kids, full.Kids[i])
+			}
+		}
+	}
+	got, err := fuzzDecoder.DecodeProjected([]byte(doc), evenElements)
+	if err != nil {
+		t.Fatalf("projected decode: %v", err)
+	}
+	if !reflect.DeepEqual(plain(got), plain(want)) {
+		t.Fatalf("projected decode reads %#v, want %#v", plain(got), plain(want))
+	}
 }

@@ -1,6 +1,7 @@
 package fhirpath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Kind is the JSON kind of a Node.
@@ -82,13 +84,23 @@ var ErrTooDeep = errors.New("JSON nested deeper than the limit")
 func ParseJSON(data []byte) (*Node, error) {
 	p := parserPool.Get().(*jsonParser)
 	defer p.release()
-	p.s, p.i = string(data), 0
+	return p.parse(string(data))
+}
+
+func (p *jsonParser) parse(s string) (*Node, error) {
+	p.s, p.i = s, 0
 	p.skipWS()
-	v, err := p.value(0)
+	base := len(p.stack)
+	err := p.push(0)
 	if err != nil {
+		clear(p.stack[base:])
+		p.stack, p.keys = p.stack[:base], p.keys[:0]
 		return nil, err
 	}
-	n := &v
+	n := new(Node)
+	*n = p.stack[base]
+	p.stack[base] = Node{}
+	p.stack = p.stack[:base]
 	p.skipWS()
 	if p.i != len(p.s) {
 		return nil, p.errf("unexpected data after the JSON value")
@@ -106,6 +118,22 @@ type jsonParser struct {
 	keys      []string
 	nodeArena []Node
 	keyArena  []string
+
+	// A Decoder's parser keeps its arenas and carves the next document's
+	// nodes from them again (reuse), walking the chunks in order.
+	reuse      bool
+	nodeChunks [][]Node
+	keyChunks  [][]string
+	nodeChunk  int
+	keyChunk   int
+
+	// elements, when set, gives the top-level elements to decode once the
+	// resource's type is known (DecodeProjected); names are those of the
+	// document's type, applied while projected.
+	elements  func(resourceType string) (names []string, all bool)
+	names     []string
+	projected bool
+	rtAgain   bool
 }
 
 var parserPool = sync.Pool{New: func() any { return &jsonParser{} }}
@@ -122,20 +150,128 @@ func (p *jsonParser) release() {
 // append by a caller from spilling into a neighbour.
 func (p *jsonParser) allocNodes(k int) []Node {
 	if cap(p.nodeArena)-len(p.nodeArena) < k {
-		p.nodeArena = make([]Node, 0, max(k, len(p.s)/24, 32))
+		p.nodeArena = p.nextNodeChunk(k)
 	}
 	l := len(p.nodeArena)
 	p.nodeArena = p.nodeArena[:l+k]
 	return p.nodeArena[l : l+k : l+k]
 }
 
+func (p *jsonParser) nextNodeChunk(k int) []Node {
+	want := max(k, len(p.s)/24, 32)
+	if !p.reuse {
+		return make([]Node, 0, want)
+	}
+	for p.nodeChunk < len(p.nodeChunks) {
+		c := p.nodeChunks[p.nodeChunk]
+		p.nodeChunk++
+		if cap(c) >= k {
+			return c[:0]
+		}
+	}
+	c := make([]Node, 0, max(want, 1024))
+	p.nodeChunks = append(p.nodeChunks, c)
+	p.nodeChunk = len(p.nodeChunks)
+	return c
+}
+
 func (p *jsonParser) allocKeys(k int) []string {
 	if cap(p.keyArena)-len(p.keyArena) < k {
-		p.keyArena = make([]string, 0, max(k, len(p.s)/48, 32))
+		p.keyArena = p.nextKeyChunk(k)
 	}
 	l := len(p.keyArena)
 	p.keyArena = p.keyArena[:l+k]
 	return p.keyArena[l : l+k : l+k]
+}
+
+func (p *jsonParser) nextKeyChunk(k int) []string {
+	want := max(k, len(p.s)/48, 32)
+	if !p.reuse {
+		return make([]string, 0, want)
+	}
+	for p.keyChunk < len(p.keyChunks) {
+		c := p.keyChunks[p.keyChunk]
+		p.keyChunk++
+		if cap(c) >= k {
+			return c[:0]
+		}
+	}
+	c := make([]string, 0, max(want, 1024))
+	p.keyChunks = append(p.keyChunks, c)
+	p.keyChunk = len(p.keyChunks)
+	return c
+}
+
+// A Decoder decodes one document after another into memory it reuses: the
+// tree Decode returns is valid only until the next Decode (its strings stay
+// valid: they live in a fresh copy of each document). For a loop that is done
+// with each resource before it reads the next, as Runner is; a Decoder is not
+// safe for concurrent use.
+type Decoder struct{ p jsonParser }
+
+// decoderKeep bounds the arena memory a Decoder keeps between documents: a
+// huge document's arenas are dropped rather than held for the next.
+const decoderKeep = 4 << 20
+
+// Decode decodes one JSON document (one NDJSON line), as ParseJSON does.
+func (d *Decoder) Decode(data []byte) (*Node, error) {
+	return d.DecodeProjected(data, nil)
+}
+
+// DecodeProjected is Decode that builds only the top-level elements of a
+// resource that KeepElement keeps for the names elements gives for its type
+// (all: every element), once it has read the type: in FHIR JSON
+// resourceType comes first, and a document where it does not is decoded
+// whole. Skipped values are still checked, so a document decodes without
+// error exactly when ParseJSON accepts it.
+func (d *Decoder) DecodeProjected(data []byte, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
+	return d.decode(string(data), elements)
+}
+
+// DecodeInPlace is DecodeProjected without the copy of data: the tree's
+// strings are part of data, so it is valid only while data is unchanged,
+// and whatever outlives it must copy the text it keeps.
+func (d *Decoder) DecodeInPlace(data []byte, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
+	return d.decode(unsafe.String(unsafe.SliceData(data), len(data)), elements)
+}
+
+func (d *Decoder) decode(s string, elements func(resourceType string) (names []string, all bool)) (*Node, error) {
+	p := &d.p
+	p.elements, p.names, p.projected, p.rtAgain = elements, nil, false, false
+	p.reuse = true
+	p.nodeChunk, p.keyChunk = 0, 0
+	p.nodeArena, p.keyArena = nil, nil
+	defer func() {
+		clear(p.stack[:cap(p.stack)])
+		clear(p.keys[:cap(p.keys)])
+		p.stack, p.keys = p.stack[:0], p.keys[:0]
+		p.s, p.nodeArena, p.keyArena = "", nil, nil
+		p.elements, p.names, p.projected = nil, nil, false
+		if size := chunkBytes(p.nodeChunks, p.keyChunks); size > decoderKeep {
+			p.nodeChunks, p.keyChunks = nil, nil
+		}
+	}()
+	n, err := p.parse(s)
+	if err == nil && p.rtAgain {
+		// A second resourceType: decode it all (the last one wins, as
+		// everywhere, and the projection was chosen by the first).
+		p.elements, p.names, p.projected = nil, nil, false
+		p.nodeChunk, p.keyChunk = 0, 0
+		p.nodeArena, p.keyArena = nil, nil
+		n, err = p.parse(s)
+	}
+	return n, err
+}
+
+func chunkBytes(nodes [][]Node, keys [][]string) int {
+	n := 0
+	for _, c := range nodes {
+		n += cap(c) * int(unsafe.Sizeof(Node{}))
+	}
+	for _, c := range keys {
+		n += cap(c) * 16
+	}
+	return n
 }
 
 func (p *jsonParser) errf(format string, a ...any) error {
@@ -153,35 +289,37 @@ func (p *jsonParser) skipWS() {
 	}
 }
 
-func (p *jsonParser) value(depth int) (Node, error) {
-	var n Node
+// push decodes one value into a new slot on top of the stack (no copy of
+// the node on the way: containers fill their slot once their children are
+// in the arena).
+func (p *jsonParser) push(depth int) error {
 	if depth > MaxDepth {
-		return n, fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
 	}
 	if p.i >= len(p.s) {
-		return n, p.errf("unexpected end of input")
+		return p.errf("unexpected end of input")
 	}
-	var err error
+	idx := len(p.stack)
+	p.stack = append(p.stack, Node{})
 	switch c := p.s[p.i]; {
 	case c == '{':
-		err = p.object(&n, depth)
+		return p.object(idx, depth)
 	case c == '[':
-		err = p.array(&n, depth)
+		return p.array(idx, depth)
 	case c == '"':
-		n.Kind = String
-		n.Str, err = p.str()
+		str, err := p.str()
+		p.stack[idx].Kind, p.stack[idx].Str = String, str
+		return err
 	case c == 't':
-		err = p.lit(&n, "true", Bool, true)
+		return p.lit(&p.stack[idx], "true", Bool, true)
 	case c == 'f':
-		err = p.lit(&n, "false", Bool, false)
+		return p.lit(&p.stack[idx], "false", Bool, false)
 	case c == 'n':
-		err = p.lit(&n, "null", Null, false)
+		return p.lit(&p.stack[idx], "null", Null, false)
 	case c == '-' || (c >= '0' && c <= '9'):
-		err = p.number(&n)
-	default:
-		err = p.errf("unexpected character")
+		return p.number(&p.stack[idx])
 	}
-	return n, err
+	return p.errf("unexpected character")
 }
 
 func (p *jsonParser) lit(n *Node, word string, k Kind, b bool) error {
@@ -236,6 +374,10 @@ func (p *jsonParser) str() (string, error) {
 	s := p.s
 	ascii := true
 	for p.i < len(s) {
+		p.i = plainRun(s, p.i)
+		if p.i >= len(s) {
+			break
+		}
 		c := s[p.i]
 		if c == '"' {
 			out := s[start:p.i]
@@ -257,6 +399,25 @@ func (p *jsonParser) str() (string, error) {
 		p.i++
 	}
 	return "", p.errf("unterminated string")
+}
+
+// plainRun returns the index of the first 8-byte word from i on that may
+// hold a byte a string scan must look at (a quote, a backslash, a control
+// character or a non-ASCII byte), or len(s) minus less than 8: most of a
+// FHIR string (URLs, codes, display text) is passed over a word at a time.
+func plainRun(s string, i int) int {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	for i+8 <= len(s) {
+		// One 8-byte load (i+8 <= len(s)): read only, never written.
+		x := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
+		q := x ^ (lo * '"')
+		b := x ^ (lo * '\\')
+		if ((q-lo)&^q|(b-lo)&^b|(x-lo*0x20)&^x|x)&hi != 0 {
+			return i
+		}
+		i += 8
+	}
+	return i
 }
 
 func (p *jsonParser) strSlow(start int) (string, error) {
@@ -301,17 +462,21 @@ func (p *jsonParser) strSlow(start int) (string, error) {
 				return "", p.errf("invalid \\u escape")
 			}
 			if utf16.IsSurrogate(r) {
-				r2 := utf8.RuneError
+				// A valid pair takes the next escape too; otherwise
+				// U+FFFD, and the next escape is read on its own (as
+				// encoding/json does: "\ud800\u0000" is U+FFFD, U+0000).
+				dec := utf8.RuneError
 				if strings.HasPrefix(s[p.i:], `\u`) {
 					save := p.i
 					p.i += 2
 					if x, ok := p.hex4(); ok {
-						r2 = x
-					} else {
+						dec = utf16.DecodeRune(r, x)
+					}
+					if dec == utf8.RuneError {
 						p.i = save
 					}
 				}
-				r = utf16.DecodeRune(r, r2)
+				r = dec
 			}
 			b.WriteRune(r)
 		default:
@@ -333,13 +498,13 @@ func (p *jsonParser) hex4() (rune, bool) {
 	return rune(v), true
 }
 
-func (p *jsonParser) object(n *Node, depth int) error {
+func (p *jsonParser) object(idx, depth int) error {
 	p.i++ // {
 	base, kbase := len(p.stack), len(p.keys)
 	p.skipWS()
 	if p.i < len(p.s) && p.s[p.i] == '}' {
 		p.i++
-		n.Kind = Object
+		p.stack[idx].Kind = Object
 		return nil
 	}
 	for {
@@ -357,12 +522,27 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		p.i++
 		p.skipWS()
-		p.keys = append(p.keys, k)
-		v, err := p.value(depth + 1)
-		if err != nil {
-			return err
+		if depth == 0 && p.projected && k != "resourceType" && !KeepElement(p.names, k) {
+			if err := p.skip(depth + 1); err != nil {
+				return err
+			}
+		} else {
+			p.keys = append(p.keys, k)
+			if err := p.push(depth + 1); err != nil {
+				return err
+			}
+			if v := &p.stack[len(p.stack)-1]; depth == 0 && p.elements != nil && k == "resourceType" {
+				if len(p.stack) == base+1 && v.Kind == String {
+					// FHIR JSON leads with resourceType: from here on the
+					// projection of that type applies.
+					var all bool
+					p.names, all = p.elements(v.Str)
+					p.projected = !all
+				} else {
+					p.rtAgain = true // which type wins is for a whole decode to say
+				}
+			}
 		}
-		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated object")
@@ -377,33 +557,32 @@ func (p *jsonParser) object(n *Node, depth int) error {
 		}
 		return p.errf("expected ',' or '}'")
 	}
-	n.Kind = Object
-	n.Kids = p.allocNodes(len(p.stack) - base)
-	copy(n.Kids, p.stack[base:])
-	n.Keys = p.allocKeys(len(p.keys) - kbase)
-	copy(n.Keys, p.keys[kbase:])
+	kids := p.allocNodes(len(p.stack) - base)
+	copy(kids, p.stack[base:])
+	keys := p.allocKeys(len(p.keys) - kbase)
+	copy(keys, p.keys[kbase:])
+	n := &p.stack[idx]
+	n.Kind, n.Kids, n.Keys = Object, kids, keys
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	p.keys = p.keys[:kbase]
 	return nil
 }
 
-func (p *jsonParser) array(n *Node, depth int) error {
+func (p *jsonParser) array(idx, depth int) error {
 	p.i++ // [
 	base := len(p.stack)
 	p.skipWS()
 	if p.i < len(p.s) && p.s[p.i] == ']' {
 		p.i++
-		n.Kind = Array
+		p.stack[idx].Kind = Array
 		return nil
 	}
 	for {
 		p.skipWS()
-		v, err := p.value(depth + 1)
-		if err != nil {
+		if err := p.push(depth + 1); err != nil {
 			return err
 		}
-		p.stack = append(p.stack, v)
 		p.skipWS()
 		if p.i >= len(p.s) {
 			return p.errf("unterminated array")
@@ -418,12 +597,129 @@ func (p *jsonParser) array(n *Node, depth int) error {
 		}
 		return p.errf("expected ',' or ']'")
 	}
-	n.Kind = Array
-	n.Kids = p.allocNodes(len(p.stack) - base)
-	copy(n.Kids, p.stack[base:])
+	kids := p.allocNodes(len(p.stack) - base)
+	copy(kids, p.stack[base:])
+	p.stack[idx].Kind, p.stack[idx].Kids = Array, kids
 	clear(p.stack[base:])
 	p.stack = p.stack[:base]
 	return nil
+}
+
+// skip checks one JSON value as value would, without building it: the
+// same errors, at the same offsets, for the same input.
+func (p *jsonParser) skip(depth int) error {
+	if depth > MaxDepth {
+		return fmt.Errorf("json: offset %d: %w (%d)", p.i, ErrTooDeep, MaxDepth)
+	}
+	if p.i >= len(p.s) {
+		return p.errf("unexpected end of input")
+	}
+	var dummy Node
+	switch c := p.s[p.i]; {
+	case c == '{':
+		return p.skipContainer(depth, '}', true)
+	case c == '[':
+		return p.skipContainer(depth, ']', false)
+	case c == '"':
+		return p.skipStr()
+	case c == 't':
+		return p.lit(&dummy, "true", Bool, true)
+	case c == 'f':
+		return p.lit(&dummy, "false", Bool, false)
+	case c == 'n':
+		return p.lit(&dummy, "null", Null, false)
+	case c == '-' || (c >= '0' && c <= '9'):
+		return p.number(&dummy)
+	}
+	return p.errf("unexpected character")
+}
+
+func (p *jsonParser) skipContainer(depth int, end byte, object bool) error {
+	p.i++ // { or [
+	p.skipWS()
+	if p.i < len(p.s) && p.s[p.i] == end {
+		p.i++
+		return nil
+	}
+	for {
+		p.skipWS()
+		if object {
+			if p.i >= len(p.s) || p.s[p.i] != '"' {
+				return p.errf("expected object key")
+			}
+			if err := p.skipStr(); err != nil {
+				return err
+			}
+			p.skipWS()
+			if p.i >= len(p.s) || p.s[p.i] != ':' {
+				return p.errf("expected ':'")
+			}
+			p.i++
+			p.skipWS()
+		}
+		if err := p.skip(depth + 1); err != nil {
+			return err
+		}
+		p.skipWS()
+		if p.i >= len(p.s) {
+			if object {
+				return p.errf("unterminated object")
+			}
+			return p.errf("unterminated array")
+		}
+		if p.s[p.i] == ',' {
+			p.i++
+			continue
+		}
+		if p.s[p.i] == end {
+			p.i++
+			return nil
+		}
+		if object {
+			return p.errf("expected ',' or '}'")
+		}
+		return p.errf("expected ',' or ']'")
+	}
+}
+
+// skipStr checks a string as str does (escapes, control characters)
+// without building it.
+func (p *jsonParser) skipStr() error {
+	p.i++ // opening quote
+	s := p.s
+	for p.i < len(s) {
+		p.i = plainRun(s, p.i)
+		if p.i >= len(s) {
+			break
+		}
+		c := s[p.i]
+		switch {
+		case c == '"':
+			p.i++
+			return nil
+		case c < 0x20:
+			return p.errf("control character in string")
+		case c != '\\':
+			p.i++
+			continue
+		}
+		p.i++
+		if p.i >= len(s) {
+			break
+		}
+		e := s[p.i]
+		p.i++
+		switch e {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		case 'u':
+			if _, ok := p.hex4(); !ok {
+				return p.errf("invalid \\u escape")
+			}
+		default:
+			return p.errf("invalid escape")
+		}
+	}
+	return p.errf("unterminated string")
 }
 
 // FromAny converts a value decoded by encoding/json (with or without

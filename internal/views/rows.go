@@ -3,7 +3,10 @@ package views
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
+	"unsafe"
 
 	"github.com/bulkflow/bulkflow/internal/fhirpath"
 )
@@ -46,6 +49,10 @@ func (v *View) rowErr(format string, a ...any) error {
 	return fmt.Errorf("%w: view %q on %s: %s", ErrRow, v.Name, v.Resource, fmt.Sprintf(format, a...))
 }
 
+// contexts keep their evaluation scratch memory from one resource to the
+// next: rows hold converted values, never an evaluation's result items.
+var contexts = sync.Pool{New: func() any { return new(fhirpath.Context) }}
+
 // Rows flattens one decoded resource. A resource of another type gives no
 // rows. Errors name the view and the column, never a value of the resource
 // (no PHI in logs).
@@ -54,7 +61,9 @@ func (v *View) Rows(res *fhirpath.Node) ([]Row, error) {
 	if rt == nil || rt.Kind != fhirpath.String || rt.Str != v.Resource {
 		return nil, nil
 	}
-	ctx := &fhirpath.Context{Resource: res, Constants: v.constants}
+	ctx := contexts.Get().(*fhirpath.Context)
+	defer contexts.Put(ctx)
+	ctx.Reset(res, v.constants)
 	root := fhirpath.Item{N: res}
 	for i, w := range v.where {
 		out, err := w.Evaluate(ctx, []fhirpath.Item{root})
@@ -71,7 +80,8 @@ func (v *View) Rows(res *fhirpath.Node) ([]Row, error) {
 			return nil, nil
 		}
 	}
-	return v.process(v.sel, root, ctx, 0)
+	ra := rowArena{n: len(v.Columns)}
+	return v.process(v.sel, root, ctx, 0, &ra)
 }
 
 func describe(items []fhirpath.Item) string {
@@ -84,11 +94,56 @@ func describe(items []fhirpath.Item) string {
 	return fmt.Sprintf("%d items", len(items))
 }
 
-func (v *View) blank() Row { return make(Row, len(v.Columns)) }
+// rowArena carves the rows of one Rows call from a few shared backing
+// arrays instead of one allocation per row; the three-index slices keep an
+// append by a caller from spilling into a neighbour.
+//
+// It also copies the text the rows hold: a Runner decodes a line in place
+// (fhirpath.Decoder.DecodeInPlace), so a string of the tree is part of the
+// caller's line buffer, which the rows must outlive. The copies share a
+// few chunks, appended to and never written again.
+type rowArena struct {
+	n     int
+	buf   []any
+	text  []byte
+	items []fhirpath.Item
+}
+
+// one is a one-item collection (a focus) carved from a shared chunk.
+func (a *rowArena) one(it fhirpath.Item) []fhirpath.Item {
+	if len(a.items) == cap(a.items) {
+		a.items = make([]fhirpath.Item, 0, 16)
+	}
+	a.items = append(a.items, it)
+	l := len(a.items)
+	return a.items[l-1 : l : l]
+}
+
+func (a *rowArena) str(s string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	if cap(a.text)-len(a.text) < len(s) {
+		a.text = make([]byte, 0, max(len(s), 2*cap(a.text), 256))
+	}
+	l := len(a.text)
+	a.text = append(a.text, s...)
+	return unsafe.String(&a.text[l], len(s))
+}
+
+func (a *rowArena) row() Row {
+	if cap(a.buf)-len(a.buf) < a.n {
+		// Most resources yield one row or a few: start with one, double.
+		a.buf = make([]any, 0, min(max(a.n, 2*cap(a.buf)), 64*a.n))
+	}
+	l := len(a.buf)
+	a.buf = a.buf[:l+a.n]
+	return Row(a.buf[l : l+a.n : l+a.n])
+}
 
 // process is the spec's Process(S, N): rows of selection s for focus n.
-func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int) ([]Row, error) {
-	foci := []fhirpath.Item{n}
+func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowIndex int, ra *rowArena) ([]Row, error) {
+	foci := ra.one(n)
 	iterating := s.forEach != nil || s.repeat != nil
 	var err error
 	switch {
@@ -108,35 +163,37 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 		if iterating {
 			idx = i
 		}
-		rows := []Row{v.blank()}
+		var one [1]Row
+		one[0] = ra.row()
+		rows := one[:]
 		ctx.RowIndex = idx
-		focus := []fhirpath.Item{f} // shared by the columns: results are read-only
+		focus := ra.one(f) // shared by the columns: results are read-only
 		for _, c := range s.columns {
-			val, err := v.columnValueOf(c, focus, ctx)
+			val, err := v.columnValueOf(c, focus, ctx, ra)
 			if err != nil {
 				return nil, err
 			}
 			rows[0][c.idx] = val
 		}
 		for _, sub := range s.selects {
-			part, err := v.process(sub, f, ctx, idx)
+			part, err := v.process(sub, f, ctx, idx, ra)
 			if err != nil {
 				return nil, err
 			}
-			if rows, err = v.product(s, rows, part, sub.allCols); err != nil {
+			if rows, err = v.product(s, rows, part, sub.allCols, ra); err != nil {
 				return nil, err
 			}
 		}
 		if len(s.unionAll) > 0 {
 			var urows []Row
 			for _, u := range s.unionAll {
-				part, err := v.process(u, f, ctx, idx)
+				part, err := v.process(u, f, ctx, idx, ra)
 				if err != nil {
 					return nil, err
 				}
 				urows = append(urows, part...)
 			}
-			if rows, err = v.product(s, rows, urows, s.unionAll[0].allCols); err != nil {
+			if rows, err = v.product(s, rows, urows, s.unionAll[0].allCols, ra); err != nil {
 				return nil, err
 			}
 		}
@@ -148,10 +205,10 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 	if len(foci) == 0 && s.orNull {
 		// The null row: its own columns see an empty focus (so %rowIndex
 		// is still 0 and a constant is still itself); nested ones are null.
-		r := v.blank()
+		r := ra.row()
 		ctx.RowIndex = 0
 		for _, c := range s.columns {
-			val, err := v.columnValueOf(c, nil, ctx)
+			val, err := v.columnValueOf(c, nil, ctx, ra)
 			if err != nil {
 				return nil, err
 			}
@@ -167,7 +224,7 @@ func (v *View) process(s *selection, n fhirpath.Item, ctx *fhirpath.Context, row
 
 // product is the Cartesian product of rows with the partial rows of part,
 // which bind the columns cols.
-func (v *View) product(s *selection, rows, part []Row, cols []int) ([]Row, error) {
+func (v *View) product(s *selection, rows, part []Row, cols []int, ra *rowArena) ([]Row, error) {
 	switch len(part) {
 	case 0:
 		return nil, nil
@@ -185,7 +242,7 @@ func (v *View) product(s *selection, rows, part []Row, cols []int) ([]Row, error
 	out := make([]Row, 0, len(rows)*len(part))
 	for _, r := range rows {
 		for _, p := range part {
-			nr := make(Row, len(r))
+			nr := ra.row()
 			copy(nr, r)
 			for _, c := range cols {
 				nr[c] = p[c]
@@ -231,7 +288,7 @@ func (v *View) repeat(s *selection, n fhirpath.Item, ctx *fhirpath.Context, rowI
 	return out, walk(n, 0)
 }
 
-func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context) (any, error) {
+func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirpath.Context, ra *rowArena) (any, error) {
 	vals, err := c.expr.Evaluate(ctx, focus)
 	if err != nil {
 		return nil, v.rowErr("column %q: %v", c.name, err)
@@ -239,7 +296,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 	if c.collection {
 		list := make([]any, 0, len(vals))
 		for _, it := range vals {
-			x, err := convert(it, c.typ)
+			x, err := ra.convert(it, c.typ)
 			if err != nil {
 				return nil, v.rowErr("column %q: %v", c.name, err)
 			}
@@ -251,7 +308,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 	case 0:
 		return nil, nil
 	case 1:
-		x, err := convert(vals[0], c.typ)
+		x, err := ra.convert(vals[0], c.typ)
 		if err != nil {
 			return nil, v.rowErr("column %q: %v", c.name, err)
 		}
@@ -262,7 +319,7 @@ func (v *View) columnValueOf(c compiledColumn, focus []fhirpath.Item, ctx *fhirp
 
 // convert maps a FHIRPath item to the Go value of a column of FHIR type typ
 // ("" = as the value comes).
-func convert(it fhirpath.Item, typ string) (any, error) {
+func (ra *rowArena) convert(it fhirpath.Item, typ string) (any, error) {
 	n := it.N
 	mismatch := func() error {
 		return fmt.Errorf("%s value in a column of type %s", describe([]fhirpath.Item{it}), typ)
@@ -273,14 +330,14 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 		case fhirpath.Bool:
 			return n.Bool, nil
 		case fhirpath.String:
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		case fhirpath.Number:
 			if i, err := strconv.ParseInt(n.Str, 10, 64); err == nil {
 				return i, nil
 			}
-			return Decimal(n.Str), nil
+			return Decimal(ra.str(n.Str)), nil
 		}
-		return toAny(n), nil
+		return ra.toAny(n), nil
 	case "boolean":
 		if n.Kind != fhirpath.Bool {
 			return nil, mismatch()
@@ -299,14 +356,14 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 		if n.Kind != fhirpath.Number {
 			return nil, mismatch()
 		}
-		return Decimal(n.Str), nil
+		return Decimal(ra.str(n.Str)), nil
 	case "string", "code", "id", "markdown", "uri", "url", "canonical", "oid", "uuid",
 		"base64Binary", "date", "dateTime", "instant", "time", "xhtml":
 		switch n.Kind {
 		case fhirpath.String:
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		case fhirpath.Number: // e.g. a computed %rowIndex into a string column
-			return n.Str, nil
+			return ra.str(n.Str), nil
 		}
 		return nil, mismatch()
 	}
@@ -314,28 +371,28 @@ func convert(it fhirpath.Item, typ string) (any, error) {
 	if n.Kind != fhirpath.Object && n.Kind != fhirpath.Array {
 		return nil, mismatch()
 	}
-	return toAny(n), nil
+	return ra.toAny(n), nil
 }
 
 // toAny converts a node to plain Go values (numbers as Decimal).
-func toAny(n *fhirpath.Node) any {
+func (ra *rowArena) toAny(n *fhirpath.Node) any {
 	switch n.Kind {
 	case fhirpath.Bool:
 		return n.Bool
 	case fhirpath.String:
-		return n.Str
+		return ra.str(n.Str)
 	case fhirpath.Number:
-		return Decimal(n.Str)
+		return Decimal(ra.str(n.Str))
 	case fhirpath.Array:
 		out := make([]any, len(n.Kids))
 		for i := range n.Kids {
-			out[i] = toAny(&n.Kids[i])
+			out[i] = ra.toAny(&n.Kids[i])
 		}
 		return out
 	case fhirpath.Object:
 		out := make(map[string]any, len(n.Keys))
 		for i, k := range n.Keys {
-			out[k] = toAny(&n.Kids[i])
+			out[ra.str(k)] = ra.toAny(&n.Kids[i])
 		}
 		return out
 	}
@@ -355,13 +412,39 @@ func (v *View) Map(r Row) map[string]any {
 // once for all of them.
 type Runner struct {
 	byType map[string][]*View
+	// elements per resource type: the names its views navigate by (see
+	// Elements).
+	elements map[string]projection
+}
+
+type projection struct {
+	names []string
+	all   bool
+}
+
+// Elements says which top-level elements of a resource of this type Process
+// decodes (fhirpath.KeepElement of names, or all): only those its views can
+// reach; the rest of the line is checked and skipped
+// (fhirpath.Decoder.DecodeProjected). A type no view reads keeps only its
+// resourceType and id.
+func (r *Runner) Elements(resourceType string) (names []string, all bool) {
+	p := r.elements[resourceType]
+	return p.names, p.all
 }
 
 // NewRunner groups views by resource type.
 func NewRunner(vs ...*View) *Runner {
-	r := &Runner{byType: map[string][]*View{}}
+	r := &Runner{byType: map[string][]*View{}, elements: map[string]projection{}}
 	for _, v := range vs {
 		r.byType[v.Resource] = append(r.byType[v.Resource], v)
+		p := r.elements[v.Resource]
+		p.all = p.all || v.allElements
+		for _, n := range v.elements {
+			if !slices.Contains(p.names, n) {
+				p.names = append(p.names, n)
+			}
+		}
+		r.elements[v.Resource] = p
 	}
 	return r
 }
@@ -370,10 +453,21 @@ func NewRunner(vs ...*View) *Runner {
 // can skip decoding the others.
 func (r *Runner) Wants(resourceType string) bool { return len(r.byType[resourceType]) > 0 }
 
+// decoders reuse their node arenas from one line to the next, and decode
+// the line in place: the rows a view yields hold no node of the tree and
+// copy the text they keep (rowArena.str), so the tree is dead once Process
+// returns. A Runner may serve
+// several goroutines, hence a pool rather than one decoder per Runner.
+var decoders = sync.Pool{New: func() any { return new(fhirpath.Decoder) }}
+
 // Process decodes one NDJSON line and hands each view of its type the rows
-// it yields.
+// it yields. The line is not retained: the rows own their values.
 func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) error {
-	n, err := fhirpath.ParseJSON(line)
+	d := decoders.Get().(*fhirpath.Decoder)
+	defer decoders.Put(d)
+	// Only the top-level elements the views of the line's type can reach
+	// are built; the rest is checked and skipped.
+	n, err := d.DecodeInPlace(line, r.Elements)
 	if err != nil {
 		return err
 	}

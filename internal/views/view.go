@@ -2,8 +2,9 @@
 // compiles its FHIRPath once, and flattens each resource into rows.
 //
 // Shape for streaming: Compile once per view, decode each resource once
-// (fhirpath.ParseJSON) and hand the same tree to every view of its type
-// (View.Rows, or Runner for a set of views).
+// and hand the same tree to every view of its type: Runner for a set of
+// views (it decodes only the elements its views reach, into reused memory),
+// or fhirpath.ParseJSON and View.Rows.
 package views
 
 import (
@@ -40,6 +41,11 @@ type View struct {
 	sel       *selection // the view's select list, as one selection without forEach
 	where     []*fhirpath.Expr
 	constants map[string][]fhirpath.Item
+	// elements: the names the view's expressions navigate by; a Runner
+	// decodes only the top-level elements they can reach, unless
+	// allElements (fhirpath.Expr.Elements).
+	elements    []string
+	allElements bool
 }
 
 type selection struct {
@@ -121,6 +127,10 @@ type compiler struct {
 	colIndex  map[string]int
 	columns   []Column
 	constants map[string][]fhirpath.Item
+	// elements the view's expressions navigate by (allElements: it may
+	// need the whole resource), for decoding only those.
+	elements    []string
+	allElements bool
 	// unionSlots maps column names to slots while a later unionAll branch
 	// is compiled (innermost union last).
 	unionSlots []map[string]int
@@ -271,6 +281,7 @@ func (c *compiler) view(def *fhirpath.Node) (*View, error) {
 		}
 		v.where = append(v.where, e)
 	}
+	v.elements, v.allElements = c.elements, c.allElements
 	return v, nil
 }
 
@@ -352,6 +363,13 @@ func (c *compiler) expr(src, path string) (*fhirpath.Expr, error) {
 	e, err := fhirpath.Parse(src)
 	if err != nil {
 		return nil, errAt(path, "%v", err)
+	}
+	names, all := e.Elements()
+	c.allElements = c.allElements || all
+	for _, n := range names {
+		if !slices.Contains(c.elements, n) {
+			c.elements = append(c.elements, n)
+		}
 	}
 	for _, name := range e.Constants() {
 		if _, ok := c.constants[name]; !ok {

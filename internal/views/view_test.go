@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -279,6 +280,11 @@ func FuzzRows(f *testing.F) {
 				t.Fatalf("row of %d values for %d columns", len(r), len(v.Columns))
 			}
 		}
+		// The Runner decodes only what the view can reach: same rows.
+		var got []Row
+		if err := NewRunner(v).Process([]byte(res), func(_ *View, r []Row) error { got = r; return nil }); err == nil && len(rows) > 0 && !reflect.DeepEqual(got, rows) {
+			t.Fatalf("Runner rows %v, whole-resource rows %v", got, rows)
+		}
 	})
 }
 
@@ -324,6 +330,134 @@ func TestViewConcurrentUse(t *testing.T) {
 				if err == nil && !reflect.DeepEqual(got, want) {
 					err = errors.New("rows differ between goroutines")
 				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The Runner decodes each line into memory it reuses for the next: the rows
+// it hands out must own their values, whatever the caller does with the
+// line buffer and however many lines follow.
+func TestRunnerRowsOutliveTheLine(t *testing.T) {
+	v, err := Compile([]byte(benchPatientView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Text in every form a row holds it: JSON of a complex type, lists,
+	// keys (a reference key is a piece of the reference's text).
+	jv, err := Compile([]byte(`{"name":"j","resource":"Patient","select":[{"column":[{"name":"ms","path":"maritalStatus"},
+		{"name":"given","path":"name.given","collection":true},{"name":"org","path":"managingOrganization.getReferenceKey()"},
+		{"name":"gp","path":"generalPractitioner.reference","type":"string"}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := v.Rows(node(t, benchPatient))
+	if err != nil || len(want) != 1 {
+		t.Fatalf("rows %v, %v", want, err)
+	}
+	jwant, err := jv.Rows(node(t, benchPatient))
+	if err != nil || len(jwant) != 1 {
+		t.Fatalf("rows %v, %v", jwant, err)
+	}
+	r := NewRunner(v, jv)
+	var kept, jkept []Row
+	buf := []byte(benchPatient)
+	if err := r.Process(buf, func(w *View, rows []Row) error {
+		if w == jv {
+			jkept = rows
+		} else {
+			kept = rows
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range buf {
+		buf[i] = ' ' // the caller's reader reuses its buffer
+	}
+	other := strings.NewReplacer("Rodriguez", "Xxxxxxxxx", "female", "male__", "1968", "2001", "Maria", "Yyyyy", "Married", "Xxxxxxx", "1d2e3f", "zzzzzz").Replace(benchPatient)
+	for range 50 {
+		if err := r.Process([]byte(other), func(*View, []Row) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reflect.DeepEqual(kept, want) || !reflect.DeepEqual(jkept, jwant) {
+		t.Errorf("rows changed after later lines:\n got %v %v\nwant %v %v", kept, jkept, want, jwant)
+	}
+}
+
+// The Runner decodes only the top-level elements a type's views can reach:
+// whatever a view's paths do, its rows are those of the whole resource.
+func TestRunnerProjectionKeepsWhatViewsSee(t *testing.T) {
+	line := `{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"},"telecom":[{"system":"phone","value":"555"}],` +
+		`"name":[{"family":"F","given":["a","b"]}],"birthDate":"1970","_birthDate":{"extension":[{"url":"u","valueString":"x"}]},` +
+		`"deceasedBoolean":false,"address":[{"city":"C"}]}`
+	for _, path := range []string{
+		"first()", "where(telecom.exists())", "$this", "%resource", "%rootResource.telecom.value", "Patient.telecom.value",
+		"children().count()", "descendants().count()", "name.where(%resource.telecom.exists()).family",
+		"telecom.value", "birthDate.extension('u').value", "deceased", "name.given.join(' ')",
+		"iif(telecom.exists(), address.city, name.family)", "address.select(%context.id)", "repeat(address)",
+		"ofType(Patient).address.city", "name.exists($this.family = 'F')", "(telecom | address).count()",
+		"trace('x').meta.versionId", "getResourceKey()",
+	} {
+		v, err := Compile([]byte(`{"name":"v","resource":"Patient","select":[{"column":[{"name":"c","path":` + strconv.Quote(path) + `,"collection":true}]}]}`))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		want, err := v.Rows(node(t, line))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		var got []Row
+		if err := NewRunner(v).Process([]byte(line), func(_ *View, rows []Row) error { got = rows; return nil }); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: Runner gives %v, the whole resource %v", path, got, want)
+		}
+	}
+}
+
+// One Runner serves several workers at once: each Process has its own
+// decoder and evaluation scratch.
+func TestRunnerConcurrentUse(t *testing.T) {
+	pv, err := Compile([]byte(benchPatientView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov, err := Compile([]byte(benchObservationView))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewRunner(pv, ov)
+	lines := []string{benchPatient, benchObservation}
+	want := map[string][]Row{}
+	for _, l := range lines {
+		if err := r.Process([]byte(l), func(v *View, rows []Row) error { want[v.Name] = rows; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for i := range 200 {
+				l := lines[(i+g)%2]
+				err := r.Process([]byte(l), func(v *View, rows []Row) error {
+					if !reflect.DeepEqual(rows, want[v.Name]) {
+						return errors.New("rows differ between goroutines")
+					}
+					return nil
+				})
 				if err != nil {
 					errs <- err
 					return

@@ -89,11 +89,17 @@ type Writer struct {
 	limit    int64
 	buffered int64
 	rows     int64
-	prow     parquet.Row // reused per row
-	batch    [1]parquet.Row
-	err      error
-	closed   bool
+	// Rows are handed to the Parquet writer in batches: one call per row
+	// cost more than the values. vals holds the batch's values, pending
+	// the rows (slices of vals); both are reused.
+	vals    []parquet.Value
+	pending []parquet.Row
+	err     error
+	closed  bool
 }
+
+// batchRows is the number of rows handed to the Parquet writer at once.
+const batchRows = 256
 
 // Schema is the Parquet schema of a view's table.
 func Schema(v *views.View) (*parquet.Schema, error) {
@@ -239,7 +245,9 @@ func New(out io.Writer, v *views.View, o Options) (*Writer, error) {
 	return &Writer{view: v, pw: parquet.NewWriter(out, cfg), leaves: leaves, limit: limit}, nil
 }
 
-// Write appends rows of the writer's view (as View.Rows gives them).
+// Write appends rows of the writer's view (as View.Rows gives them). Rows
+// are passed on to the Parquet writer in batches; an error of that writer
+// shows on a later Write or on Close.
 func (w *Writer) Write(rows []views.Row) error {
 	if w.err != nil {
 		return w.err
@@ -252,28 +260,45 @@ func (w *Writer) Write(rows []views.Row) error {
 			w.err = fmt.Errorf("viewtable: view %q: row has %d values for %d columns", w.view.Name, len(r), len(w.view.Columns))
 			return w.err
 		}
-		p := w.prow[:0]
+		start := len(w.vals)
 		for ci, lf := range w.leaves {
 			var err error
-			if p, err = w.appendLeaf(p, lf, ci, r[lf.col]); err != nil {
+			if w.vals, err = w.appendLeaf(w.vals, lf, ci, r[lf.col]); err != nil {
 				w.err = err
 				return err
 			}
 		}
-		w.batch[0] = p
-		if _, err := w.pw.WriteRows(w.batch[:]); err != nil {
-			w.err = fmt.Errorf("viewtable: view %q: write row: %w", w.view.Name, err)
+		w.pending = append(w.pending, w.vals[start:len(w.vals):len(w.vals)])
+		w.rows++
+		if len(w.pending) >= batchRows {
+			if err := w.flushPending(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flushPending hands the pending rows to the Parquet writer, and flushes a
+// row group once enough values are buffered.
+func (w *Writer) flushPending() error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	if _, err := w.pw.WriteRows(w.pending); err != nil {
+		w.err = fmt.Errorf("viewtable: view %q: write row: %w", w.view.Name, err)
+		return w.err
+	}
+	// The writer copied the values: the buffers serve the next batch.
+	clear(w.vals)
+	clear(w.pending)
+	w.vals, w.pending = w.vals[:0], w.pending[:0]
+	if w.buffered >= w.limit {
+		if err := w.pw.Flush(); err != nil {
+			w.err = fmt.Errorf("viewtable: view %q: flush row group: %w", w.view.Name, err)
 			return w.err
 		}
-		w.prow = p[:0] // the writer copied the values
-		w.rows++
-		if w.buffered >= w.limit {
-			if err := w.pw.Flush(); err != nil {
-				w.err = fmt.Errorf("viewtable: view %q: flush row group: %w", w.view.Name, err)
-				return w.err
-			}
-			w.buffered = 0
-		}
+		w.buffered = 0
 	}
 	return nil
 }
@@ -291,6 +316,9 @@ func (w *Writer) Close() error {
 		return nil
 	}
 	w.closed = true
+	if err := w.flushPending(); err != nil {
+		return err
+	}
 	if err := w.pw.Close(); err != nil {
 		w.err = fmt.Errorf("viewtable: view %q: close: %w", w.view.Name, err)
 		return w.err
