@@ -33,6 +33,7 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/bulkflow/bulkflow/internal/atrest"
+	"github.com/bulkflow/bulkflow/internal/audit"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
@@ -131,7 +132,10 @@ type plannedFile struct {
 	URL      string `json:"url"`
 	Count    int64  `json:"count,omitempty"`
 	HasCount bool   `json:"hasCount,omitempty"`
-	Path     string `json:"path"`
+	// Size is the manifest's fileSize (a hint for grouping small files).
+	Size    int64  `json:"size,omitempty"`
+	HasSize bool   `json:"hasSize,omitempty"`
+	Path    string `json:"path"`
 }
 
 func (a *Activities) sinkFor(output string) (sink.Sink, error) {
@@ -361,7 +365,7 @@ func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 				d = typ
 			}
 			p.Files = append(p.Files, plannedFile{
-				Kind: kind, Type: typ, URL: it.URL, Count: it.Count, HasCount: it.HasCount,
+				Kind: kind, Type: typ, URL: it.URL, Count: it.Count, HasCount: it.HasCount, Size: it.FileSize, HasSize: it.HasFileSize,
 				Path: fmt.Sprintf("%s/%s-%04d.ndjson", d, typ, seq[typ]),
 			})
 		}
@@ -466,76 +470,19 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if in.Index < 0 || in.Index >= len(p.Files) {
 		return FileResult{}, permanent("InvalidInput", fmt.Errorf("file index %d is outside the plan's %d files", in.Index, len(p.Files)))
 	}
-	item := p.Files[in.Index]
 	c, err := a.client(in.ServerRef)
 	if err != nil {
 		return FileResult{}, err
 	}
-	lim := a.limiter(c, in.ServerRef)
-	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
 	// Waiting (for a slot, or out a 429) re-sends the resume point an
 	// earlier attempt left, never an empty one over it.
 	resume := lastCheckpoint(ctx)
-	beat := func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) }
-	server := serverName(in.ServerRef)
-	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
-	layout := in.Layout
-	layout.transactionTime = p.TransactionTime
-	var res FileResult
-	var waited time.Duration
-	for {
-		slot, aerr := acquire(ctx, lim, every, resume, beat)
-		if aerr != nil {
-			return FileResult{}, aerr
-		}
-		a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
-		res, err = a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
-		switch k := bulk.KindOf(err); {
-		case err == nil:
-			slot.Release(throttle.Success)
-		case k == bulk.KindRateLimited:
-			slot.Release(throttle.Throttled)
-			a.observeOutcome(in.ServerRef, "file", err)
-			a.Logger.Info("server throttled downloads", "server", server, "limit", lim.Limit())
-		default:
-			slot.Release(throttle.Other)
-		}
-		// A 429 on a file is the server asking us to wait, not the file
-		// failing: wait here, heartbeating, so it does not use up one of
-		// the file's attempts (issue 13 §4).
-		wait, ok := rateLimitWait(ctx, err, waited, time.Now())
-		if !ok {
-			break
-		}
-		rec.Emit("download_throttled", map[string]any{"fileName": item.Path, "waitMs": wait.Milliseconds(), "waitedMs": waited.Milliseconds()})
-		a.Logger.Info("file download throttled: waiting as the server asked", "file", item.Path, "wait", wait, "waited_so_far", waited)
-		if err := sleepBeating(ctx, wait, every, resume, beat); err != nil {
-			return FileResult{}, err
-		}
-		waited += wait
-	}
-	err = forbiddenFile(err, p)
+	j := a.newFileJob(in.ServerRef, in.Run, s, p, c, in.Layout)
+	res, err := a.fetchFile(ctx, rec, j, in.Index, resume, func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) })
 	if err != nil {
-		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
-		te := temporalErrorCtx(ctx, err)
-		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
-			"errorType": errorType(te), "message": err.Error()})
-		if bulk.KindOf(err) != bulk.KindRateLimited {
-			a.observeOutcome(in.ServerRef, "file", err) // a 429 was counted when it came
-		}
-		if reason := validationReason(err); reason != "" {
-			a.Metrics.ValidationFailed(server, reason)
-		}
-		if bulk.IsRetryable(err) {
-			a.Metrics.FileRetried(server, errorType(te))
-		}
-		return FileResult{}, te
+		return FileResult{}, err
 	}
-	rec.Emit("download_complete", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
-		"resourceCount": res.Resources, "fileSize": res.Bytes, "objects": len(res.Parts), "resumed": res.Resumed})
-	if item.Kind == KindOutput {
-		a.Metrics.FileDownloaded(server, item.Type, res.Resources, res.Bytes)
-	}
+	item := p.Files[in.Index]
 	res.Index = in.Index
 	res.Attempt = activity.GetInfo(ctx).Attempt
 	res.Generation = in.Generation
@@ -551,6 +498,94 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 		res.Parts, res.Record = nil, name
 	}
 	a.Logger.Info("file staged", "file", item.Path, "resources", res.Resources, "bytes", res.Bytes)
+	return res, nil
+}
+
+// fileJob is what the downloads of one activity share: the run's sink (at
+// its plan generation), plan, server client and limiter.
+type fileJob struct {
+	ref    ServerRef
+	run    string
+	s      sink.Sink
+	p      *plan
+	c      *bulk.Client
+	lim    *throttle.Limiter
+	layout Layout
+	every  time.Duration
+}
+
+func (a *Activities) newFileJob(ref ServerRef, run string, s sink.Sink, p *plan, c *bulk.Client, layout Layout) *fileJob {
+	layout.transactionTime = p.TransactionTime
+	return &fileJob{ref: ref, run: run, s: s, p: p, c: c, lim: a.limiter(c, ref), layout: layout, every: cmp.Or(a.HeartbeatEvery, 5*time.Second)}
+}
+
+// fetchFile downloads, validates and stages plan file index: one download
+// slot per request, 429s waited out (heartbeating with beat) without using
+// up an attempt, one audit event per outcome. Its error is already the
+// Temporal error (activities/errors.go). DownloadFile and DownloadBatch
+// share it, so a file is checked the same way whichever ran it.
+func (a *Activities) fetchFile(ctx context.Context, rec *audit.Recorder, j *fileJob, index int, resume checkpoint, beat func(checkpoint)) (FileResult, error) {
+	item := j.p.Files[index]
+	server := serverName(j.ref)
+	lim := j.lim
+	defer func() { a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight()) }()
+	var res FileResult
+	var err error
+	var waited time.Duration
+	for {
+		slot, aerr := acquire(ctx, lim, j.every, resume, beat)
+		if aerr != nil {
+			return FileResult{}, aerr
+		}
+		a.Metrics.SetConcurrency(server, lim.Limit(), lim.InFlight())
+		res, err = a.download(ctx, j.c, j.s, j.run, j.p.RequiresAccessToken, item, j.layout)
+		switch k := bulk.KindOf(err); {
+		case err == nil:
+			slot.Release(throttle.Success)
+		case k == bulk.KindRateLimited:
+			slot.Release(throttle.Throttled)
+			a.observeOutcome(j.ref, "file", err)
+			a.Logger.Info("server throttled downloads", "server", server, "limit", lim.Limit())
+		default:
+			slot.Release(throttle.Other)
+		}
+		// A 429 on a file is the server asking us to wait, not the file
+		// failing: wait here, heartbeating, so it does not use up one of
+		// the file's attempts (issue 13 §4).
+		wait, ok := rateLimitWait(ctx, err, waited, time.Now())
+		if !ok {
+			break
+		}
+		rec.Emit("download_throttled", map[string]any{"fileName": item.Path, "waitMs": wait.Milliseconds(), "waitedMs": waited.Milliseconds()})
+		a.Logger.Info("file download throttled: waiting as the server asked", "file", item.Path, "wait", wait, "waited_so_far", waited)
+		if err := sleepBeating(ctx, wait, j.every, resume, beat); err != nil {
+			return FileResult{}, err
+		}
+		waited += wait
+	}
+	err = forbiddenFile(err, j.p)
+	if err != nil {
+		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
+		te := temporalErrorCtx(ctx, err)
+		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+			"errorType": errorType(te), "message": err.Error()})
+		if bulk.KindOf(err) != bulk.KindRateLimited {
+			a.observeOutcome(j.ref, "file", err) // a 429 was counted when it came
+		}
+		if reason := validationReason(err); reason != "" {
+			a.Metrics.ValidationFailed(server, reason)
+		}
+		if bulk.IsRetryable(err) {
+			a.Metrics.FileRetried(server, errorType(te))
+		}
+		return FileResult{}, te
+	}
+	rec.Emit("download_complete", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+		"resourceCount": res.Resources, "fileSize": res.Bytes, "objects": len(res.Parts), "resumed": res.Resumed})
+	if item.Kind == KindOutput {
+		a.Metrics.FileDownloaded(server, item.Type, res.Resources, res.Bytes)
+	}
+	res.Index = index
 	return res, nil
 }
 
@@ -583,7 +618,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	var cp, resumedFrom checkpoint
 	var w sink.Writer
 	var offset int64
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+	if !priorDetails(ctx, &cp) {
 		cp = checkpoint{}
 	}
 	if item.Kind == KindOutput && cp.Token != "" && cp.Offset > 0 && cp.Validator != "" {
@@ -922,7 +957,7 @@ func (s *idSet) check() error {
 // zero checkpoint.
 func lastCheckpoint(ctx context.Context) checkpoint {
 	var cp checkpoint
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+	if !priorDetails(ctx, &cp) {
 		return checkpoint{}
 	}
 	return cp
@@ -1190,34 +1225,58 @@ func (a *Activities) RecordChunk(ctx context.Context, in RecordChunkInput) error
 }
 
 // fullRecords replaces each result that references its staged record (see
-// DownloadFile) with that record, reading a few at a time.
+// DownloadFile and DownloadBatch) with that record, reading a few at a
+// time. A batch's record lists several files and is read once.
 func fullRecords(ctx context.Context, s sink.Sink, run string, in []FileResult) ([]FileResult, error) {
 	out := make([]FileResult, len(in))
-	errs := make([]error, len(in))
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
+	byRecord := map[string][]int{} // record -> positions in in
+	var names []string
 	for i, f := range in {
 		out[i] = f
 		if f.Record == "" {
 			continue
 		}
+		if _, ok := byRecord[f.Record]; !ok {
+			names = append(names, f.Record)
+		}
+		byRecord[f.Record] = append(byRecord[f.Record], i)
+	}
+	errs := make([]error, len(names))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for n, name := range names {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			rc, err := s.Open(ctx, run, f.Record)
+			first := in[byRecord[name][0]]
+			rc, err := s.Open(ctx, run, name)
 			if err != nil {
-				errs[i] = retryable("Sink", fmt.Errorf("read the staged record of file %d (%s): %w", f.Index, f.Path, err))
+				errs[n] = retryable("Sink", fmt.Errorf("read the staged record of file %d (%s): %w", first.Index, first.Path, err))
 				return
 			}
 			defer rc.Close()
-			var full FileResult
-			if err := json.NewDecoder(rc).Decode(&full); err != nil || full.Index != f.Index {
-				errs[i] = permanent("Incomplete", fmt.Errorf("staged record of file %d (%s) is unreadable or another file's (%v); nothing was committed", f.Index, f.Path, err))
-				return
+			var recs []FileResult
+			if isBatchRecord(name) {
+				err = json.NewDecoder(rc).Decode(&recs)
+			} else {
+				var one FileResult
+				err = json.NewDecoder(rc).Decode(&one)
+				recs = []FileResult{one}
 			}
-			full.Record = ""
-			out[i] = full
+			found := make(map[int]FileResult, len(recs))
+			for _, r := range recs {
+				found[r.Index] = r
+			}
+			for _, i := range byRecord[name] {
+				full, ok := found[in[i].Index]
+				if err != nil || !ok {
+					errs[n] = permanent("Incomplete", fmt.Errorf("staged record of file %d (%s) is unreadable or another file's (%v); nothing was committed", in[i].Index, in[i].Path, err))
+					return
+				}
+				full.Record = ""
+				out[i] = full
+			}
 		}()
 	}
 	wg.Wait()

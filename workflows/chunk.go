@@ -72,13 +72,40 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	// once cancelled, no new download starts.
 	waitCancel := workflow.GetVersion(ctx, versionWaitDownloadCancel, workflow.DefaultVersion, 1) >= 1
 	base.WaitForCancellation = waitCancel
+	// Version 1: small files share DownloadBatch activities, planned from
+	// the manifest's sizes (ChunkHints); a file that fails in a batch is
+	// retried alone through DownloadFile (issue 14 §1, workflows/batch.go).
+	var planner *batchPlanner
+	if workflow.GetVersion(ctx, versionBatchSmallFiles, workflow.DefaultVersion, 1) >= 1 && in.Count >= 2 {
+		hctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{StartToCloseTimeout: 2 * time.Minute,
+			RetryPolicy: &temporal.RetryPolicy{MaximumAttempts: 3, NonRetryableErrorTypes: activities.NonRetryable}, Summary: "size hints"})
+		var h activities.ChunkHints
+		err := workflow.ExecuteActivity(hctx, a.ChunkHints, activities.ChunkHintsInput{Target: in.Target, PlanVersion: in.PlanVersion,
+			First: in.First, Count: in.Count}).Get(ctx, &h)
+		if err != nil {
+			// Hints only save work: without them every file has its own activity.
+			workflow.GetLogger(ctx).Warn("no size hints: downloading one file per activity", "error", err)
+		}
+		planner = newBatchPlanner(in.First, in.Count, h)
+	}
 	wctx, cancel := workflow.WithCancel(ctx)
 	defer cancel()
 	sel := workflow.NewSelector(ctx)
 	results := make([]activities.FileResult, 0, in.Count)
 	pending := 0
 	var failed error
-	start := func(i int) {
+	var retry []int // files of failed batches, each retried alone
+	done := func(r activities.FileResult) {
+		results = append(results, r)
+		totals.Add(r)
+		planner.learn(r)
+		if parent != nil && workflow.Now(ctx).Sub(lastSignal) >= progressEvery {
+			lastSignal = workflow.Now(ctx)
+			// Best effort: progress only, so the signal's outcome is not awaited.
+			workflow.SignalExternalWorkflow(ctx, parent.ID, "", chunkProgressSignal, chunkProgress{Chunk: in.Chunk, Totals: totals})
+		}
+	}
+	start := func(i int, afterBatch bool) {
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
@@ -94,12 +121,43 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 				}
 				return
 			}
-			results = append(results, r)
-			totals.Add(r)
-			if parent != nil && workflow.Now(ctx).Sub(lastSignal) >= progressEvery {
-				lastSignal = workflow.Now(ctx)
-				// Best effort: progress only, so the signal's outcome is not awaited.
-				workflow.SignalExternalWorkflow(ctx, parent.ID, "", chunkProgressSignal, chunkProgress{Chunk: in.Chunk, Totals: totals})
+			if afterBatch {
+				r.Attempt++ // its try in the batch counts
+			}
+			done(r)
+		})
+	}
+	startBatch := func(first, n int) {
+		o := base
+		o.Summary = batchSummary(in.Groups, first, n)
+		// A batch is retried when its worker is lost (it skips the files
+		// it had recorded); files that fail inside it come back in Failed.
+		rp := *base.RetryPolicy
+		rp.MaximumAttempts = min(rp.MaximumAttempts, 3)
+		o.RetryPolicy = &rp
+		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadBatch,
+			activities.BatchInput{ServerRef: in.ServerRef, Target: in.Target, First: first, Count: n, PlanVersion: in.PlanVersion,
+				Generation: in.Generation, Layout: in.Layout})
+		pending++
+		sel.AddFuture(f, func(f workflow.Future) {
+			pending--
+			var r activities.BatchResult
+			if err := f.Get(ctx, &r); err != nil {
+				if ctx.Err() == nil && failed == nil {
+					// Whatever went wrong, each file gets its own chance.
+					workflow.GetLogger(ctx).Warn("batch failed: its files are retried one by one", "first", first, "files", n, "error", err)
+					for i := first; i < first+n; i++ {
+						retry = append(retry, i)
+					}
+				}
+				return
+			}
+			for _, fr := range r.Files {
+				done(fr)
+			}
+			for _, ff := range r.Failed {
+				workflow.GetLogger(ctx).Info("file failed in its batch: retried alone", "index", ff.Index, "type", ff.Type)
+				retry = append(retry, ff.Index)
 			}
 		})
 	}
@@ -110,15 +168,33 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		conc = max(1, n)
 	})
 	stopped := func() bool { return failed != nil || waitCancel && ctx.Err() != nil }
-	for next, end := in.First, in.First+in.Count; next < end && !stopped(); {
-		for pending < conc && next < end && !stopped() {
-			start(next)
-			next++
+	for next, end := in.First, in.First+in.Count; (next < end || len(retry) > 0) && !stopped(); {
+		for pending < conc && (next < end || len(retry) > 0) && !stopped() {
+			if len(retry) > 0 {
+				start(retry[0], true)
+				retry = retry[1:]
+				continue
+			}
+			if n := planner.next(next, end, conc); n > 1 {
+				startBatch(next, n)
+				next += n
+			} else {
+				start(next, false)
+				next++
+			}
 		}
 		sel.Select(ctx)
 	}
 	for pending > 0 {
 		sel.Select(ctx)
+		if len(retry) > 0 && !stopped() {
+			// A batch finished after the last file was started: its
+			// failed files still need their own tries.
+			for pending < conc && len(retry) > 0 {
+				start(retry[0], true)
+				retry = retry[1:]
+			}
+		}
 	}
 	if ctx.Err() != nil {
 		// Cancelled: not a file's fault. The files that had finished go

@@ -23,4 +23,8 @@ const (
 	// Version 1: a new export checks its credentials, output location and
 	// run folder (CheckTarget) before the kick-off.
 	versionCheckTarget = "check-target"
+	// Version 1 (DownloadChunkWorkflow): small files share DownloadBatch
+	// activities planned from ChunkHints; a file failing in a batch is
+	// retried alone through DownloadFile (issue 14 §1).
+	versionBatchSmallFiles = "batch-small-files"
 )
