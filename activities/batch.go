@@ -137,7 +137,8 @@ func priorDetails(ctx context.Context, cp *checkpoint) bool {
 // batchBeat is a batch's heartbeat: how far it got (informational; a retry
 // trusts the staged batch record, not the heartbeat).
 type batchBeat struct {
-	Done int `json:"done"`
+	Done    int   `json:"done"`
+	Attempt int32 `json:"attempt"` // whose record holds the files done
 }
 
 // DownloadBatch downloads the files First..First+Count-1 of the plan, one
@@ -178,7 +179,9 @@ func (a *Activities) DownloadBatch(ctx context.Context, in BatchInput) (BatchRes
 	j := a.newFileJob(in.ServerRef, in.Run, gs, p, c, in.Layout)
 	var out BatchResult
 	staged := make([]FileResult, 0, in.Count) // full records, for the batch record
-	beat := func(checkpoint) { activity.RecordHeartbeat(ctx, batchBeat{Done: len(staged) + len(out.Failed)}) }
+	beat := func(checkpoint) {
+		activity.RecordHeartbeat(ctx, batchBeat{Done: len(staged) + len(out.Failed), Attempt: info.Attempt})
+	}
 	name := batchRecordObject(in.First, in.Generation, chunkRun, info.Attempt)
 	written := 0
 	record := func() error {
@@ -240,11 +243,21 @@ func (a *Activities) DownloadBatch(ctx context.Context, in BatchInput) (BatchRes
 }
 
 // earlierBatch reads the record of the latest earlier attempt of this batch
-// that left one: the files it lists were staged (durably: the record is
-// written after them) and need not be fetched again. Unreadable records
-// are ignored: the files are then fetched again, which is always safe.
+// that left one (the one its last heartbeat names, else attempt-1 down to
+// 1): the files it lists were staged, durably (the record is written after
+// them), and need not be fetched again; the commit still checks each one's
+// size and hash. An unreadable record is ignored: those files are fetched
+// again, which is always safe.
 func (a *Activities) earlierBatch(ctx context.Context, s sink.Sink, in BatchInput, chunkRun string, attempt int32) map[int]FileResult {
+	var tries []int32
+	var hb batchBeat
+	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &hb) == nil && hb.Attempt > 0 {
+		tries = append(tries, hb.Attempt)
+	}
 	for at := attempt - 1; at >= 1; at-- {
+		tries = append(tries, at)
+	}
+	for _, at := range tries {
 		rc, err := s.Open(ctx, in.Run, batchRecordObject(in.First, in.Generation, chunkRun, at))
 		if err != nil {
 			continue
