@@ -453,7 +453,7 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 	}
 	defer os.RemoveAll(out)
 	queue := fmt.Sprintf("bench-%s-%d-%d", sc.Name, os.Getpid(), i)
-	wlog, err := os.Create(filepath.Join(e.work, "worker-"+sc.Name+".log"))
+	wlog, err := os.Create(filepath.Join(e.work, fmt.Sprintf("worker-%s-%d.log", sc.Name, i+1)))
 	if err != nil {
 		return r, err
 	}
