@@ -26,6 +26,10 @@ const (
 	batchResources = 20_000
 	batchBytes     = 32 << 20
 	maxBatch       = 100
+	// The window's share of what is left may be smaller: the last
+	// activities of a chunk still take this many small files (milliseconds
+	// of work), not one each.
+	minBatch = 4
 	// learnAfter files of a type are downloaded before its mean size stands
 	// for the files of that type whose manifest entry gives none.
 	learnAfter = 3
@@ -113,13 +117,14 @@ func (p *batchPlanner) small(i int) (res, bytes int64, ok bool) {
 
 // next returns how many files, from file next, the next activity takes (1:
 // a DownloadFile of its own). At most the remaining files divided by the
-// window, so that the last activities of a chunk finish together and no
-// slot idles behind one long batch (guided self-scheduling).
+// window (but minBatch), so that the last activities of a chunk finish
+// together and no slot idles behind one long batch (guided
+// self-scheduling).
 func (p *batchPlanner) next(next, end, window int) int {
 	if p == nil {
 		return 1
 	}
-	limit := min(maxBatch, (end-next+window-1)/max(1, window))
+	limit := min(maxBatch, max(minBatch, (end-next+window-1)/max(1, window)))
 	n := 0
 	var sumRes, sumBytes int64
 	for i := next; i < end && n < limit; i++ {
