@@ -218,3 +218,34 @@ func TestSyncStagedGroup(t *testing.T) {
 	}
 	rc.Close()
 }
+
+// BenchmarkDownloadBatch: the worker's cost per small file in a batch (100
+// files of 100 Observations each per op), for profiles of the per-file
+// overhead.
+func BenchmarkDownloadBatch(b *testing.B) {
+	var body strings.Builder
+	for i := range 100 {
+		body.WriteString(obs(fmt.Sprintf("o%d-%s", i, strings.Repeat("x", 600))) + "\n")
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(body.String())) }))
+	defer srv.Close()
+	out := b.TempDir()
+	reg, _ := servers.Load("")
+	acts := New(reg, out, nil)
+	var ps []plannedFile
+	for i := range 100 {
+		ps = append(ps, plannedFile{Kind: KindOutput, Type: "Observation", URL: fmt.Sprintf("%s/f%d", srv.URL, i), Count: 100, HasCount: true,
+			Path: fmt.Sprintf("Observation/Observation-%04d.ndjson", i+1)})
+	}
+	s, _ := acts.sinkFor("")
+	writeJSON(context.Background(), s, "run", PlanObject, &plan{TransactionTime: "2026-01-01T00:00:00Z", RequiresAccessToken: true, Files: ps})
+	var env testsuite.WorkflowTestSuite
+	aenv := env.NewTestActivityEnvironment()
+	aenv.RegisterActivity(acts)
+	b.SetBytes(int64(body.Len()) * 100)
+	for b.Loop() {
+		if _, err := aenv.ExecuteActivity(acts.DownloadBatch, BatchInput{ServerRef: ServerRef{BaseURL: srv.URL}, Target: Target{Run: "run"}, First: 0, Count: 100}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
