@@ -474,6 +474,9 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if err != nil {
 		return FileResult{}, err
 	}
+	if in.PriorFailure != "" {
+		ctx = context.WithValue(ctx, priorFailureKey{}, in.PriorFailure)
+	}
 	// Waiting (for a slot, or out a 429) re-sends the resume point an
 	// earlier attempt left, never an empty one over it.
 	resume := lastCheckpoint(ctx)
@@ -512,6 +515,9 @@ type fileJob struct {
 	lim    *throttle.Limiter
 	layout Layout
 	every  time.Duration
+	// failure is the signature of the last file's retryable validation
+	// failure ("" if none), for FileFailure.Signature.
+	failure string
 }
 
 func (a *Activities) newFileJob(ref ServerRef, run string, s sink.Sink, p *plan, c *bulk.Client, layout Layout) *fileJob {
@@ -564,6 +570,10 @@ func (a *Activities) fetchFile(ctx context.Context, rec *audit.Recorder, j *file
 		waited += wait
 	}
 	err = forbiddenFile(err, j.p)
+	j.failure = ""
+	if ve := (*validationError)(nil); errors.As(err, &ve) && bulk.IsRetryable(err) {
+		j.failure = ve.sig
+	}
 	if err != nil {
 		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
 		te := temporalErrorCtx(ctx, err)

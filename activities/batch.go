@@ -105,6 +105,9 @@ type FileFailure struct {
 	Index int    `json:"index"`
 	Type  string `json:"type"`
 	Error string `json:"error"`
+	// Signature identifies a retryable validation failure (a count
+	// mismatch, a repeated id) for DownloadInput.PriorFailure.
+	Signature string `json:"signature,omitempty"`
 }
 
 // maxBatchFiles bounds a batch: its result (about 200 bytes a file) and
@@ -120,18 +123,25 @@ func batchRecordObject(first, gen int, chunkRun string, attempt int32) string {
 
 type batchCtxKey struct{}
 
+type priorFailureKey struct{}
+
 // priorDetails decodes an earlier attempt's heartbeat details into cp
 // (false if they are unreadable). Inside a batch there are none to trust:
 // the details are the batch's, never one file's checkpoint, so a file of a
-// batch never resumes another's partial object.
+// batch never resumes another's partial object. A first attempt after the
+// file failed in a batch starts from that failure's signature
+// (DownloadInput.PriorFailure).
 func priorDetails(ctx context.Context, cp *checkpoint) bool {
 	if ctx.Value(batchCtxKey{}) != nil {
 		return false
 	}
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, cp) != nil {
-		return false
+	if !activity.HasHeartbeatDetails(ctx) {
+		if sig, ok := ctx.Value(priorFailureKey{}).(string); ok {
+			cp.Failure = sig
+		}
+		return true
 	}
-	return true
+	return activity.GetHeartbeatDetails(ctx, cp) == nil
 }
 
 // batchBeat is a batch's heartbeat: how far it got (informational; a retry
@@ -216,7 +226,7 @@ func (a *Activities) DownloadBatch(ctx context.Context, in BatchInput) (BatchRes
 			if len(msg) > 1024 {
 				msg = msg[:1024] + "…"
 			}
-			out.Failed = append(out.Failed, FileFailure{Index: i, Type: errorType(err), Error: msg})
+			out.Failed = append(out.Failed, FileFailure{Index: i, Type: errorType(err), Error: msg, Signature: j.failure})
 			continue
 		}
 		res.Attempt = info.Attempt

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/bulkflow/bulkflow/internal/servers"
@@ -46,6 +48,9 @@ func newBatchFixture(t *testing.T, files int) *batchFixture {
 			return
 		case "invalid":
 			w.Write([]byte(obs("x") + "\nnot json\n"))
+			return
+		case "short":
+			w.Write([]byte(obs(r.URL.Path[1:]+"-a") + "\n"))
 			return
 		}
 		w.Header().Set("Content-Type", "application/fhir+ndjson")
@@ -184,6 +189,27 @@ func TestDownloadBatchRetrySkipsRecordedFiles(t *testing.T) {
 		if old, ok := byIndex[r.Index]; ok && old.SHA256 != r.SHA256 {
 			t.Errorf("file %d: hash %s, the recorded one is %s", r.Index, r.SHA256, old.SHA256)
 		}
+	}
+}
+
+// A file whose count is wrong in its batch, and wrong the same way on its
+// retry alone, fails for good there (the server produces it that way), as
+// two attempts of DownloadFile would: the batch's try counts.
+func TestBatchFailureSignatureCarriesToTheRetry(t *testing.T) {
+	f := newBatchFixture(t, 3)
+	f.broken["/f1"] = "short"
+	r := f.batch(0, 3)
+	if len(r.Failed) != 1 || r.Failed[0].Type != ErrTruncatedFile || r.Failed[0].Signature == "" {
+		t.Fatalf("failed %+v, want file 1 as a retryable count mismatch with its signature", r.Failed)
+	}
+	var env testsuite.WorkflowTestSuite
+	aenv := env.NewTestActivityEnvironment()
+	aenv.RegisterActivity(f.acts)
+	_, err := aenv.ExecuteActivity(f.acts.DownloadFile, DownloadInput{ServerRef: ServerRef{BaseURL: f.srv.URL}, Target: Target{Run: "run"}, Index: 1,
+		PriorFailure: r.Failed[0].Signature})
+	var ae *temporal.ApplicationError
+	if !errors.As(err, &ae) || !ae.NonRetryable() || !strings.Contains(err.Error(), "the same on the previous attempt") {
+		t.Fatalf("err = %v, want a permanent failure saying it repeated", err)
 	}
 }
 

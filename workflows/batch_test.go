@@ -26,6 +26,7 @@ type chunkCalls struct {
 	hints    int
 	batches  [][2]int // first, count
 	singles  []int
+	prior    map[int]string // PriorFailure of the singles that had one
 	recorded []activities.FileResult
 }
 
@@ -38,7 +39,7 @@ func runChunk(t *testing.T, files, window int, hints *activities.ChunkHints, old
 	if old {
 		env.OnGetVersion(versionBatchSmallFiles, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	}
-	c := &chunkCalls{}
+	c := &chunkCalls{prior: map[int]string{}}
 	result := func(i int) activities.FileResult {
 		return activities.FileResult{Index: i, Kind: activities.KindOutput, Type: "Observation", Path: fmt.Sprintf("Observation/%d", i),
 			Resources: 100, Bytes: 70_000, Attempt: 1}
@@ -62,7 +63,7 @@ func runChunk(t *testing.T, files, window int, hints *activities.ChunkHints, old
 		var r activities.BatchResult
 		for i := in.First; i < in.First+in.Count; i++ {
 			if fail[i] {
-				r.Failed = append(r.Failed, activities.FileFailure{Index: i, Type: activities.ErrTruncatedFile, Error: "cut"})
+				r.Failed = append(r.Failed, activities.FileFailure{Index: i, Type: activities.ErrTruncatedFile, Error: "cut", Signature: fmt.Sprintf("count 1 %d", i)})
 				continue
 			}
 			r.Files = append(r.Files, result(i))
@@ -72,6 +73,9 @@ func runChunk(t *testing.T, files, window int, hints *activities.ChunkHints, old
 	env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 		c.mu.Lock()
 		c.singles = append(c.singles, in.Index)
+		if in.PriorFailure != "" {
+			c.prior[in.Index] = in.PriorFailure
+		}
 		c.mu.Unlock()
 		return result(in.Index), nil
 	}).Maybe()
@@ -157,6 +161,8 @@ func TestFailedBatchMemberRetriesAlone(t *testing.T) {
 	slices.Sort(again)
 	require.Equal(t, []int{1005, 1031}, again, "only the failed files are downloaded again, each alone")
 	require.Equal(t, 2, res.Totals.Retries, "the try in the batch counts as an attempt")
+	require.Equal(t, map[int]string{1005: "count 1 1005", 1031: "count 1 1031"}, c.prior,
+		"the failure in the batch travels with the retry: the same one again is permanent")
 }
 
 // A batch that fails as a whole (its retries spent) leaves each of its

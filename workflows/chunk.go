@@ -94,7 +94,8 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	results := make([]activities.FileResult, 0, in.Count)
 	pending := 0
 	var failed error
-	var retry []int // files of failed batches, each retried alone
+	var retry []int                  // files of failed batches, each retried alone
+	priorFailure := map[int]string{} // their validation failures in the batch, by file
 	done := func(r activities.FileResult) {
 		results = append(results, r)
 		totals.Add(r)
@@ -109,7 +110,8 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
-			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Generation: in.Generation, Layout: in.Layout})
+			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Generation: in.Generation, Layout: in.Layout,
+				PriorFailure: priorFailure[i]})
 		pending++
 		sel.AddFuture(f, func(f workflow.Future) {
 			pending--
@@ -158,6 +160,9 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 			for _, ff := range r.Failed {
 				workflow.GetLogger(ctx).Info("file failed in its batch: retried alone", "index", ff.Index, "type", ff.Type)
 				retry = append(retry, ff.Index)
+				if ff.Signature != "" {
+					priorFailure[ff.Index] = ff.Signature
+				}
 			}
 		})
 	}
