@@ -17,7 +17,9 @@ import (
 //
 // Everything here is a pure function of the chunk's input, the ChunkHints
 // activity's result and completed downloads' results, all of which are in
-// history: replay makes the same groups.
+// history: replay makes the same groups. So changing a constant below
+// changes the commands of running chunks: it needs a GetVersion patch
+// (docs/versioning.md), like any other change of this file.
 const (
 	// A file is small (may share an activity) up to these sizes.
 	smallFileResources = 2_000
