@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
@@ -234,4 +235,58 @@ func TestBatchPlanner(t *testing.T) {
 	}
 	require.Equal(t, 10-learnAfter, p.next(learnAfter, 10, 1))
 	require.Nil(t, newBatchPlanner(0, 10, activities.ChunkHints{}), "no hints, no batches")
+}
+
+// A batch member whose failure no retry can fix (here an expired link)
+// fails the chunk at once with its error's type, so the parent refreshes
+// the links as it does for DownloadFile's FileGone; and a retryable one
+// has options.maxFileAttempts in all, its try in the batch included.
+func TestBatchMemberFailuresKeepTheirTypeAndAttemptBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		failType    string
+		maxAttempts int
+		wantSingles int
+	}{
+		{"non-retryable fails at once", activities.ErrFileGone, 5, 0},
+		{"retryable, 2 attempts: 1 alone", activities.ErrTruncatedFile, 2, 1},
+		{"retryable, 1 attempt: none alone", activities.ErrTruncatedFile, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ts testsuite.WorkflowTestSuite
+			env := ts.NewTestWorkflowEnvironment()
+			env.RegisterWorkflow(DownloadChunkWorkflow)
+			env.RegisterActivity(&activities.Activities{})
+			env.OnActivity(a.ChunkHints, mock.Anything, mock.Anything).Return(*sizedHints(10, 100, -1), nil)
+			env.OnActivity(a.DownloadBatch, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.BatchInput) (activities.BatchResult, error) {
+				var r activities.BatchResult
+				for i := in.First; i < in.First+in.Count; i++ {
+					if i == 1003 {
+						r.Failed = append(r.Failed, activities.FileFailure{Index: i, Type: tc.failType, Error: "file 1003 went wrong"})
+						continue
+					}
+					r.Files = append(r.Files, activities.FileResult{Index: i, Kind: activities.KindOutput, Type: "Observation", Resources: 100, Attempt: 1})
+				}
+				return r, nil
+			})
+			var mu sync.Mutex
+			singles := 0
+			env.OnActivity(a.DownloadFile, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.DownloadInput) (activities.FileResult, error) {
+				mu.Lock()
+				singles++
+				mu.Unlock()
+				return activities.FileResult{}, temporal.NewApplicationError("still cut", activities.ErrTruncatedFile)
+			}).Maybe()
+			env.ExecuteWorkflow(DownloadChunkWorkflow, ChunkInput{Target: activities.Target{Run: "r"}, First: 1000, Count: 10, Concurrency: 1,
+				MaxAttempts: tc.maxAttempts, HeartbeatTimeout: time.Minute})
+			require.True(t, env.IsWorkflowCompleted())
+			err := env.GetWorkflowError()
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "failed after its retries")
+			require.Equal(t, tc.wantSingles, singles, "tries of the failed file alone")
+			if tc.wantSingles == 0 {
+				require.True(t, isType(err, tc.failType), "the chunk's error keeps the file's error type %s: %v", tc.failType, err)
+			}
+		})
+	}
 }

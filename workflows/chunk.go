@@ -3,6 +3,7 @@ package workflows
 import (
 	"cmp"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -96,6 +97,7 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	var failed error
 	var retry []int                  // files of failed batches, each retried alone
 	priorFailure := map[int]string{} // their validation failures in the batch, by file
+	triedOnce := map[int]bool{}      // failed in their batch: that try was one of their attempts
 	done := func(r activities.FileResult) {
 		results = append(results, r)
 		totals.Add(r)
@@ -109,6 +111,12 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 	start := func(i int, afterBatch bool) {
 		o := base
 		o.Summary = fileSummary(in.Groups, i)
+		if triedOnce[i] {
+			// options.maxFileAttempts bounds a file's tries, the batch's included.
+			rp := *base.RetryPolicy
+			rp.MaximumAttempts = max(1, rp.MaximumAttempts-1)
+			o.RetryPolicy = &rp
+		}
 		f := workflow.ExecuteActivity(workflow.WithActivityOptions(wctx, o), a.DownloadFile,
 			activities.DownloadInput{ServerRef: in.ServerRef, Target: in.Target, Index: i, PlanVersion: in.PlanVersion, Generation: in.Generation, Layout: in.Layout,
 				PriorFailure: priorFailure[i]})
@@ -158,7 +166,18 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 				done(fr)
 			}
 			for _, ff := range r.Failed {
+				if slices.Contains(activities.NonRetryable, ff.Type) || base.RetryPolicy.MaximumAttempts <= 1 {
+					// No retry can help, or none is allowed: the file fails
+					// here, with its error's type (a FileGone makes the
+					// parent refresh the links, as from DownloadFile).
+					if failed == nil {
+						failed = fmt.Errorf("%s failed after its retries, so nothing was committed: %w", fileSummary(in.Groups, ff.Index), memberError(ff))
+						cancel()
+					}
+					continue
+				}
 				workflow.GetLogger(ctx).Info("file failed in its batch: retried alone", "index", ff.Index, "type", ff.Type)
+				triedOnce[ff.Index] = true
 				retry = append(retry, ff.Index)
 				if ff.Signature != "" {
 					priorFailure[ff.Index] = ff.Signature
@@ -215,6 +234,15 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		return ChunkResult{}, err
 	}
 	return ChunkResult{Totals: totals}, nil
+}
+
+// memberError is a batch member's failure as DownloadFile would have
+// failed: an application error of the same type and retryability.
+func memberError(ff activities.FileFailure) error {
+	if slices.Contains(activities.NonRetryable, ff.Type) {
+		return temporal.NewNonRetryableApplicationError(ff.Error, ff.Type, nil)
+	}
+	return temporal.NewApplicationError(ff.Error, ff.Type)
 }
 
 // fileSummary names file i for the UI, e.g. "Observation file 12 of 300".
