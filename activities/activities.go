@@ -33,6 +33,7 @@ import (
 
 	"github.com/bulkflow/bulkflow/internal/atrest"
 	"github.com/bulkflow/bulkflow/internal/budget"
+	"github.com/bulkflow/bulkflow/internal/audit"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
@@ -140,7 +141,10 @@ type plannedFile struct {
 	URL      string `json:"url"`
 	Count    int64  `json:"count,omitempty"`
 	HasCount bool   `json:"hasCount,omitempty"`
-	Path     string `json:"path"`
+	// Size is the manifest's fileSize (a hint for grouping small files).
+	Size    int64  `json:"size,omitempty"`
+	HasSize bool   `json:"hasSize,omitempty"`
+	Path    string `json:"path"`
 }
 
 func (a *Activities) sinkFor(output string) (sink.Sink, error) {
@@ -370,7 +374,7 @@ func buildPlan(m *bulk.Manifest, expires, now time.Time) (*plan, error) {
 				d = typ
 			}
 			p.Files = append(p.Files, plannedFile{
-				Kind: kind, Type: typ, URL: it.URL, Count: it.Count, HasCount: it.HasCount,
+				Kind: kind, Type: typ, URL: it.URL, Count: it.Count, HasCount: it.HasCount, Size: it.FileSize, HasSize: it.HasFileSize,
 				Path: fmt.Sprintf("%s/%s-%04d.ndjson", d, typ, seq[typ]),
 			})
 		}
@@ -475,74 +479,22 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 	if in.Index < 0 || in.Index >= len(p.Files) {
 		return FileResult{}, permanent("InvalidInput", fmt.Errorf("file index %d is outside the plan's %d files", in.Index, len(p.Files)))
 	}
-	item := p.Files[in.Index]
 	c, err := a.client(in.ServerRef)
 	if err != nil {
 		return FileResult{}, err
 	}
-	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
+	if in.PriorFailure != "" {
+		ctx = context.WithValue(ctx, priorFailureKey{}, in.PriorFailure)
+	}
 	// Waiting (for a slot, or out a 429) re-sends the resume point an
 	// earlier attempt left, never an empty one over it.
 	resume := lastCheckpoint(ctx)
-	beat := func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) }
-	server := serverName(in.ServerRef)
-	layout := in.Layout
-	layout.transactionTime = p.TransactionTime
-	if len(layout.Views) > 0 && item.Kind == KindOutput {
-		if layout.viewSet, err = a.loadViews(ctx, s, in.Target, layout.Views); err != nil {
-			return FileResult{}, err
-		}
-	}
-	var res FileResult
-	var waited time.Duration
-	for {
-		lease, aerr := a.downloadSlot(ctx, in.ServerRef, func() { beat(resume) })
-		if aerr != nil {
-			return FileResult{}, aerr
-		}
-		res, err = a.download(ctx, c, s, in.Run, p.RequiresAccessToken, item, layout)
-		releaseSlot(lease, err)
-		if k := bulk.KindOf(err); err != nil && k == bulk.KindRateLimited {
-			a.observeOutcome(in.ServerRef, "file", err)
-			window, _ := a.budget().Stats(server)
-			a.Logger.Info("server throttled downloads", "server", server, "window", window)
-		}
-		// A 429 on a file is the server asking us to wait, not the file
-		// failing: wait here, heartbeating, so it does not use up one of
-		// the file's attempts (issue 13 §4).
-		wait, ok := rateLimitWait(ctx, err, waited, time.Now())
-		if !ok {
-			break
-		}
-		rec.Emit("download_throttled", map[string]any{"fileName": item.Path, "waitMs": wait.Milliseconds(), "waitedMs": waited.Milliseconds()})
-		a.Logger.Info("file download throttled: waiting as the server asked", "file", item.Path, "wait", wait, "waited_so_far", waited)
-		if err := sleepBeating(ctx, wait, every, resume, beat); err != nil {
-			return FileResult{}, err
-		}
-		waited += wait
-	}
-	err = forbiddenFile(err, p)
+	j := a.newFileJob(in.ServerRef, in.Target, s, p, c, in.Layout)
+	res, err := a.fetchFile(ctx, rec, j, in.Index, resume, func(cp checkpoint) { activity.RecordHeartbeat(ctx, cp) })
 	if err != nil {
-		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
-		te := temporalErrorCtx(ctx, err)
-		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
-			"errorType": errorType(te), "message": err.Error()})
-		if bulk.KindOf(err) != bulk.KindRateLimited {
-			a.observeOutcome(in.ServerRef, "file", err) // a 429 was counted when it came
-		}
-		if reason := validationReason(err); reason != "" {
-			a.Metrics.ValidationFailed(server, reason)
-		}
-		if bulk.IsRetryable(err) {
-			a.Metrics.FileRetried(server, errorType(te))
-		}
-		return FileResult{}, te
+		return FileResult{}, err
 	}
-	rec.Emit("download_complete", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
-		"resourceCount": res.Resources, "fileSize": res.Bytes, "objects": len(res.Parts), "resumed": res.Resumed})
-	if item.Kind == KindOutput {
-		a.Metrics.FileDownloaded(server, item.Type, res.Resources, res.Bytes)
-	}
+	item := p.Files[in.Index]
 	res.Index = in.Index
 	res.Attempt = activity.GetInfo(ctx).Attempt
 	res.Generation = in.Generation
@@ -558,6 +510,101 @@ func (a *Activities) DownloadFile(ctx context.Context, in DownloadInput) (FileRe
 		res.Parts, res.Record = nil, name
 	}
 	a.Logger.Info("file staged", "file", item.Path, "resources", res.Resources, "bytes", res.Bytes)
+	return res, nil
+}
+
+// fileJob is what the downloads of one activity share: the run's sink (at
+// its plan generation), plan, server client and limiter.
+type fileJob struct {
+	ref    ServerRef
+	run    string
+	s      sink.Sink
+	p      *plan
+	c      *bulk.Client
+	target Target
+	layout Layout
+	every  time.Duration
+	// failure is the signature of the last file's retryable validation
+	// failure ("" if none), for FileFailure.Signature.
+	failure string
+}
+
+func (a *Activities) newFileJob(ref ServerRef, t Target, s sink.Sink, p *plan, c *bulk.Client, layout Layout) *fileJob {
+	layout.transactionTime = p.TransactionTime
+	return &fileJob{ref: ref, run: t.Run, target: t, s: s, p: p, c: c, layout: layout, every: cmp.Or(a.HeartbeatEvery, 5*time.Second)}
+}
+
+// fetchFile downloads, validates and stages plan file index: one download
+// slot per request, 429s waited out (heartbeating with beat) without using
+// up an attempt, one audit event per outcome. Its error is already the
+// Temporal error (activities/errors.go). DownloadFile and DownloadBatch
+// share it, so a file is checked the same way whichever ran it.
+func (a *Activities) fetchFile(ctx context.Context, rec *audit.Recorder, j *fileJob, index int, resume checkpoint, beat func(checkpoint)) (FileResult, error) {
+	item := j.p.Files[index]
+	server := serverName(j.ref)
+	layout := j.layout
+	if len(layout.Views) > 0 && item.Kind == KindOutput {
+		var err error
+		if layout.viewSet, err = a.loadViews(ctx, j.s, j.target, layout.Views); err != nil {
+			return FileResult{}, err
+		}
+	}
+	var res FileResult
+	var err error
+	var waited time.Duration
+	for {
+		lease, aerr := a.downloadSlot(ctx, j.ref, func() { beat(resume) })
+		if aerr != nil {
+			return FileResult{}, aerr
+		}
+		res, err = a.download(ctx, j.c, j.s, j.run, j.p.RequiresAccessToken, item, layout)
+		releaseSlot(lease, err)
+		if k := bulk.KindOf(err); err != nil && k == bulk.KindRateLimited {
+			a.observeOutcome(j.ref, "file", err)
+			window, _ := a.budget().Stats(server)
+			a.Logger.Info("server throttled downloads", "server", server, "window", window)
+		}
+		// A 429 on a file is the server asking us to wait, not the file
+		// failing: wait here, heartbeating, so it does not use up one of
+		// the file's attempts (issue 13 §4).
+		wait, ok := rateLimitWait(ctx, err, waited, time.Now())
+		if !ok {
+			break
+		}
+		rec.Emit("download_throttled", map[string]any{"fileName": item.Path, "waitMs": wait.Milliseconds(), "waitedMs": waited.Milliseconds()})
+		a.Logger.Info("file download throttled: waiting as the server asked", "file", item.Path, "wait", wait, "waited_so_far", waited)
+		if err := sleepBeating(ctx, wait, j.every, resume, beat); err != nil {
+			return FileResult{}, err
+		}
+		waited += wait
+	}
+	err = forbiddenFile(err, j.p)
+	j.failure = ""
+	if ve := (*validationError)(nil); errors.As(err, &ve) && bulk.IsRetryable(err) {
+		j.failure = ve.sig
+	}
+	if err != nil {
+		a.Logger.Warn("download failed", "file", item.Path, "attempt", activity.GetInfo(ctx).Attempt, "error", err)
+		te := temporalErrorCtx(ctx, err)
+		rec.Emit("download_error", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+			"errorType": errorType(te), "message": err.Error()})
+		if bulk.KindOf(err) != bulk.KindRateLimited {
+			a.observeOutcome(j.ref, "file", err) // a 429 was counted when it came
+		}
+		if reason := validationReason(err); reason != "" {
+			a.Metrics.ValidationFailed(server, reason)
+		}
+		if bulk.IsRetryable(err) {
+			a.Metrics.FileRetried(server, errorType(te))
+		}
+		return FileResult{}, te
+	}
+	rec.Emit("download_complete", map[string]any{"fileName": item.Path, "resourceType": item.Type, "kind": item.Kind,
+		"resourceCount": res.Resources, "fileSize": res.Bytes, "objects": len(res.Parts), "resumed": res.Resumed})
+	if item.Kind == KindOutput {
+		a.Metrics.FileDownloaded(server, item.Type, res.Resources, res.Bytes)
+	}
+	res.Index = index
 	return res, nil
 }
 
@@ -590,7 +637,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	var cp, resumedFrom checkpoint
 	var w sink.Writer
 	var offset int64
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+	if !priorDetails(ctx, &cp) {
 		cp = checkpoint{}
 	}
 	if item.Kind == KindOutput && cp.Token != "" && cp.Offset > 0 && cp.Validator != "" {
@@ -652,7 +699,8 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		tombs = newTombstones(ctx, s, run, item, layout.transactionTime)
 		defer tombs.abort()
 	}
-	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
+	bw := stagingWriter(io.MultiWriter(w, h))
+	defer releaseWriter(bw)
 	// progress counts bytes off the wire, not whole lines: a 20 MB line on
 	// a slow link still shows it is alive.
 	var progress atomic.Int64
@@ -768,6 +816,24 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		res.Parts = append(res.Parts, parts...)
 	}
 	return res, nil
+}
+
+// stagingBuffers reuses the 1 MiB write buffers of staged files: a new one
+// per file was most of the worker's allocation (and GC) on small files
+// (activities BenchmarkDownloadBatch: 1 GB allocated per 1,000 files).
+var stagingBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<20) }}
+
+func stagingWriter(w io.Writer) *bufio.Writer {
+	bw := stagingBuffers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	return bw
+}
+
+// releaseWriter returns bw to the pool; what it still buffers is dropped
+// (a failed download's tail).
+func releaseWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	stagingBuffers.Put(bw)
 }
 
 // downloadSlot takes one of the server's download slots from the budget
@@ -981,7 +1047,7 @@ func (s *idSet) check() error {
 // zero checkpoint.
 func lastCheckpoint(ctx context.Context) checkpoint {
 	var cp checkpoint
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &cp) != nil {
+	if !priorDetails(ctx, &cp) {
 		return checkpoint{}
 	}
 	return cp
@@ -1279,34 +1345,58 @@ func (a *Activities) RecordChunk(ctx context.Context, in RecordChunkInput) error
 }
 
 // fullRecords replaces each result that references its staged record (see
-// DownloadFile) with that record, reading a few at a time.
+// DownloadFile and DownloadBatch) with that record, reading a few at a
+// time. A batch's record lists several files and is read once.
 func fullRecords(ctx context.Context, s sink.Sink, run string, in []FileResult) ([]FileResult, error) {
 	out := make([]FileResult, len(in))
-	errs := make([]error, len(in))
-	sem := make(chan struct{}, 16)
-	var wg sync.WaitGroup
+	byRecord := map[string][]int{} // record -> positions in in
+	var names []string
 	for i, f := range in {
 		out[i] = f
 		if f.Record == "" {
 			continue
 		}
+		if _, ok := byRecord[f.Record]; !ok {
+			names = append(names, f.Record)
+		}
+		byRecord[f.Record] = append(byRecord[f.Record], i)
+	}
+	errs := make([]error, len(names))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for n, name := range names {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			rc, err := s.Open(ctx, run, f.Record)
+			first := in[byRecord[name][0]]
+			rc, err := s.Open(ctx, run, name)
 			if err != nil {
-				errs[i] = retryable("Sink", fmt.Errorf("read the staged record of file %d (%s): %w", f.Index, f.Path, err))
+				errs[n] = retryable("Sink", fmt.Errorf("read the staged record of file %d (%s): %w", first.Index, first.Path, err))
 				return
 			}
 			defer rc.Close()
-			var full FileResult
-			if err := json.NewDecoder(rc).Decode(&full); err != nil || full.Index != f.Index {
-				errs[i] = permanent("Incomplete", fmt.Errorf("staged record of file %d (%s) is unreadable or another file's (%v); nothing was committed", f.Index, f.Path, err))
-				return
+			var recs []FileResult
+			if isBatchRecord(name) {
+				err = json.NewDecoder(rc).Decode(&recs)
+			} else {
+				var one FileResult
+				err = json.NewDecoder(rc).Decode(&one)
+				recs = []FileResult{one}
 			}
-			full.Record = ""
-			out[i] = full
+			found := make(map[int]FileResult, len(recs))
+			for _, r := range recs {
+				found[r.Index] = r
+			}
+			for _, i := range byRecord[name] {
+				full, ok := found[in[i].Index]
+				if err != nil || !ok {
+					errs[n] = permanent("Incomplete", fmt.Errorf("staged record of file %d (%s) is unreadable or another file's (%v); nothing was committed", in[i].Index, in[i].Path, err))
+					return
+				}
+				full.Record = ""
+				out[i] = full
+			}
 		}()
 	}
 	wg.Wait()

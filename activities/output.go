@@ -174,7 +174,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	// No resume here, but the heartbeat details still carry this
 	// attempt's validation failure, so the same one twice is permanent.
 	var prev checkpoint
-	if activity.HasHeartbeatDetails(ctx) && activity.GetHeartbeatDetails(ctx, &prev) != nil {
+	if !priorDetails(ctx, &prev) {
 		prev = checkpoint{}
 	}
 	var mu sync.Mutex

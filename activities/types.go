@@ -157,6 +157,11 @@ type DownloadInput struct {
 	// a replaced plan's late writers apart from the current plan's files.
 	Generation int    `json:"generation,omitempty"`
 	Layout     Layout `json:"layout,omitempty"`
+	// PriorFailure is the signature of the validation failure of this
+	// file's try in a DownloadBatch (FileFailure.Signature): the first
+	// attempt here that fails the same way is permanent, as a second
+	// attempt of DownloadFile would be.
+	PriorFailure string `json:"priorFailure,omitempty"`
 }
 
 // FileResult describes one staged file. It is what the run manifest lists.

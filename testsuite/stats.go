@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 )
 
 // Stats are counters a test can assert on (also GET /_admin/stats as JSON).
@@ -39,6 +40,9 @@ type Stats struct {
 	IfRangeMismatches int64 `json:"ifRangeMismatches"`
 	// FaultsFired counts fault rules fired, by rule text.
 	FaultsFired map[string]int64 `json:"faultsFired"`
+	// FirstDownloadAt is when the first file request since the last reset
+	// arrived (benchmarks time downloads from it).
+	FirstDownloadAt time.Time `json:"firstDownloadAt,omitzero"`
 }
 
 type statsCollector struct {
@@ -73,6 +77,9 @@ func (c *statsCollector) downloadStart() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.inflight++
+	if c.s.FirstDownloadAt.IsZero() {
+		c.s.FirstDownloadAt = time.Now()
+	}
 	if c.inflight > c.s.ConcurrentDownloadsHighWater {
 		c.s.ConcurrentDownloadsHighWater = c.inflight
 	}

@@ -44,6 +44,8 @@ func (s *exportSuite) AfterTest(_, _ string) { s.env.AssertExpectations(s.T()) }
 // follows it (TestCheckTargetRefusesBeforeTheKickoff covers a refusal).
 func preflightPasses(env *testsuite.TestWorkflowEnvironment) {
 	env.OnActivity(a.CheckTarget, mock.Anything, mock.Anything).Return(nil).Maybe()
+	// No size hints: every file has its own DownloadFile, as these tests expect.
+	env.OnActivity(a.ChunkHints, mock.Anything, mock.Anything).Return(activities.ChunkHints{}, nil).Maybe()
 }
 
 var input = ExportInput{BaseURL: "https://ehr.example/fhir", Types: []string{"Patient", "Observation"}}

@@ -38,7 +38,7 @@ func TestRecordedHistoriesReplay(t *testing.T) {
 	// The corpus covers every path named in issue 13 §2; a missing one is a
 	// path whose histories nobody replays.
 	for _, want := range []string{"success", "can-while-polling", "can-between-chunks", "refresh-expired-links", "lost-job-re-export",
-		"cancel-mid-download", "failure-cleanup", "incremental-watermark", "set-concurrency", "upgrade-mid-download", "parallel-chunks"} {
+		"cancel-mid-download", "failure-cleanup", "incremental-watermark", "set-concurrency", "upgrade-mid-download", "parallel-chunks", "batch-small-files"} {
 		if !paths[filepath.Join("testdata", "corpus", want)] {
 			t.Errorf("the replay corpus has no %q histories: run `make replay-record`", want)
 		}

@@ -26,4 +26,8 @@ const (
 	// Version 1: up to Settings.ParallelChunks chunk children run side by
 	// side (version 0: one after another).
 	versionParallelChunks = "parallel-chunks"
+	// Version 1 (DownloadChunkWorkflow): small files share DownloadBatch
+	// activities planned from ChunkHints; a file failing in a batch is
+	// retried alone through DownloadFile (issue 14 §1).
+	versionBatchSmallFiles = "batch-small-files"
 )

@@ -29,12 +29,19 @@ type FileItem struct {
 	URL      string
 	Count    int64
 	HasCount bool
+	// FileSize is the entry's fileSize in bytes, when the server gives a
+	// valid one: only a hint (bulkflow groups small files with it), never
+	// checked against the body.
+	FileSize    int64
+	HasFileSize bool
 }
 
 type rawItem struct {
 	Type  string          `json:"type"`
 	URL   string          `json:"url"`
 	Count json.RawMessage `json:"count"`
+	// FileSize: a hint some servers add; an invalid one is ignored.
+	FileSize json.RawMessage `json:"fileSize"`
 }
 
 type rawManifest struct {
@@ -144,6 +151,11 @@ func convertItems(field string, raw []rawItem, base *url.URL) ([]FileItem, error
 				return nil, fmt.Errorf("manifest: %s[%d].count %s is not a non-negative integer", field, i, clip(string(c)))
 			}
 			it.Count, it.HasCount = n, true
+		}
+		if c := bytes.TrimSpace(r.FileSize); len(c) > 0 {
+			if n, ok := parseCount(c); ok {
+				it.FileSize, it.HasFileSize = n, true
+			}
 		}
 		out = append(out, it)
 	}

@@ -70,6 +70,81 @@ func (l *Local) stagedData(run string, gen int, name string) string {
 
 // Create implements Sink.
 func (l *Local) Create(ctx context.Context, run, name string) (Writer, error) {
+	return l.create(run, name, true)
+}
+
+// CreateUnsynced implements GroupSyncer.
+func (l *Local) CreateUnsynced(ctx context.Context, run, name string) (Writer, error) {
+	return l.create(run, name, false)
+}
+
+// SyncStaged implements GroupSyncer: the files' fsyncs run side by side, so
+// the file system commits them together, then each directory once. A name
+// that is not staged (its writer aborted) is skipped.
+func (l *Local) SyncStaged(ctx context.Context, run string, names []string) error {
+	if err := CheckRun(run); err != nil {
+		return err
+	}
+	paths := make([]string, 0, len(names))
+	dirs := map[string]bool{}
+	for _, n := range names {
+		if err := CheckName(n); err != nil {
+			return err
+		}
+		p := l.stagedPath(run, n)
+		paths = append(paths, p)
+		dirs[filepath.Dir(p)] = true
+	}
+	for d := range dirs {
+		paths = append(paths, d)
+	}
+	work := make(chan string)
+	errs := make(chan error, len(paths))
+	var wg sync.WaitGroup
+	for range min(16, len(paths)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range work {
+				f, err := os.Open(p)
+				if errors.Is(err, fs.ErrNotExist) {
+					continue // aborted: nothing to keep
+				}
+				if err == nil {
+					err = f.Sync()
+					f.Close()
+				}
+				if err != nil {
+					errs <- fmt.Errorf("sync %s: %w", p, err)
+				}
+			}
+		}()
+	}
+	// Files first, then their directories: a directory's entry is durable
+	// only once its file is.
+	n := len(names)
+	for _, p := range paths[:n] {
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	if len(errs) > 0 {
+		return <-errs
+	}
+	for _, d := range paths[n:] {
+		f, err := os.Open(d)
+		if err == nil {
+			err = f.Sync()
+			f.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", d, err)
+		}
+	}
+	return ctx.Err()
+}
+
+func (l *Local) create(run, name string, durable bool) (Writer, error) {
 	if err := CheckRun(run); err != nil {
 		return nil, err
 	}
@@ -92,7 +167,7 @@ func (l *Local) Create(ctx context.Context, run, name string) (Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", name, err)
 	}
-	return &localWriter{f: f, tmp: tmp, final: final, crc: true}, nil
+	return &localWriter{f: f, tmp: tmp, final: final, crc: true, unsynced: !durable}, nil
 }
 
 // Resume implements Resumer.
@@ -139,9 +214,10 @@ type localWriter struct {
 	// crc: keep a CRC32C of every byte written (Stored): the commit then
 	// checks the staged file against it instead of re-hashing it with
 	// SHA-256 (BenchmarkVerifyStaged: crc32c vs sha256).
-	crc    bool
-	sum    uint32
-	stored string
+	crc      bool
+	sum      uint32
+	stored   string
+	unsynced bool // CreateUnsynced: SyncStaged makes it durable
 }
 
 // castagnoli is CRC32C, computed with the CPU's CRC32 instruction
@@ -185,11 +261,13 @@ func (w *localWriter) Close() error {
 	}
 	w.done = true
 	// Sync before rename: after a crash the name must never point at a file
-	// whose bytes did not reach the disk.
-	if err := w.f.Sync(); err != nil {
-		w.f.Close()
-		os.Remove(w.tmp)
-		return fmt.Errorf("sync %s: %w", w.final, err)
+	// whose bytes did not reach the disk (unless SyncStaged is to follow).
+	if !w.unsynced {
+		if err := w.f.Sync(); err != nil {
+			w.f.Close()
+			os.Remove(w.tmp)
+			return fmt.Errorf("sync %s: %w", w.final, err)
+		}
 	}
 	if err := w.f.Close(); err != nil {
 		os.Remove(w.tmp)

@@ -160,6 +160,19 @@ type Resumable interface {
 	Suspend() error
 }
 
+// GroupSyncer is a Sink that can make many small staged objects durable at
+// once (issue 14 §1): on a local disk one fsync per file costs a journal
+// commit each (about 2.5 ms), while fsyncs issued together share one.
+type GroupSyncer interface {
+	// CreateUnsynced is Create whose Close makes the object visible under
+	// its name without waiting for its bytes to reach the disk. SyncStaged
+	// must follow before anything relies on the object surviving a crash.
+	CreateUnsynced(ctx context.Context, run, name string) (Writer, error)
+	// SyncStaged makes the named staged objects (and their directory
+	// entries) durable, together.
+	SyncStaged(ctx context.Context, run string, names []string) error
+}
+
 // Resumer is a Sink that can reopen a checkpointed partial object.
 type Resumer interface {
 	// Resume reopens the partial object token of name in run, cut back to

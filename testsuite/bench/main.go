@@ -81,7 +81,7 @@ func scenarios() []scenario {
 			opts: func(s float64) testsuite.Options {
 				return testsuite.Options{Patients: patients(mb200, s), LargeAttachments: -1}
 			}},
-		{Name: "ndjson-identity", About: "system export, ~200 MB, NDJSON out, identity on the wire",
+		{Name: "ndjson-identity", About: "typical: system export, ~200 MB, 10,000 resources per file, NDJSON out, identity on the wire",
 			opts: func(s float64) testsuite.Options {
 				return testsuite.Options{Patients: patients(mb200, s), LargeAttachments: -1, NoGzip: true}
 			}},
@@ -100,10 +100,10 @@ func scenarios() []scenario {
 				return testsuite.Options{Patients: patients(2e9/obsBytesPerPatient, s), ResourcesPerFile: 1 << 30, LargeAttachments: -1, NoGzip: true}
 			},
 			types: []string{"Observation"}, input: workflows.ExportInput{Format: "parquet"}},
-		{Name: "small-files", About: "2,000 Observation files of 50 resources, NDJSON out, identity on the wire",
+		{Name: "small-files", About: "2,000 Observation files of 100 resources, NDJSON out, identity on the wire",
 			opts: func(s float64) testsuite.Options {
 				files := max(20, math.Round(2000*s))
-				return testsuite.Options{Patients: int(math.Floor(files * 50 / obsPerPatient)), ResourcesPerFile: 50, LargeAttachments: -1, NoGzip: true}
+				return testsuite.Options{Patients: int(math.Floor(files * 100 / obsPerPatient)), ResourcesPerFile: 100, LargeAttachments: -1, NoGzip: true}
 			},
 			types: []string{"Observation"}, history: true},
 		{Name: "scale", About: "~1,000,000 resources (25,000 patients), system export, NDJSON out, gzip on the wire",
@@ -149,6 +149,12 @@ type Result struct {
 	ChunkEventsMax   int     `json:"chunkEventsMax,omitempty"`
 	ChunkEventsTotal int     `json:"chunkEventsTotal,omitempty"`
 	EventsPerFile    float64 `json:"historyEventsPerFile,omitempty"`
+	// The floor (floor.go), measured in the same run: a plain HTTP client
+	// GETting every file with the same concurrency. Window is bulkflow's
+	// first file GET to commit; FloorRatio the median of window / floor.
+	FloorSeconds  float64 `json:"floorSeconds,omitempty"`
+	WindowSeconds float64 `json:"windowSeconds,omitempty"`
+	FloorRatio    float64 `json:"floorRatio,omitempty"`
 }
 
 type env struct {
@@ -157,6 +163,7 @@ type env struct {
 	workerBin string
 	work      string
 	verify    bool
+	floor     bool // also run the plain-HTTP floor after every run (floor.go)
 	log       io.Writer
 }
 
@@ -170,6 +177,7 @@ func run() int {
 	runs := flag.Int("runs", 3, "runs per scenario; the table shows medians (peak RSS: the largest)")
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	doVerify := flag.Bool("verify", true, "re-read every committed run against its manifest (counts against srv.Expected are always checked)")
+	doFloor := flag.Bool("floor", true, "after every run, download the same export with a plain HTTP client (the floor) and print bulkflow's ratio to it")
 	workDir := flag.String("work", "", "directory for the worker binary and outputs (default: a fresh temporary directory, removed afterwards)")
 	flag.Parse()
 	if *scale <= 0 || *runs < 1 {
@@ -197,6 +205,7 @@ func run() int {
 	}
 	defer cleanup()
 	e.verify = *doVerify
+	e.floor = *doFloor
 	e.log = os.Stderr
 
 	fmt.Fprintf(os.Stderr, "bench: %s; scale %g, %d run(s) per scenario\n", machine(), *scale, *runs)
@@ -246,6 +255,9 @@ func overhead(rs []Result) {
 	li := slices.IndexFunc(rs, func(r Result) bool { return r.Scenario == "large-file" })
 	for i := range rs {
 		r := &rs[i]
+		if r.Files > 0 {
+			r.TemporalCPUMsPerFile = r.TemporalCPU / float64(r.Files) * 1000
+		}
 		if r.Scenario != "small-files" || r.Files == 0 {
 			continue
 		}
@@ -348,6 +360,7 @@ type runResult struct {
 	retries                     int
 	parentEvents, chunks        int
 	chunkMax, chunkTotal        int
+	window, floor               time.Duration // see floor.go
 }
 
 func (e *env) scenario(ctx context.Context, sc scenario, scale float64, runs int) (Result, error) {
@@ -414,6 +427,11 @@ func summarize(sc scenario, rs []runResult) Result {
 	res.SysSeconds = pick(func(r runResult) float64 { return r.sys.Seconds() })
 	res.MBPerCPUSecond = pick(func(r runResult) float64 { return float64(r.bytes) / 1e6 / (r.user + r.sys).Seconds() })
 	res.TemporalCPU = pick(func(r runResult) float64 { return r.temporal.Seconds() })
+	if r0.floor > 0 {
+		res.FloorSeconds = pick(func(r runResult) float64 { return r.floor.Seconds() })
+		res.WindowSeconds = pick(func(r runResult) float64 { return r.window.Seconds() })
+		res.FloorRatio = pick(func(r runResult) float64 { return r.window.Seconds() / r.floor.Seconds() })
+	}
 	if sc.history {
 		res.ParentEvents = int(pick(func(r runResult) float64 { return float64(r.parentEvents) }))
 		res.Chunks = r0.chunks
@@ -436,7 +454,7 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 	}
 	defer os.RemoveAll(out)
 	queue := fmt.Sprintf("bench-%s-%d-%d", sc.Name, os.Getpid(), i)
-	wlog, err := os.Create(filepath.Join(e.work, "worker-"+sc.Name+".log"))
+	wlog, err := os.Create(filepath.Join(e.work, fmt.Sprintf("worker-%s-%d.log", sc.Name, i+1)))
 	if err != nil {
 		return r, err
 	}
@@ -494,6 +512,9 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 		return r, fmt.Errorf("export %s: %w (worker log %s)", id, err, wlog.Name())
 	}
 	r.wall = time.Since(start)
+	if first := srv.Stats().FirstDownloadAt; !first.IsZero() {
+		r.window = time.Since(first)
+	}
 	u1, s1, err := procCPU(pid)
 	if err != nil {
 		return r, err
@@ -548,7 +569,20 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 			return r, err
 		}
 	}
-	// Keep the dev server's history small for the next run.
+	if e.floor {
+		dir := filepath.Join(e.work, "floor")
+		fr, err := floor(ctx, srv.BaseURL(), sc.types, dir)
+		os.RemoveAll(dir)
+		if err != nil {
+			return r, fmt.Errorf("floor: %w", err)
+		}
+		if fr.files != r.files {
+			return r, fmt.Errorf("floor: %d files, bulkflow %d", fr.files, r.files)
+		}
+		r.floor = fr.wall
+		fmt.Fprintf(e.log, "bench: %s run %d: floor %.2fs for %d files (%.1f MB); bulkflow first GET to commit %.2fs (%.2fx)\n",
+			sc.Name, i+1, fr.wall.Seconds(), fr.files, float64(fr.bytes)/1e6, r.window.Seconds(), r.window.Seconds()/fr.wall.Seconds())
+	}
 	return r, nil
 }
 
@@ -694,15 +728,19 @@ func machine() string {
 func printTable(w io.Writer, rs []Result, scale float64) {
 	fmt.Fprintf(w, "bulkflow bench %s, scale %g\n%s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), scale, machine())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tfiles\tresources\tMB\twire MB\twall s\tMB/s\tres/s\tworker CPU s (usr+sys)\tMB/cpu-s\tpeak RSS MB\tper-file overhead ms\t")
+	fmt.Fprintln(tw, "scenario\tfiles\tresources\tMB\twire MB\twall s\tMB/s\tres/s\tworker CPU s (usr+sys)\tMB/cpu-s\tpeak RSS MB\tper-file overhead ms\tfloor s\tx floor\t")
 	for _, r := range rs {
 		oh := "-"
 		if r.OverheadMsPerFile != 0 || r.CPUOverheadMsPerFile != 0 {
 			oh = fmt.Sprintf("%.1f wall, %.1f CPU", r.OverheadMsPerFile, r.CPUOverheadMsPerFile)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%.1f\t%.0f\t%.2f (%.2f+%.2f)\t%.1f\t%.0f\t%s\t\n",
+		fl, ratio := "-", "-"
+		if r.FloorSeconds > 0 {
+			fl, ratio = fmt.Sprintf("%.2f", r.FloorSeconds), fmt.Sprintf("%.2f", r.FloorRatio)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%.1f\t%.0f\t%.2f (%.2f+%.2f)\t%.1f\t%.0f\t%s\t%s\t%s\t\n",
 			r.Scenario, r.Files, r.Resources, float64(r.Bytes)/1e6, float64(r.WireBytes)/1e6, r.WallSeconds, r.MBps, r.ResPerSec,
-			r.CPUSeconds, r.UserSeconds, r.SysSeconds, r.MBPerCPUSecond, r.PeakRSSMB, oh)
+			r.CPUSeconds, r.UserSeconds, r.SysSeconds, r.MBPerCPUSecond, r.PeakRSSMB, oh, fl, ratio)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -728,4 +766,6 @@ func printTable(w io.Writer, rs []Result, scale float64) {
 	}
 	fmt.Fprintln(w, "\nMB = 10^6 bytes of NDJSON as served; MB/s over wall time kick-off to commit; MB/cpu-s over the worker's user+sys CPU.")
 	fmt.Fprintln(w, "Per-file overhead (small-files): (wall - MB / large-file MB/s) / files; CPU: the same with worker CPU seconds.")
+	fmt.Fprintf(w, "floor: a plain Go HTTP client, %d GETs at once, every manifest URL to disk, no validation (first GET to last file written);\n", floorConcurrency)
+	fmt.Fprintln(w, "x floor: bulkflow's first file GET to commit over the floor's time, median of the per-run ratios (docs/benchmarks.md).")
 }

@@ -53,10 +53,14 @@ func TestCodecHistoryHasNoPHI(t *testing.T) {
 	}
 	t.Cleanup(cc.Close)
 
-	// The first download of each Patient file comes back a line short: the
-	// retried attempt succeeds, and the history keeps the failure (last_failure
-	// of the activity's started event), whose message names the URL and file.
-	srv := fhirServer(t, testsuite.Options{Patients: 20, Faults: "file:Patient=truncate-lines(n=1)@1"})
+	// The first two downloads of each Patient file come back short (one,
+	// then two lines): the first in its batch of small files (a result, not
+	// a failure), the second as a DownloadFile attempt whose failure the
+	// history keeps (last_failure of the retry's started event), naming the
+	// URL and file; the third succeeds. Two different counts, so the second
+	// is not taken for the same failure twice.
+	const faults = "file:Patient=truncate-lines(n=1)@1; file:Patient=truncate-lines(n=2)@2"
+	srv := fhirServer(t, testsuite.Options{Patients: 20, Faults: faults})
 	u, err := url.Parse(srv.BaseURL())
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +120,7 @@ func TestCodecHistoryHasNoPHI(t *testing.T) {
 
 	// In clear (the suite's plain client): the same scan finds the URL and the
 	// failure text, and still no resource.
-	if err := srv.SetFaults("file:Patient=truncate-lines(n=1)@1"); err != nil {
+	if err := srv.SetFaults(faults); err != nil {
 		t.Fatal(err)
 	}
 	id, _ = exportWith(tclient)

@@ -53,6 +53,7 @@ func TestReplayCorpus(t *testing.T) {
 		{"set-concurrency", corpusSetConcurrency},
 		{"upgrade-mid-download", corpusUpgrade},
 		{"parallel-chunks", corpusParallelChunks},
+		{"batch-small-files", corpusBatch},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			ids := sc.run(t)
@@ -440,4 +441,23 @@ func chunkIDs(t *testing.T, exportID string) []string {
 		}
 	}
 	return ids
+}
+
+// corpusBatch: small Observation files share DownloadBatch activities
+// (issue 14 §1); the first file's first body is cut, so it fails in its
+// batch and is retried alone through DownloadFile.
+func corpusBatch(t *testing.T) []string {
+	srv := corpusServer(t, testsuite.Options{Patients: 20, ResourcesPerFile: 20, Faults: "file:Observation.1=truncate-lines(n=1)@1"})
+	queue, _ := startWorker(t, t.TempDir())
+	run := start(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Types: []string{"Observation"}, Options: workflows.Options{Concurrency: 2}})
+	var res workflows.ExportResult
+	if err := run.Get(context.Background(), &res); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := srv.Expected(testsuite.Query{Level: "system", Types: []string{"Observation"}})
+	assertExact(t, res, want)
+	if res.Totals.Retries == 0 {
+		t.Fatal("no file was retried: the history does not show a batch member retried alone")
+	}
+	return []string{run.GetID()}
 }

@@ -37,6 +37,18 @@ func TestHistoryStaysBoundedOnARealServer(t *testing.T) {
 	reg("DownloadFile", func(_ context.Context, in activities.DownloadInput) (activities.FileResult, error) {
 		return activities.FileResult{Index: in.Index, Kind: activities.KindOutput, Type: "Observation", Path: fmt.Sprintf("Observation/%d", in.Index), Resources: 1, Bytes: 10, Attempt: 1}, nil
 	})
+	// No size hints: one DownloadFile per file, the per-file history cost
+	// this test bounds (batches only make it smaller).
+	reg("ChunkHints", func(context.Context, activities.ChunkHintsInput) (activities.ChunkHints, error) {
+		return activities.ChunkHints{}, nil
+	})
+	reg("DownloadBatch", func(_ context.Context, in activities.BatchInput) (activities.BatchResult, error) {
+		var r activities.BatchResult
+		for i := in.First; i < in.First+in.Count; i++ {
+			r.Files = append(r.Files, activities.FileResult{Index: i, Kind: activities.KindOutput, Type: "Observation", Path: fmt.Sprintf("Observation/%d", i), Resources: 1, Bytes: 10, Attempt: 1})
+		}
+		return r, nil
+	})
 	reg("RecordChunk", func(context.Context, activities.RecordChunkInput) error { return nil })
 	reg("Commit", func(context.Context, activities.CommitInput) (activities.CommitResult, error) {
 		return activities.CommitResult{Location: "/x"}, nil
