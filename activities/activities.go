@@ -645,6 +645,11 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		tombs = newTombstones(ctx, s, run, item, layout.transactionTime)
 		defer tombs.abort()
 	}
+	refs := newAttachmentRefs(ctx, s, run, item, layout) // attachments.go
+	defer refs.abort()
+	if refs != nil {
+		resumable = nil // a resumed file would skip the references before the offset
+	}
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 1<<20)
 	// progress counts bytes off the wire, not whole lines: a 20 MB line on
 	// a slow link still shows it is alive.
@@ -704,6 +709,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 				return fail(bulk.KindTransient, "write tombstones", err)
 			}
 		}
+		refs.add(line)
 		bw.Write(line)
 		if err := bw.WriteByte('\n'); err != nil {
 			return fail(bulk.KindTransient, "write staged file", err)
@@ -746,6 +752,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	if err := bw.Flush(); err != nil {
 		return fail(bulk.KindTransient, "write staged file", err)
+	}
+	if err := refs.close(); err != nil {
+		return FileResult{}, err
 	}
 	if err := w.Close(); err != nil {
 		return fail(bulk.KindTransient, "close staged file", err)

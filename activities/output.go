@@ -47,6 +47,10 @@ type Layout struct {
 	// Carried here because the layout reaches every download.
 	Strict bool `json:"strict,omitempty"`
 
+	// Attachments, when set, fetches the documents output resources point
+	// at (attachments.go); carried here because the downloads list them.
+	Attachments *AttachmentPolicy `json:"attachments,omitempty"`
+
 	transactionTime string // from the plan, not the caller
 }
 
@@ -163,6 +167,8 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	r := a.newReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 	ids := newIDSet(item)
+	refs := newAttachmentRefs(ctx, s, run, item, layout) // attachments.go
+	defer refs.abort()
 	remember := func(sig string, err error) error { return rememberFailure(ctx, prev.Failure, &mu, &last, sig, err) }
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
@@ -182,6 +188,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
+		refs.add(line)
 		if err := lw.Write(line, m); err != nil {
 			return fail(bulk.KindTransient, "write lake objects", err)
 		}
@@ -193,6 +200,9 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	}
 	if err := ids.check(); err != nil {
 		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := refs.close(); err != nil {
+		return FileResult{}, err
 	}
 	parts, err := lw.Close()
 	if err != nil {

@@ -208,6 +208,9 @@ type CommitInput struct {
 	Warnings  []string       `json:"warnings,omitempty"`
 	// Watermark, when set, is advanced after the manifest is written.
 	Watermark *WatermarkUpdate `json:"watermark,omitempty"`
+	// Attachments: FetchAttachments ran for every chunk; their records
+	// become attachments/index.ndjson and their documents are committed.
+	Attachments bool `json:"attachments,omitempty"`
 }
 
 // CommitResult says where the run landed.

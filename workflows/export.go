@@ -53,6 +53,9 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			return nil, err
 		}
 	}
+	if err := r.fetchAttachments(); err != nil { // attachments.go: only with attachments "fetch"
+		return nil, err
+	}
 	r.releaseJobEarly() // version 1: the server's job is done once its files are staged
 	cres, err := r.commit()
 	if err != nil {
@@ -537,7 +540,8 @@ func (r *exportRun) commit() (activities.CommitResult, error) {
 		wm = &activities.WatermarkUpdate{Key: r.wmKey, Since: r.st.Since, Types: r.in.Types}
 	}
 	in := activities.CommitInput{Target: r.target, Chunks: r.set.chunks(r.st.Plan.Files), Plan: *r.st.Plan, Warnings: r.st.Warnings,
-		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID}
+		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID,
+		Attachments: r.attachmentsOn()}
 	var res activities.CommitResult
 	if err := workflow.ExecuteActivity(ctx, a.Commit, in).Get(r.ctx, &res); err != nil {
 		return res, fmt.Errorf("commit: %w", err)

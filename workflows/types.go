@@ -63,6 +63,15 @@ type ExportInput struct {
 	// it did export is committed and the failures are named in the result
 	// and _manifest.json.
 	Strict bool `json:"strict,omitempty"`
+	// Attachments is "none" (default) or "fetch": store the documents that
+	// DocumentReference, DiagnosticReport, Media and Communication
+	// resources point at (attachment.url) under attachments/ in the run,
+	// listed by attachments/index.ndjson (docs/lake.md). MaxAttachmentBytes
+	// caps one document (default 50 MiB), MaxAttachmentsBytes the run's
+	// total (default: no cap); what is over is recorded, not stored.
+	Attachments         string `json:"attachments,omitempty"`
+	MaxAttachmentBytes  int64  `json:"maxAttachmentBytes,omitempty"`
+	MaxAttachmentsBytes int64  `json:"maxAttachmentsBytes,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -138,6 +147,10 @@ type ResumeState struct {
 	Refreshes  int      `json:"refreshes,omitempty"`
 	Restarts   int      `json:"restarts,omitempty"`
 	Warnings   []string `json:"warnings,omitempty"`
+	// AttachmentChunks counts chunks whose attachments are fetched;
+	// Attachments sums them (attachments "fetch").
+	AttachmentChunks int                         `json:"attachmentChunks,omitempty"`
+	Attachments      activities.AttachmentCounts `json:"attachments,omitzero"`
 }
 
 // Totals are the running sums of a run: the same type the run manifest uses.
@@ -248,6 +261,12 @@ func (in *ExportInput) Validate() error {
 	if err := in.layout().Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := in.attachmentPolicy().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if in.attachmentPolicy() == nil && (in.MaxAttachmentBytes != 0 || in.MaxAttachmentsBytes != 0) {
+		errs = append(errs, errors.New(`"maxAttachmentBytes" and "maxAttachmentsBytes" need "attachments": "fetch"`))
+	}
 	o := in.Options
 	if o.Concurrency < 0 || o.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf(`"options.concurrency" %d: use 1 to 256`, o.Concurrency))
@@ -275,7 +294,16 @@ func (in *ExportInput) Validate() error {
 }
 
 func (in *ExportInput) layout() activities.Layout {
-	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict}
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict,
+		Attachments: in.attachmentPolicy()}
+}
+
+// attachmentPolicy is nil unless the input asks for attachments.
+func (in *ExportInput) attachmentPolicy() *activities.AttachmentPolicy {
+	if in.Attachments == "" || in.Attachments == "none" {
+		return nil
+	}
+	return &activities.AttachmentPolicy{Mode: in.Attachments, MaxBytes: in.MaxAttachmentBytes, MaxTotal: in.MaxAttachmentsBytes}
 }
 
 // chunks is the number of child workflows for a plan of files.
@@ -344,6 +372,7 @@ func (in *ExportInput) requestSummary() map[string]any {
 	set("gzip", in.Gzip, in.Gzip)
 	set("partitionBy", in.PartitionBy, in.PartitionBy != "")
 	set("strict", in.Strict, in.Strict)
+	set("attachments", in.Attachments, in.Attachments != "" && in.Attachments != "none")
 	return m
 }
 

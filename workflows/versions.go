@@ -23,4 +23,7 @@ const (
 	// Version 1: a new export checks its credentials, output location and
 	// run folder (CheckTarget) before the kick-off.
 	versionCheckTarget = "check-target"
+	// Version 1: exports with attachments "fetch" run FetchAttachments per
+	// chunk after the downloads (only such exports reach this patch).
+	versionAttachments = "attachments"
 )
