@@ -326,7 +326,14 @@ const attachmentAttempts = 3
 func (a *Activities) FetchAttachments(ctx context.Context, in FetchAttachmentsInput) (FetchAttachmentsResult, error) {
 	ctx, rec, finish := a.begin(ctx, in.ServerRef, in.Target)
 	defer finish()
-	stop := heartbeatAlways(ctx, cmp.Or(a.HeartbeatEvery, 5*time.Second))
+	// Heartbeats on a clock, well inside the heartbeat timeout: a stalled
+	// request is caught by the client's idle timeout, a dead worker by
+	// the heartbeat timeout.
+	every := cmp.Or(a.HeartbeatEvery, 5*time.Second)
+	if hb := activity.GetInfo(ctx).HeartbeatTimeout; hb > 0 {
+		every = min(every, hb/3)
+	}
+	stop := heartbeatAlways(ctx, every)
 	defer stop()
 	s, err := a.sinkFor(in.Output)
 	if err != nil {
@@ -350,7 +357,7 @@ func (a *Activities) FetchAttachments(ctx context.Context, in FetchAttachmentsIn
 	if err != nil {
 		return FetchAttachmentsResult{}, err
 	}
-	f := &fetcher{a: a, ctx: ctx, c: c, s: s, run: in.Run, policy: in.Policy, lim: a.limiter(c, in.ServerRef), budget: in.Budget}
+	f := &fetcher{a: a, ctx: ctx, c: c, s: s, run: in.Run, policy: in.Policy, lim: a.limiter(c, in.ServerRef), budget: in.Budget, every: every}
 	var records []AttachmentRecord
 	for _, fr := range files {
 		switch {
@@ -470,6 +477,7 @@ type fetcher struct {
 	policy AttachmentPolicy
 	lim    *throttle.Limiter
 	budget int64 // < 0: none
+	every  time.Duration
 	used   atomic.Int64
 	mu     sync.Mutex
 	fatal  error
@@ -568,7 +576,7 @@ func (f *fetcher) fetchOne(ref attachmentRef, fr FileResult) (AttachmentRecord, 
 		rec.Status, rec.Path, rec.Size, rec.SHA256 = AttachmentStored, name, size, sum
 		return rec, nil
 	}
-	every := cmp.Or(f.a.HeartbeatEvery, 5*time.Second)
+	every := f.every
 	var lastErr error
 	var waited time.Duration
 	for try := 1; try <= attachmentAttempts; {
