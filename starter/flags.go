@@ -65,6 +65,10 @@ func addExportFlags(fs *flag.FlagSet, schedule bool) *exportFlags {
 	fs.BoolVar(&in.Gzip, "gzip", false, "gzip the NDJSON files")
 	fs.StringVar(&in.PartitionBy, "partition-by", "", "Hive partitions: transactionTime or lastUpdated (default none)")
 	fs.StringVar(&in.Run, "run", "", "run folder name (default: the workflow ID)")
+	// Attachments (issue 15, docs/lake.md).
+	fs.StringVar(&in.Attachments, "attachments", "", "none (default) or fetch: store the documents DocumentReference, DiagnosticReport, Media and Communication point at (attachment.url) under attachments/ in the run")
+	fs.Int64Var(&in.MaxAttachmentBytes, "max-attachment-bytes", 0, "with --attachments fetch: bytes one attachment may have; larger ones are recorded, not stored (default 52428800, 50 MiB)")
+	fs.Int64Var(&in.MaxAttachmentsBytes, "max-attachments-bytes", 0, "with --attachments fetch: bytes of attachments one run may store; the rest are recorded as over-budget (default no cap)")
 	fs.IntVar(&in.Options.Concurrency, "concurrency", 0, "files downloaded at once (default 8)")
 	fs.IntVar(&in.Options.FilesPerChunk, "files-per-chunk", 0, "files per child workflow (default 500)")
 	fs.IntVar(&in.Options.MaxFileAttempts, "max-file-attempts", 0, "tries of one file before the export fails (default 10)")
