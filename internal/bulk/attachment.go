@@ -111,7 +111,7 @@ func (c *Client) OpenAttachment(ctx context.Context, u *url.URL, contentType str
 	a := &Attachment{Body: resp.Body, ContentType: rt}
 	want, _, _ := mime.ParseMediaType(contentType)
 	if isJSONType(rt) && !isJSONType(want) {
-		a.Body, a.Binary = &binaryData{rc: resp.Body, br: bufio.NewReader(resp.Body)}, true
+		a.Body, a.Binary = &binaryData{rc: resp.Body, br: newBR(resp.Body)}, true
 	}
 	return a, nil
 }
@@ -129,7 +129,6 @@ type binaryData struct {
 	br   *bufio.Reader
 	dec  io.Reader
 	err  error
-	done bool
 }
 
 func (b *binaryData) Close() error { return b.rc.Close() }
@@ -270,3 +269,5 @@ func (s *b64String) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
+
+func newBR(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, 32<<10) }
