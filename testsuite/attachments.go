@@ -270,6 +270,12 @@ func (s *Server) serveBinary(w http.ResponseWriter, r *http.Request, id string, 
 	}
 	if _, err := out.Write(body); err == nil {
 		s.stats.add(func(st *Stats) { st.AttachmentsServed++ })
+		s.data.servedMu.Lock()
+		if s.data.served == nil {
+			s.data.served = map[string]int{}
+		}
+		s.data.served[id]++
+		s.data.servedMu.Unlock()
 	}
 }
 
@@ -278,4 +284,14 @@ type attachState struct {
 	attachOn           bool
 	attBase, attSecond string   // absolute URL bases (set by Start)
 	attDigests         sync.Map // j -> attDigest
+	servedMu           sync.Mutex
+	served             map[string]int // Binary id -> bodies sent whole
+}
+
+// AttachmentBodiesServed counts the bodies of Binary id ("att-12") sent
+// whole (a body cut by a dropped connection does not count).
+func (s *Server) AttachmentBodiesServed(id string) int {
+	s.data.servedMu.Lock()
+	defer s.data.servedMu.Unlock()
+	return s.data.served[id]
 }
