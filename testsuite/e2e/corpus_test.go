@@ -52,6 +52,7 @@ func TestReplayCorpus(t *testing.T) {
 		{"incremental-watermark", corpusIncremental},
 		{"set-concurrency", corpusSetConcurrency},
 		{"upgrade-mid-download", corpusUpgrade},
+		{"attachments", corpusAttachments}, // attachments_corpus_test.go
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			ids := sc.run(t)
