@@ -645,7 +645,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		tombs = newTombstones(ctx, s, run, item, layout.transactionTime)
 		defer tombs.abort()
 	}
-	refs := newAttachmentRefs(ctx, s, run, item, layout) // attachments.go
+	refs := a.newAttachmentRefs(ctx, c, s, run, item, layout) // attachments.go
 	defer refs.abort()
 	if refs != nil {
 		resumable = nil // a resumed file would skip the references before the offset
@@ -709,7 +709,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 				return fail(bulk.KindTransient, "write tombstones", err)
 			}
 		}
-		refs.add(line)
+		line = refs.add(line)
 		bw.Write(line)
 		if err := bw.WriteByte('\n'); err != nil {
 			return fail(bulk.KindTransient, "write staged file", err)

@@ -43,9 +43,17 @@ import (
 
 // Attachment modes.
 const (
-	AttachmentsNone  = ""
-	AttachmentsFetch = "fetch"
+	AttachmentsNone   = ""
+	AttachmentsFetch  = "fetch"
+	AttachmentsInline = "inline"
 )
+
+// DefaultInlineTypes are inlined when the export lists no attachmentTypes.
+var DefaultInlineTypes = []string{"text/plain", "text/html", "text/rtf", "application/rtf", "application/xml", "text/xml"}
+
+// DefaultMaxInlineBytes caps one inlined attachment unless the export says
+// otherwise: its base64 lands in the resource line.
+const DefaultMaxInlineBytes = 1 << 20
 
 // Attachment statuses in the index.
 const (
@@ -57,6 +65,8 @@ const (
 	AttachmentRefusedOrigin = "refused-origin" // not the FHIR server's origin nor in allowedOrigins
 	AttachmentInvalid       = "invalid"        // unusable URL
 	AttachmentDeleted       = "deleted"        // a tombstone: the resource was deleted (path is a prefix)
+	AttachmentInlined       = "inlined"        // inline mode: base64 written into attachment.data
+	AttachmentSkipped       = "skipped"        // inline mode: contentType not in attachmentTypes
 )
 
 // DefaultMaxAttachmentBytes caps one attachment unless the export says otherwise.
@@ -70,12 +80,38 @@ type AttachmentPolicy struct {
 	MaxBytes int64 `json:"maxBytes,omitempty"`
 	// MaxTotal caps the bytes stored per run (0: no cap).
 	MaxTotal int64 `json:"maxTotal,omitempty"`
+	// Types are the contentTypes inlined (inline mode; default
+	// DefaultInlineTypes).
+	Types []string `json:"types,omitempty"`
 }
 
-func (p *AttachmentPolicy) enabled() bool { return p != nil && p.Mode == AttachmentsFetch }
+func (p *AttachmentPolicy) enabled() bool {
+	return p != nil && (p.Mode == AttachmentsFetch || p.Mode == AttachmentsInline)
+}
 
 func (p *AttachmentPolicy) maxBytes() int64 {
+	if p.Mode == AttachmentsInline {
+		return cmp.Or(p.MaxBytes, DefaultMaxInlineBytes)
+	}
 	return cmp.Or(p.MaxBytes, DefaultMaxAttachmentBytes)
+}
+
+// inlines reports whether contentType is one the inline mode inlines.
+func (p *AttachmentPolicy) inlines(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	types := p.Types
+	if len(types) == 0 {
+		types = DefaultInlineTypes
+	}
+	for _, t := range types {
+		if strings.EqualFold(strings.TrimSpace(t), mt) {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate reports an attachment policy bulkflow cannot run.
@@ -84,11 +120,20 @@ func (p *AttachmentPolicy) Validate() error {
 		return nil
 	}
 	switch p.Mode {
-	case AttachmentsNone, AttachmentsFetch:
-	case "inline":
-		return errors.New(`attachments "inline" is not supported yet: use "fetch" (documents stored beside the run, see docs/lake.md)`)
+	case AttachmentsNone, AttachmentsFetch, AttachmentsInline:
 	default:
-		return fmt.Errorf(`attachments %q: use "none" or "fetch"`, p.Mode)
+		return fmt.Errorf(`attachments %q: use "none", "fetch" or "inline"`, p.Mode)
+	}
+	if len(p.Types) > 0 && p.Mode != AttachmentsInline {
+		return errors.New(`"attachmentTypes" applies to attachments "inline" only`)
+	}
+	for _, t := range p.Types {
+		if mt, _, err := mime.ParseMediaType(t); err != nil || !strings.Contains(mt, "/") {
+			return fmt.Errorf(`"attachmentTypes": %q is not a MIME type such as text/plain`, t)
+		}
+	}
+	if p.Mode == AttachmentsInline && p.MaxBytes > 16<<20 {
+		return errors.New(`"maxAttachmentBytes" with attachments "inline" is at most 16777216 (16 MiB): inlined documents are held in memory and grow the resource line; use "fetch" for larger ones`)
 	}
 	if p.MaxBytes < 0 || p.MaxTotal < 0 {
 		return errors.New(`"maxAttachmentBytes" and "maxAttachmentsBytes" must not be negative`)
@@ -124,14 +169,20 @@ type attachmentRefs struct {
 	w   sink.Writer
 	bw  *bufio.Writer
 	err error
+	// inline mode: the documents are fetched here, while the file
+	// downloads, and their records (not references) go to the sidecar.
+	inline *inliner
 }
 
 // newAttachmentRefs starts the sidecar of item, or returns nil.
-func newAttachmentRefs(ctx context.Context, s sink.Sink, run string, item plannedFile, layout Layout) *attachmentRefs {
+func (a *Activities) newAttachmentRefs(ctx context.Context, c *bulk.Client, s sink.Sink, run string, item plannedFile, layout Layout) *attachmentRefs {
 	if !layout.Attachments.enabled() || item.Kind != KindOutput || !attachmentTypes[item.Type] {
 		return nil
 	}
 	r := &attachmentRefs{}
+	if layout.Attachments.Mode == AttachmentsInline {
+		r.inline = &inliner{a: a, ctx: ctx, c: c, policy: layout.Attachments}
+	}
 	r.w, r.err = s.Create(ctx, run, attachmentRefsDir+item.Path)
 	if r.err == nil {
 		r.bw = bufio.NewWriterSize(r.w, 64<<10)
@@ -139,19 +190,32 @@ func newAttachmentRefs(ctx context.Context, s sink.Sink, run string, item planne
 	return r
 }
 
-// add records the attachment references of one resource line. It is the
-// hook in the download loops: one call per line.
-func (r *attachmentRefs) add(line []byte) {
+// add records the attachment references of one resource line and returns
+// the line to stage: the same line, or in inline mode the line with the
+// documents' base64 in attachment.data. It is the hook in the download
+// loops: one call per line.
+func (r *attachmentRefs) add(line []byte) []byte {
 	if r == nil || r.err != nil || !bytes.Contains(line, []byte(`"url"`)) {
-		return
+		return line
 	}
 	for _, ref := range extractAttachments(line) {
-		b, _ := json.Marshal(ref)
+		var b []byte
+		if r.inline != nil {
+			var rec AttachmentRecord
+			line, rec, r.err = r.inline.inline(line, ref)
+			if r.err != nil {
+				return line
+			}
+			b, _ = json.Marshal(rec)
+		} else {
+			b, _ = json.Marshal(ref)
+		}
 		r.bw.Write(b)
 		if r.err = r.bw.WriteByte('\n'); r.err != nil {
-			return
+			return line
 		}
 	}
+	return line
 }
 
 // close makes the sidecar visible; an error is retryable (staging I/O).
@@ -164,6 +228,10 @@ func (r *attachmentRefs) close() error {
 	}
 	if r.err != nil {
 		r.w.Abort()
+		var be *bulk.Error
+		if errors.As(r.err, &be) {
+			return r.err // an inlined document kept failing: the file is downloaded again
+		}
 		return &bulk.Error{Op: "stage", URL: "attachment references", Kind: bulk.KindTransient, Err: r.err}
 	}
 	if err := r.w.Close(); err != nil {
@@ -281,7 +349,7 @@ func (c *AttachmentCounts) Add(o AttachmentCounts) {
 func (c AttachmentCounts) Failed() int64 {
 	var n int64
 	for k, v := range c.ByStatus {
-		if k != AttachmentStored && k != AttachmentDeleted {
+		if k != AttachmentStored && k != AttachmentDeleted && k != AttachmentInlined && k != AttachmentSkipped {
 			n += v
 		}
 	}
@@ -362,6 +430,14 @@ func (a *Activities) FetchAttachments(ctx context.Context, in FetchAttachmentsIn
 	for _, fr := range files {
 		switch {
 		case fr.Kind == KindOutput && attachmentTypes[fr.Type] && fr.Index < len(p.Files):
+			if in.Policy.Mode == AttachmentsInline {
+				recs, err := readInlined(ctx, sink.AtGeneration(s, fr.Generation), in.Run, p.Files[fr.Index].Path, a, fr)
+				if err != nil {
+					return FetchAttachmentsResult{}, err
+				}
+				records = append(records, recs...)
+				continue
+			}
 			refs, err := readRefs(ctx, sink.AtGeneration(s, fr.Generation), in.Run, p.Files[fr.Index].Path, a)
 			if err != nil {
 				return FetchAttachmentsResult{}, err

@@ -209,3 +209,54 @@ func TestAttachmentTombstones(t *testing.T) {
 		t.Errorf("tombstones: %+v", recs)
 	}
 }
+
+// Inline mode: a listed contentType's document lands base64 in
+// attachment.data of the staged line (url kept), checked against its hash;
+// the others are recorded and their lines left as sent. The same through
+// the lake writer (gzip).
+func TestInlineAttachments(t *testing.T) {
+	for _, layout := range []Layout{{}, {Gzip: true}} {
+		f := newFixture(t)
+		sha := func(s string) string { h := sha1.Sum([]byte(s)); return base64.StdEncoding.EncodeToString(h[:]) }
+		lines := []string{
+			`{"resourceType":"DocumentReference","id":"d1","content":[{"attachment":{"contentType":"text/plain","url":"Binary/a","size":5,"hash":"` + sha("hello") + `"}}]}`,
+			`{"resourceType":"DocumentReference","id":"d2","content":[{"attachment":{"contentType":"text/plain","url":"Binary/gone"}}]}`,
+			`{"resourceType":"DocumentReference","id":"d3","content":[{"attachment":{"contentType":"application/pdf","url":"Binary/a"}}]}`,
+			`{"resourceType":"DocumentReference","id":"d4","content":[{"attachment":{"contentType":"text/plain","url":"Binary/a","hash":"` + sha("other") + `"}}]}`,
+		}
+		f.bodies["/doc"] = strings.Join(lines, "\n") + "\n"
+		f.bodies["/Binary/a"] = "hello"
+		const path = "DocumentReference/DocumentReference-0001.ndjson"
+		f.stage(plannedFile{Kind: KindOutput, Type: "DocumentReference", URL: f.srv.URL + "/doc", Count: 4, HasCount: true, Path: path})
+		layout.Attachments = &AttachmentPolicy{Mode: AttachmentsInline}
+		res, err := f.downloadWith(0, layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Resources != 4 {
+			t.Fatalf("%d resources", res.Resources)
+		}
+		if !layout.Gzip {
+			staged := f.staged(path)
+			got := strings.Split(strings.TrimSuffix(staged, "\n"), "\n")
+			want0 := strings.Replace(lines[0], `"url":"Binary/a"`, `"data":"aGVsbG8=","url":"Binary/a"`, 1)
+			if len(got) != 4 || got[0] != want0 || got[1] != lines[1] || got[2] != lines[2] || got[3] != lines[3] {
+				t.Errorf("staged lines:\n%s", staged)
+			}
+			if res.Bytes != int64(len(staged)) {
+				t.Errorf("recorded %d bytes, staged %d", res.Bytes, len(staged))
+			}
+		}
+		recs := map[string]AttachmentRecord{}
+		for _, l := range strings.Split(strings.TrimSpace(f.staged(attachmentRefsDir+path)), "\n") {
+			var r AttachmentRecord
+			json.Unmarshal([]byte(l), &r)
+			recs[r.ID] = r
+		}
+		for id, st := range map[string]string{"d1": AttachmentInlined, "d2": AttachmentMissing, "d3": AttachmentSkipped, "d4": AttachmentHashMismatch} {
+			if recs[id].Status != st {
+				t.Errorf("gzip=%v %s: %q (%s), want %q", layout.Gzip, id, recs[id].Status, recs[id].Detail, st)
+			}
+		}
+	}
+}

@@ -167,7 +167,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	r := a.newReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 	ids := newIDSet(item)
-	refs := newAttachmentRefs(ctx, s, run, item, layout) // attachments.go
+	refs := a.newAttachmentRefs(ctx, c, s, run, item, layout) // attachments.go
 	defer refs.abort()
 	remember := func(sig string, err error) error { return rememberFailure(ctx, prev.Failure, &mu, &last, sig, err) }
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
@@ -188,7 +188,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
-		refs.add(line)
+		line = refs.add(line)
 		if err := lw.Write(line, m); err != nil {
 			return fail(bulk.KindTransient, "write lake objects", err)
 		}

@@ -18,7 +18,7 @@ const PhaseAttachments = "attachments"
 // attachmentsOn reports whether this export fetches attachments.
 func (r *exportRun) attachmentsOn() bool {
 	p := r.set.Layout.Attachments
-	return p != nil && p.Mode == activities.AttachmentsFetch
+	return p != nil && (p.Mode == activities.AttachmentsFetch || p.Mode == activities.AttachmentsInline)
 }
 
 // fetchAttachments runs FetchAttachments once per chunk, after every file

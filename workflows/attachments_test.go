@@ -78,21 +78,24 @@ func TestAttachmentsPhase(t *testing.T) {
 	}
 }
 
-// Inline mode is refused with a clear message; the caps need "fetch".
+// The attachment options are checked before anything starts.
 func TestAttachmentsInputValidation(t *testing.T) {
 	for _, tc := range []struct {
 		in   ExportInput
 		want string
 	}{
-		{ExportInput{BaseURL: "https://x/fhir", Attachments: "inline"}, `"inline" is not supported yet`},
+		{ExportInput{BaseURL: "https://x/fhir", Attachments: "inline", MaxAttachmentBytes: 64 << 20}, `at most 16777216`},
+		{ExportInput{BaseURL: "https://x/fhir", Attachments: "fetch", AttachmentTypes: []string{"text/plain"}}, `applies to attachments "inline" only`},
+		{ExportInput{BaseURL: "https://x/fhir", Attachments: "inline", AttachmentTypes: []string{"plain"}}, `not a MIME type`},
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "all"}, `attachments "all"`},
-		{ExportInput{BaseURL: "https://x/fhir", MaxAttachmentBytes: 5}, `need "attachments": "fetch"`},
+		{ExportInput{BaseURL: "https://x/fhir", MaxAttachmentBytes: 5}, `need "attachments": "fetch" or "inline"`},
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "fetch", MaxAttachmentBytes: -1}, "must not be negative"},
 	} {
 		err := tc.in.Validate()
-		require.Error(t, err)
+		require.Error(t, err, tc.want)
 		require.Contains(t, err.Error(), tc.want)
 	}
 	require.NoError(t, (&ExportInput{BaseURL: "https://x/fhir", Attachments: "none"}).Validate())
+	require.NoError(t, (&ExportInput{BaseURL: "https://x/fhir", Attachments: "inline", AttachmentTypes: []string{"text/plain"}}).Validate())
 	require.NoError(t, (&ExportInput{BaseURL: "https://x/fhir", Attachments: "fetch", MaxAttachmentBytes: 10, MaxAttachmentsBytes: 100}).Validate())
 }

@@ -69,9 +69,14 @@ type ExportInput struct {
 	// listed by attachments/index.ndjson (docs/lake.md). MaxAttachmentBytes
 	// caps one document (default 50 MiB), MaxAttachmentsBytes the run's
 	// total (default: no cap); what is over is recorded, not stored.
-	Attachments         string `json:"attachments,omitempty"`
-	MaxAttachmentBytes  int64  `json:"maxAttachmentBytes,omitempty"`
-	MaxAttachmentsBytes int64  `json:"maxAttachmentsBytes,omitempty"`
+	// "inline" instead writes the documents of the AttachmentTypes (default
+	// text/plain, text/html, text/rtf, application/rtf, application/xml,
+	// text/xml) as base64 into attachment.data of the resource lines, up to
+	// MaxAttachmentBytes (default 1 MiB) each.
+	Attachments         string   `json:"attachments,omitempty"`
+	AttachmentTypes     []string `json:"attachmentTypes,omitempty"`
+	MaxAttachmentBytes  int64    `json:"maxAttachmentBytes,omitempty"`
+	MaxAttachmentsBytes int64    `json:"maxAttachmentsBytes,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -264,8 +269,8 @@ func (in *ExportInput) Validate() error {
 	if err := in.attachmentPolicy().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if in.attachmentPolicy() == nil && (in.MaxAttachmentBytes != 0 || in.MaxAttachmentsBytes != 0) {
-		errs = append(errs, errors.New(`"maxAttachmentBytes" and "maxAttachmentsBytes" need "attachments": "fetch"`))
+	if in.attachmentPolicy() == nil && (in.MaxAttachmentBytes != 0 || in.MaxAttachmentsBytes != 0 || len(in.AttachmentTypes) > 0) {
+		errs = append(errs, errors.New(`"maxAttachmentBytes", "maxAttachmentsBytes" and "attachmentTypes" need "attachments": "fetch" or "inline"`))
 	}
 	o := in.Options
 	if o.Concurrency < 0 || o.Concurrency > 256 {
@@ -303,7 +308,7 @@ func (in *ExportInput) attachmentPolicy() *activities.AttachmentPolicy {
 	if in.Attachments == "" || in.Attachments == "none" {
 		return nil
 	}
-	return &activities.AttachmentPolicy{Mode: in.Attachments, MaxBytes: in.MaxAttachmentBytes, MaxTotal: in.MaxAttachmentsBytes}
+	return &activities.AttachmentPolicy{Mode: in.Attachments, MaxBytes: in.MaxAttachmentBytes, MaxTotal: in.MaxAttachmentsBytes, Types: in.AttachmentTypes}
 }
 
 // chunks is the number of child workflows for a plan of files.
