@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -257,5 +259,65 @@ func TestWorkerKilledMidAttachment(t *testing.T) {
 	}
 	if servedBefore == 0 {
 		t.Error("nothing was staged before the kill: the resume was not exercised")
+	}
+}
+
+// Inline mode end to end: each listed (text/plain) document on an allowed
+// origin, under the 1 MiB default cap and matching its hash, is in its
+// resource line as attachment.data, byte-exact; every other reference is
+// left as the server sent it and the index says why.
+func TestAttachmentsInline(t *testing.T) {
+	requireE2E(t)
+	srv := fhirServer(t, testsuite.Options{Patients: 120, ResourcesPerFile: 40, LargeAttachments: -1, Attachments: true})
+	queue, _ := startWorker(t, t.TempDir())
+	res := runExport(t, queue, workflows.ExportInput{BaseURL: srv.BaseURL(), Types: attachmentTypes, Attachments: "inline"})
+	want, _ := srv.Expected(testsuite.Query{Level: "system", Types: attachmentTypes})
+	rep := assertExact(t, res, want)
+	data := map[string][]byte{} // id -> decoded attachment.data of content[0]
+	for _, f := range rep.Manifest.Files {
+		if f.Kind != activities.KindOutput {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(res.Location, filepath.FromSlash(f.Path)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var d struct {
+				ID      string
+				Content []struct{ Attachment struct{ Data *string } }
+			}
+			if err := json.Unmarshal([]byte(line), &d); err != nil {
+				t.Fatal(err)
+			}
+			if len(d.Content) > 0 && d.Content[0].Attachment.Data != nil {
+				data[d.ID], _ = base64.StdEncoding.DecodeString(*d.Content[0].Attachment.Data)
+			}
+		}
+	}
+	status := map[string]string{}
+	for _, r := range rep.Attachments {
+		status[r.ID] = r.Status
+	}
+	for _, e := range want.Attachments {
+		wantStatus := map[string]string{"relative": activities.AttachmentInlined, "absolute": activities.AttachmentInlined, "binaryjson": activities.AttachmentInlined,
+			"nohash": activities.AttachmentSkipped, "second": activities.AttachmentRefusedOrigin, "missing": activities.AttachmentMissing,
+			"wronghash": activities.AttachmentHashMismatch, "large": activities.AttachmentTooLarge}[e.Kind]
+		if status[e.ID] != wantStatus {
+			t.Errorf("%s (%s): %q, want %q", e.ID, e.Kind, status[e.ID], wantStatus)
+		}
+		got, inlined := data[e.ID]
+		if inlined != (wantStatus == activities.AttachmentInlined) {
+			t.Errorf("%s (%s): data in the line: %v, want %v", e.ID, e.Kind, inlined, !inlined)
+			continue
+		}
+		if inlined {
+			if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != e.SHA256 {
+				t.Errorf("%s (%s): inlined %d bytes that are not the server's %d", e.ID, e.Kind, len(got), e.Size)
+			}
+		}
+	}
+	if rep.Manifest.Attachments == nil || rep.Manifest.Attachments.ByStatus[activities.AttachmentInlined] == 0 || rep.Manifest.Attachments.Files != 0 {
+		t.Errorf("manifest attachments section: %+v", rep.Manifest.Attachments)
 	}
 }
