@@ -291,7 +291,11 @@ func TestAttachmentsInline(t *testing.T) {
 				t.Fatal(err)
 			}
 			if len(d.Content) > 0 && d.Content[0].Attachment.Data != nil {
-				data[d.ID], _ = base64.StdEncoding.DecodeString(*d.Content[0].Attachment.Data)
+				b, err := base64.StdEncoding.DecodeString(*d.Content[0].Attachment.Data)
+				if err != nil {
+					t.Errorf("%s: attachment.data is not base64: %v", d.ID, err)
+				}
+				data[d.ID] = b
 			}
 		}
 	}
