@@ -132,6 +132,9 @@ func (p *AttachmentPolicy) Validate() error {
 			return fmt.Errorf(`"attachmentTypes": %q is not a MIME type such as text/plain`, t)
 		}
 	}
+	if p.Mode == AttachmentsInline && p.MaxTotal > 0 {
+		return errors.New(`"maxAttachmentsBytes" applies to attachments "fetch" (inline documents are capped one by one with "maxAttachmentBytes")`)
+	}
 	if p.Mode == AttachmentsInline && p.MaxBytes > 16<<20 {
 		return errors.New(`"maxAttachmentBytes" with attachments "inline" is at most 16777216 (16 MiB): inlined documents are held in memory and grow the resource line; use "fetch" for larger ones`)
 	}

@@ -88,6 +88,7 @@ func TestAttachmentsInputValidation(t *testing.T) {
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "fetch", AttachmentTypes: []string{"text/plain"}}, `applies to attachments "inline" only`},
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "inline", AttachmentTypes: []string{"plain"}}, `not a MIME type`},
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "all"}, `attachments "all"`},
+		{ExportInput{BaseURL: "https://x/fhir", Attachments: "inline", MaxAttachmentsBytes: 10}, `applies to attachments "fetch"`},
 		{ExportInput{BaseURL: "https://x/fhir", MaxAttachmentBytes: 5}, `need "attachments": "fetch" or "inline"`},
 		{ExportInput{BaseURL: "https://x/fhir", Attachments: "fetch", MaxAttachmentBytes: -1}, "must not be negative"},
 	} {
