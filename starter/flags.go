@@ -20,7 +20,7 @@ import (
 type exportFlags struct {
 	in                                 workflows.ExportInput
 	types, elements, patients, include listFlag
-	attachmentTypes                   listFlag
+	attachmentTypes                    listFlag
 	typeFilters                        rawListFlag
 	schedule                           bool
 	set                                map[string]bool // flags given on the command line

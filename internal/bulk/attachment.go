@@ -125,10 +125,10 @@ func isJSONType(t string) bool {
 // "data" member and decodes its string as it reads. Other members are
 // skipped; escapes other than \/ cannot occur in base64 and are refused.
 type binaryData struct {
-	rc   io.ReadCloser
-	br   *bufio.Reader
-	dec  io.Reader
-	err  error
+	rc  io.ReadCloser
+	br  *bufio.Reader
+	dec io.Reader
+	err error
 }
 
 func (b *binaryData) Close() error { return b.rc.Close() }
