@@ -74,6 +74,9 @@ func TestAttachmentsPhase(t *testing.T) {
 			require.Equal(t, []int{0, 1, 2}, chunks, "one FetchAttachments per chunk, in order")
 			require.Equal(t, []int64{100, 70, 40}, budgets, "the budget shrinks by what earlier chunks stored")
 			require.True(t, strings.Contains(strings.Join(res.Warnings, "\n"), "3 attachment(s) were not stored"), "%q", res.Warnings)
+			require.NotNil(t, res.Attachments)
+			require.Equal(t, int64(6), res.Attachments.ByStatus["stored"])
+			require.Equal(t, int64(90), res.Attachments.Bytes)
 		})
 	}
 }

@@ -563,6 +563,9 @@ func (r *exportRun) finish(c activities.CommitResult) *ExportResult {
 	if n := st.Totals.Failed; n > 0 {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("partial export: the server could not export %d resource(s) (the counts of its error[] entries); what it exported is committed, its OperationOutcomes are in _errors/", n))
 	}
+	if r.attachmentsOn() {
+		res.Attachments = &st.Attachments // attachments.go
+	}
 	res.Warnings = append(res.Warnings, st.Plan.Warnings...) // the manifest's timestamps (Expires, transactionTime)
 	res.Warnings = append(res.Warnings, minimisationWarnings(r.in, st)...)
 	if !r.set.KeepJob && !r.jobDeleted && workflow.GetVersion(r.ctx, versionDeleteBeforeCommit, workflow.DefaultVersion, 1) < 1 {

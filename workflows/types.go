@@ -181,6 +181,9 @@ type ExportResult struct {
 	// server lost the job.
 	Restarts   int  `json:"restarts,omitempty"`
 	JobDeleted bool `json:"jobDeleted"`
+	// Attachments counts attachment references by status, and the bytes
+	// stored (attachments "fetch" or "inline").
+	Attachments *activities.AttachmentCounts `json:"attachments,omitempty"`
 }
 
 // Phases of an export, as the progress query reports them.
