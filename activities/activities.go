@@ -32,8 +32,8 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/bulkflow/bulkflow/internal/atrest"
-	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/audit"
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
@@ -699,6 +699,11 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 		tombs = newTombstones(ctx, s, run, item, layout.transactionTime)
 		defer tombs.abort()
 	}
+	refs := a.newAttachmentRefs(ctx, c, s, run, item, layout) // attachments.go
+	defer refs.abort()
+	if refs != nil {
+		resumable = nil // a resumed file would skip the references before the offset
+	}
 	bw := stagingWriter(io.MultiWriter(w, h))
 	defer releaseWriter(bw)
 	// progress counts bytes off the wire, not whole lines: a 20 MB line on
@@ -759,6 +764,7 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 				return fail(bulk.KindTransient, "write tombstones", err)
 			}
 		}
+		line = refs.add(line)
 		bw.Write(line)
 		if err := bw.WriteByte('\n'); err != nil {
 			return fail(bulk.KindTransient, "write staged file", err)
@@ -801,6 +807,9 @@ func (a *Activities) download(ctx context.Context, c *bulk.Client, s sink.Sink, 
 	}
 	if err := bw.Flush(); err != nil {
 		return fail(bulk.KindTransient, "write staged file", err)
+	}
+	if err := refs.close(); err != nil {
+		return FileResult{}, err
 	}
 	if err := w.Close(); err != nil {
 		return fail(bulk.KindTransient, "close staged file", err)

@@ -33,6 +33,8 @@ type RunManifest struct {
 	// the order the export names them.
 	Views    []ManifestView `json:"views,omitempty"`
 	Warnings []string       `json:"warnings,omitempty"`
+	// Attachments summarises attachments/index.ndjson (attachments "fetch").
+	Attachments *AttachmentSummary `json:"attachments,omitempty"`
 }
 
 // ManifestFile is one object of a committed run.
@@ -110,6 +112,14 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 		return CommitResult{}, permanent("Incomplete", fmt.Errorf("commit run %s: %d files recorded, the plan has %d; nothing was committed", in.Run, len(files), in.Plan.Files))
 	}
 	m := buildRunManifest(in, files)
+	staged := stagedFiles(files)
+	if in.Attachments {
+		more, sum, err := stageAttachmentIndex(ctx, s, in.Run, in.Chunks) // attachments.go
+		if err != nil {
+			return CommitResult{}, err
+		}
+		staged, m.Attachments = append(staged, more...), sum
+	}
 	m.CommittedAt = time.Now().UTC()
 	if in.Watermark != nil {
 		if why := watermarkRefusal(in, m.CommittedAt); why != nil {
@@ -122,7 +132,7 @@ func (a *Activities) Commit(ctx context.Context, in CommitInput) (CommitResult, 
 	if err != nil {
 		return CommitResult{}, permanent("Internal", err)
 	}
-	if err := s.CommitFiles(ctx, in.Run, stagedFiles(files), body); err != nil {
+	if err := s.CommitFiles(ctx, in.Run, staged, body); err != nil {
 		if errors.Is(err, sink.ErrStagedChanged) {
 			// The bytes on storage are not the ones validated: committing
 			// them would present unvalidated data as complete.

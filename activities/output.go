@@ -52,6 +52,9 @@ type Layout struct {
 	// Views names the export's views (docs/views.md); their definitions are
 	// staged in the run's work area by the pre-flight, not carried here.
 	Views []string `json:"views,omitempty"`
+	// Attachments, when set, fetches the documents output resources point
+	// at (attachments.go); carried here because the downloads list them.
+	Attachments *AttachmentPolicy `json:"attachments,omitempty"`
 
 	transactionTime string   // from the plan, not the caller
 	viewSet         *viewSet // the staged Views, loaded by DownloadFile
@@ -190,6 +193,8 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	r := a.newReader(&wireCounter{r: f.Body, n: &progress})
 	v := ndjson.Validator{WantType: item.Type}
 	ids := newIDSet(item)
+	refs := a.newAttachmentRefs(ctx, c, s, run, item, layout) // attachments.go
+	defer refs.abort()
 	remember := func(sig string, err error) error { return rememberFailure(ctx, prev.Failure, &mu, &last, sig, err) }
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
@@ -209,6 +214,7 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
 			res.Unsubsetted++
 		}
+		line = refs.add(line)
 		if lw != nil {
 			if err := lw.Write(line, m); err != nil {
 				return fail(bulk.KindTransient, "write lake objects", err)
@@ -231,6 +237,9 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	}
 	if err := ids.check(); err != nil {
 		return FileResult{}, withURL(remember(err.(*validationError).sig, err), srcURL)
+	}
+	if err := refs.close(); err != nil {
+		return FileResult{}, err
 	}
 	var parts []lake.Part
 	if lw != nil {

@@ -218,6 +218,9 @@ type CommitInput struct {
 	Watermark *WatermarkUpdate `json:"watermark,omitempty"`
 	// Views names the export's views, for the manifest's "views".
 	Views []string `json:"views,omitempty"`
+	// Attachments: FetchAttachments ran for every chunk; their records
+	// become attachments/index.ndjson and their documents are committed.
+	Attachments bool `json:"attachments,omitempty"`
 }
 
 // CommitResult says where the run landed.

@@ -93,6 +93,7 @@ func TestEveryInputFieldHasAFlag(t *testing.T) {
 		"--type-filter", "Patient?active=true", "--patient", "Patient/1", "--output-format", "application/fhir+ndjson",
 		"--include-associated-data", "LatestProvenanceResources", "--incremental", "--watermark-per-type", "--method", "POST",
 		"--lenient", "--strict", "--out", "/data/lake", "--format", "parquet", "--gzip", "--partition-by", "lastUpdated", "--run", "r1",
+		"--attachments", "inline", "--attachment-type", "text/plain", "--max-attachment-bytes", "1000", "--max-attachments-bytes", "100000",
 		"--concurrency", "3", "--files-per-chunk", "100", "--parallel-chunks", "3", "--max-file-attempts", "4", "--keep-job", "--heartbeat-timeout", "90s", "--retry-deadline", "2h", "--max-history-events", "1000",
 		"--server", "s", "--view", "patient_demographics",
 	}

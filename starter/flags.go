@@ -23,6 +23,7 @@ import (
 type exportFlags struct {
 	in                                 workflows.ExportInput
 	types, elements, patients, include listFlag
+	attachmentTypes                    listFlag
 	typeFilters                        rawListFlag
 	views                              rawListFlag
 	viewErrs                           []error // --view files that cannot be read or are invalid
@@ -71,6 +72,11 @@ func addExportFlags(fs *flag.FlagSet, schedule bool) *exportFlags {
 	fs.StringVar(&in.PartitionBy, "partition-by", "", "Hive partitions: transactionTime or lastUpdated (default none)")
 	fs.Var(&f.views, "view", "a SQL on FHIR ViewDefinition to flatten into views/<name>/ Parquet: a .json file (sent inline) or a view name from the worker's -views-dir; repeatable (docs/views.md)")
 	fs.StringVar(&in.Run, "run", "", "run folder name (default: the workflow ID)")
+	// Attachments (issue 15, docs/lake.md).
+	fs.StringVar(&in.Attachments, "attachments", "", "none (default), fetch (store the documents DocumentReference, DiagnosticReport, Media and Communication point at under attachments/ in the run) or inline (base64 into attachment.data)")
+	fs.Var(&f.attachmentTypes, "attachment-type", "with --attachments inline: a contentType to inline, e.g. text/plain; repeatable (default text/plain, text/html, text/rtf, application/rtf, application/xml, text/xml)")
+	fs.Int64Var(&in.MaxAttachmentBytes, "max-attachment-bytes", 0, "bytes one attachment may have; larger ones are recorded, not stored (default 52428800, 50 MiB; inline: 1048576)")
+	fs.Int64Var(&in.MaxAttachmentsBytes, "max-attachments-bytes", 0, "with --attachments fetch: bytes of attachments one run may store; the rest are recorded as over-budget (default no cap)")
 	fs.IntVar(&in.Options.Concurrency, "concurrency", 0, "files each chunk downloads at once (default 8)")
 	fs.IntVar(&in.Options.FilesPerChunk, "files-per-chunk", 0, "files per child workflow (default 500)")
 	fs.IntVar(&in.Options.ParallelChunks, "parallel-chunks", 0, "chunk child workflows side by side, each downloading --concurrency files at once (default 2)")
@@ -89,6 +95,7 @@ func (f *exportFlags) input(fs *flag.FlagSet) workflows.ExportInput {
 	in := f.in
 	in.Types, in.Elements, in.Patients, in.TypeFilters, in.IncludeAssociatedData = f.types, f.elements, f.patients, f.typeFilters, f.include
 	in.Views, f.viewErrs = resolveViewFlags(f.views)
+	in.AttachmentTypes = f.attachmentTypes
 	if in.Output != "" && !strings.Contains(in.Output, "://") {
 		// The worker resolves relative paths against its own root; the user
 		// means this shell's directory.

@@ -80,14 +80,15 @@ const (
 // dataset is the immutable synthetic population. Only prefix sums are kept
 // (one uint32 per patient and type); resources are generated on demand.
 type dataset struct {
-	seed    uint64
-	n       int
-	prefix  [numCompartment][]uint32
-	total   [numTypes]int
-	epoch   int64       // initial data clock, unix ms
-	large   map[int]int // DocumentReference index -> attachment base64 length
-	attach  []byte      // base64 block repeated to build large attachments
-	members [numGroups]int
+	seed        uint64
+	n           int
+	prefix      [numCompartment][]uint32
+	total       [numTypes]int
+	epoch       int64       // initial data clock, unix ms
+	large       map[int]int // DocumentReference index -> attachment base64 length
+	attach      []byte      // base64 block repeated to build large attachments
+	members     [numGroups]int
+	attachState // attachments.go (Options.Attachments)
 }
 
 func newDataset(seed int64, patients, largeAttachments int, epoch int64) *dataset {

@@ -47,7 +47,8 @@
 // Endpoints: kickoff (selector: system|patient|group), status, manifest (a
 // status poll once the export is complete), file (selector: a type such as
 // "Observation", a file such as "Observation.2", "deleted" or "error"),
-// delete, token, metadata, wellknown. Attempts count per server for kickoff,
+// delete, token, metadata, wellknown, binary (attachments: selector a
+// Binary id such as "att-12" or a kind such as "large"; see attachments.go). Attempts count per server for kickoff,
 // token, metadata and wellknown; per job for status, manifest and delete; per
 // job and file for file. Every matching rule fires; the first whole-response
 // fault wins, body faults combine (so "file=slow(bps=1e5)" as a global rule
@@ -79,6 +80,7 @@
 // which counts Authorization headers reaching it), force-gzip, regenerate
 // (a new version: same resources, other order, new ETag). Files carry a
 // strong ETag (per version and content coding) and honour If-Range.
+// binary: slow(bps=65536) (with Options.Attachments).
 //
 // Examples:
 //

@@ -22,7 +22,7 @@ import (
 
 var faultEndpoints = map[string]bool{
 	"kickoff": true, "status": true, "manifest": true, "file": true, "delete": true,
-	"token": true, "metadata": true, "wellknown": true,
+	"token": true, "metadata": true, "wellknown": true, "binary": true,
 }
 
 // responseFaults replace the whole response; valid on every endpoint.
@@ -36,6 +36,7 @@ var endpointFaults = map[string]map[string]bool{
 	"manifest": {"errors": true, "capability-urls": true, "truncated": true},
 	"file": {"truncate-midline": true, "truncate-lines": true, "reset": true, "slow": true,
 		"redirect": true, "force-gzip": true, "regenerate": true},
+	"binary": {"slow": true}, // attachments.go
 }
 
 type attRange struct{ lo, hi int } // hi 0 = open-ended

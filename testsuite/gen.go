@@ -375,6 +375,9 @@ func (g *gen) resource(t rtype, j, p int, v version) {
 			g.ref(tPractitioner, int(r>>28)%d.total[tPractitioner])
 			g.b = append(g.b, ']')
 		}
+		if g.writeAttachment(j, a.code.display) { // attachments.go
+			break
+		}
 		g.s(`,"content":[{"attachment":{"contentType":"text/plain","data":"`)
 		if n, ok := d.large[j]; ok {
 			// multi-MB inline attachment: the line exceeds 4 MB

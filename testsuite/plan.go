@@ -22,6 +22,9 @@ type Expected struct {
 	Counts  map[string]int                 // resourceType -> resources in output[]
 	IDs     map[string]map[string]struct{} // resourceType -> ids in output[]
 	Deleted map[string]map[string]struct{} // resourceType -> ids listed in deleted[] (only with Since)
+	// Attachments lists the url attachments of the exported
+	// DocumentReferences (Options.Attachments), by id.
+	Attachments []ExpectedAttachment
 }
 
 // elemFilter implements _elements (BD2 L170-180): listed elements plus the
@@ -454,6 +457,11 @@ func (s *Server) Expected(q Query) (Expected, error) {
 		ids := map[string]struct{}{}
 		pl.each(t, 0, func(j, p int, v version) bool {
 			ids[s.data.id(t, j)] = struct{}{}
+			if t == tDocumentReference {
+				if ea, ok := s.expectedAttachment(j); ok {
+					e.Attachments = append(e.Attachments, ea)
+				}
+			}
 			return true
 		})
 		if len(ids) > 0 {

@@ -38,8 +38,11 @@ type Options struct {
 	// ClientCert (with TLS) requires a client certificate signed by the test
 	// CA on every connection (mTLS).
 	ClientCert       bool
-	LargeAttachments int          // DocumentReferences with > 4 MB inline attachments; default 3 (negative = none)
-	Logger           *slog.Logger // nil = discard
+	LargeAttachments int // DocumentReferences with > 4 MB inline attachments; default 3 (negative = none)
+	// Attachments: a share of DocumentReferences point at Binary resources
+	// (attachment.url) instead of inline data; see attachments.go.
+	Attachments bool
+	Logger      *slog.Logger // nil = discard
 	// ManifestPageSize is the number of output entries per manifest page
 	// when the client sends allowPartialManifests=true; default 2.
 	ManifestPageSize int
@@ -111,6 +114,7 @@ func NewServer(opts Options) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.data = newDataset(opts.Seed, opts.Patients, opts.LargeAttachments, opts.Epoch.UnixMilli())
+	s.data.attachOn = opts.Attachments
 	s.mut.Store(&mutState{clock: opts.Epoch.UnixMilli()})
 	s.faults.counters = map[string]int{}
 	if err := s.SetFaults(opts.Faults); err != nil {
@@ -132,6 +136,10 @@ func NewServer(opts Options) (*Server, error) {
 		if strings.HasPrefix(r.URL.Path, "/_storage/") {
 			s.serveStorage(w, r)
 			return "storage"
+		}
+		if id, ok := strings.CutPrefix(r.URL.Path, "/_attach/"); ok {
+			s.serveBinary(w, r, id, true)
+			return "binary2"
 		}
 		writeOO(w, 404, "error", "not-found", "no such object")
 		return "other"
@@ -187,6 +195,7 @@ func (s *Server) Start(addr string) error {
 	}
 	s.base = scheme + "://" + ln.Addr().String() + BasePath
 	s.stoBase = scheme + "://" + sln.Addr().String()
+	s.data.attBase, s.data.attSecond = s.base, s.stoBase
 	go s.srv.Serve(ln)
 	go s.storage.Serve(sln)
 	s.log.Info("test FHIR server started", "base", s.base, "storage", s.stoBase, "patients", s.opts.Patients, "seed", s.opts.Seed)
@@ -310,6 +319,9 @@ func (s *Server) route(w *recorder, r *http.Request) string {
 		}
 		s.serveStatus(w, r, p[len("/_jobs/"):])
 		return "status"
+	case strings.HasPrefix(p, "/Binary/"):
+		s.serveBinary(w, r, p[len("/Binary/"):], false)
+		return "binary"
 	case strings.HasPrefix(p, "/_files/"):
 		jobID, name, _ := strings.Cut(p[len("/_files/"):], "/")
 		s.serveFile(w, r, jobID, name, "file")

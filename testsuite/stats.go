@@ -33,6 +33,11 @@ type Stats struct {
 	// AuthHeaderForwardedOnRedirect counts Authorization headers that reached
 	// the second ("object storage") listener after a 307.
 	AuthHeaderForwardedOnRedirect int64 `json:"authHeaderForwardedOnRedirect"`
+	// AuthHeaderOnSecondOrigin counts Authorization headers that reached
+	// the second listener's attachments (/_attach/); AttachmentsServed
+	// counts Binary bodies sent whole (attachments.go).
+	AuthHeaderOnSecondOrigin int64 `json:"authHeaderOnSecondOrigin"`
+	AttachmentsServed        int64 `json:"attachmentsServed"`
 	// RangeRequests counts 206 responses.
 	RangeRequests int64 `json:"rangeRequests"`
 	// IfRangeMismatches counts Range requests answered with the whole file

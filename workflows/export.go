@@ -53,6 +53,9 @@ func BulkExportWorkflow(ctx workflow.Context, in ExportInput) (res *ExportResult
 			return nil, err
 		}
 	}
+	if err := r.fetchAttachments(); err != nil { // attachments.go: only with attachments "fetch"
+		return nil, err
+	}
 	r.releaseJobEarly() // version 1: the server's job is done once its files are staged
 	cres, err := r.commit()
 	if err != nil {
@@ -737,7 +740,7 @@ func (r *exportRun) commit() (activities.CommitResult, error) {
 	}
 	in := activities.CommitInput{Target: r.target, Chunks: r.set.chunks(r.st.Plan.Files), Plan: *r.st.Plan, Warnings: r.st.Warnings,
 		Watermark: wm, Request: r.in.requestSummary(), StartedAt: r.st.StartedAt, Workflow: workflow.GetInfo(r.ctx).WorkflowExecution.ID,
-		Views: r.set.Layout.Views}
+		Views: r.set.Layout.Views, Attachments: r.attachmentsOn()}
 	var res activities.CommitResult
 	if err := workflow.ExecuteActivity(ctx, a.Commit, in).Get(r.ctx, &res); err != nil {
 		return res, fmt.Errorf("commit: %w", err)
@@ -758,6 +761,9 @@ func (r *exportRun) finish(c activities.CommitResult) *ExportResult {
 	}
 	if n := st.Totals.Failed; n > 0 {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("partial export: the server could not export %d resource(s) (the counts of its error[] entries); what it exported is committed, its OperationOutcomes are in _errors/", n))
+	}
+	if r.attachmentsOn() {
+		res.Attachments = &st.Attachments // attachments.go
 	}
 	res.Warnings = append(res.Warnings, st.Plan.Warnings...) // the manifest's timestamps (Expires, transactionTime)
 	res.Warnings = append(res.Warnings, minimisationWarnings(r.in, st)...)

@@ -69,6 +69,20 @@ type ExportInput struct {
 	// (-views-dir) or a ViewDefinition in JSON (starting with '{').
 	// With Format "none" only the view tables are kept.
 	Views []string `json:"views,omitempty"`
+	// Attachments is "none" (default) or "fetch": store the documents that
+	// DocumentReference, DiagnosticReport, Media and Communication
+	// resources point at (attachment.url) under attachments/ in the run,
+	// listed by attachments/index.ndjson (docs/lake.md). MaxAttachmentBytes
+	// caps one document (default 50 MiB), MaxAttachmentsBytes the run's
+	// total (default: no cap); what is over is recorded, not stored.
+	// "inline" instead writes the documents of the AttachmentTypes (default
+	// text/plain, text/html, text/rtf, application/rtf, application/xml,
+	// text/xml) as base64 into attachment.data of the resource lines, up to
+	// MaxAttachmentBytes (default 1 MiB) each.
+	Attachments         string   `json:"attachments,omitempty"`
+	AttachmentTypes     []string `json:"attachmentTypes,omitempty"`
+	MaxAttachmentBytes  int64    `json:"maxAttachmentBytes,omitempty"`
+	MaxAttachmentsBytes int64    `json:"maxAttachmentsBytes,omitempty"`
 	// Run names the run's folder in Output; default: the workflow ID.
 	Run     string  `json:"run,omitempty"`
 	Options Options `json:"options,omitempty"`
@@ -153,6 +167,10 @@ type ResumeState struct {
 	Refreshes  int      `json:"refreshes,omitempty"`
 	Restarts   int      `json:"restarts,omitempty"`
 	Warnings   []string `json:"warnings,omitempty"`
+	// AttachmentChunks counts chunks whose attachments are fetched;
+	// Attachments sums them (attachments "fetch").
+	AttachmentChunks int                         `json:"attachmentChunks,omitempty"`
+	Attachments      activities.AttachmentCounts `json:"attachments,omitzero"`
 }
 
 // Totals are the running sums of a run: the same type the run manifest uses.
@@ -178,6 +196,9 @@ type ExportResult struct {
 	// server lost the job.
 	Restarts   int  `json:"restarts,omitempty"`
 	JobDeleted bool `json:"jobDeleted"`
+	// Attachments counts attachment references by status, and the bytes
+	// stored (attachments "fetch" or "inline").
+	Attachments *activities.AttachmentCounts `json:"attachments,omitempty"`
 }
 
 // Phases of an export, as the progress query reports them.
@@ -266,6 +287,12 @@ func (in *ExportInput) Validate() error {
 	if err := in.layout().Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := in.attachmentPolicy().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if in.attachmentPolicy() == nil && (in.MaxAttachmentBytes != 0 || in.MaxAttachmentsBytes != 0 || len(in.AttachmentTypes) > 0) {
+		errs = append(errs, errors.New(`"maxAttachmentBytes", "maxAttachmentsBytes" and "attachmentTypes" need "attachments": "fetch" or "inline"`))
+	}
 	o := in.Options
 	if o.Concurrency < 0 || o.Concurrency > 256 {
 		errs = append(errs, fmt.Errorf(`"options.concurrency" %d: use 1 to 256`, o.Concurrency))
@@ -297,7 +324,16 @@ func (in *ExportInput) Validate() error {
 
 func (in *ExportInput) layout() activities.Layout {
 	names, _ := activities.ViewNames(in.Views) // validated input: one name per view
-	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict, Views: names}
+	return activities.Layout{Format: in.Format, Gzip: in.Gzip, PartitionBy: in.PartitionBy, CheckSubsetted: len(in.Elements) > 0, Strict: in.Strict, Views: names,
+		Attachments: in.attachmentPolicy()}
+}
+
+// attachmentPolicy is nil unless the input asks for attachments.
+func (in *ExportInput) attachmentPolicy() *activities.AttachmentPolicy {
+	if in.Attachments == "" || in.Attachments == "none" {
+		return nil
+	}
+	return &activities.AttachmentPolicy{Mode: in.Attachments, MaxBytes: in.MaxAttachmentBytes, MaxTotal: in.MaxAttachmentsBytes, Types: in.AttachmentTypes}
 }
 
 // chunks is the number of child workflows for a plan of files.
@@ -379,6 +415,7 @@ func (in *ExportInput) requestSummary() map[string]any {
 	if names, _ := activities.ViewNames(in.Views); len(names) > 0 {
 		set("views", names, true) // names only: a definition is in the run's tables' metadata
 	}
+	set("attachments", in.Attachments, in.Attachments != "" && in.Attachments != "none")
 	return m
 }
 

@@ -30,4 +30,7 @@ const (
 	// activities planned from ChunkHints; a file failing in a batch is
 	// retried alone through DownloadFile (issue 14 §1).
 	versionBatchSmallFiles = "batch-small-files"
+	// Version 1: exports with attachments "fetch" run FetchAttachments per
+	// chunk after the downloads (only such exports reach this patch).
+	versionAttachments = "attachments"
 )

@@ -34,6 +34,9 @@ type Report struct {
 	Duplicates int
 	// Deleted lists tombstoned ids by type (only when collected).
 	Deleted map[string]map[string]struct{}
+	// Attachments are the lines of attachments/index.ndjson, each stored
+	// document checked (attachments.go).
+	Attachments []activities.AttachmentRecord
 }
 
 // Run verifies the run in dir. With collectIDs it also gathers every output
@@ -73,6 +76,9 @@ func FS(fsys fsReader, collectIDs bool) (*Report, error) {
 		if err := r.object(fsys, f, ids); err != nil {
 			return r, err
 		}
+	}
+	if err := r.attachments(fsys); err != nil {
+		return r, err
 	}
 	if collectIDs {
 		r.IDs = byFormat["ndjson"]

@@ -184,7 +184,7 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench: -scale must be > 0 and -runs >= 1")
 		return 2
 	}
-	all := scenarios()
+	all := append(scenarios(), attachmentScenarios()...) // attachments.go
 	var chosen []scenario
 	for _, n := range strings.Split(*list, ",") {
 		n = strings.TrimSpace(n)
@@ -233,12 +233,13 @@ func run() int {
 		return 0
 	}
 	printTable(os.Stdout, results, *scale)
+	printAttachments(os.Stdout) // attachments.go
 	return 0
 }
 
 func names() string {
 	var n []string
-	for _, s := range scenarios() {
+	for _, s := range append(scenarios(), attachmentScenarios()...) {
 		n = append(n, s.Name)
 	}
 	return strings.Join(n, ", ")
@@ -563,6 +564,9 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 				return r, fmt.Errorf("verify: manifest says %d %s, expected %d", got, typ, n)
 			}
 		}
+	}
+	if err := attachmentFigures(sc, srv, res, r); err != nil { // attachments.go
+		return r, err
 	}
 	if sc.history {
 		if err := e.history(ctx, id, &r); err != nil {

@@ -54,6 +54,7 @@ func TestReplayCorpus(t *testing.T) {
 		{"upgrade-mid-download", corpusUpgrade},
 		{"parallel-chunks", corpusParallelChunks},
 		{"batch-small-files", corpusBatch},
+		{"attachments", corpusAttachments}, // attachments_corpus_test.go
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			ids := sc.run(t)

@@ -100,6 +100,14 @@ func assertExact(t *testing.T, res workflows.ExportResult, want testsuite.Expect
 	for _, f := range rep.Manifest.Files {
 		listed[f.Path] = true
 	}
+	if a := rep.Manifest.Attachments; a != nil {
+		listed[a.Index] = true
+		for _, r := range rep.Attachments {
+			if r.Status == activities.AttachmentStored {
+				listed[r.Path] = true
+			}
+		}
+	}
 	filepath.WalkDir(res.Location, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			rel, _ := filepath.Rel(res.Location, p)

@@ -53,6 +53,9 @@ func TestHistoryStaysBoundedOnARealServer(t *testing.T) {
 	reg("Commit", func(context.Context, activities.CommitInput) (activities.CommitResult, error) {
 		return activities.CommitResult{Location: "/x"}, nil
 	})
+	reg("FetchAttachments", func(context.Context, activities.FetchAttachmentsInput) (activities.FetchAttachmentsResult, error) {
+		return activities.FetchAttachmentsResult{}, nil
+	})
 	reg("DeleteJob", func(context.Context, activities.DeleteJobInput) error { return nil })
 	reg("Abort", func(context.Context, activities.Target) error { return nil })
 	if err := w.Start(); err != nil {
