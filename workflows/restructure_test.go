@@ -31,6 +31,7 @@ func newEnv() *testsuite.TestWorkflowEnvironment {
 	// workflow task handles hundreds of mocked completions; a real
 	// deadlock still fails, after 10 s.
 	env.SetWorkerOptions(worker.Options{DeadlockDetectionTimeout: 10 * time.Second})
+	env.SetTestTimeout(time.Minute)
 	env.RegisterWorkflow(BulkExportWorkflow)
 	env.RegisterWorkflow(DownloadChunkWorkflow)
 	env.RegisterActivity(&activities.Activities{})

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,11 +29,13 @@ import (
 // exports land the exact set.
 func TestFleetSharesOneDownloadBudget(t *testing.T) {
 	requireE2E(t)
-	const k, perFile = 4, 40
+	const k, perFile = 4, 20
 	workerBin := buildBinary(t, "./worker")
-	// Slow bodies (about 0.3 s a file), so the three workers' downloads
-	// overlap at the server all the time.
-	srv := fhirServer(t, testsuite.Options{Patients: 30, ResourcesPerFile: perFile, LargeAttachments: -1,
+	// Slow bodies (about 0.2 s a file), so the three workers' downloads
+	// overlap at the server all the time. Small files travel in batches
+	// (DownloadBatch): about 300 files make enough batches for each
+	// worker to get its share.
+	srv := fhirServer(t, testsuite.Options{Patients: 60, ResourcesPerFile: perFile, LargeAttachments: -1,
 		MaxConcurrentDownloads: k, RetryAfter: time.Second, Faults: "file=slow(bps=80000)"})
 	out := t.TempDir()
 	serversFile := filepath.Join(t.TempDir(), "servers.json")
@@ -65,9 +69,21 @@ func TestFleetSharesOneDownloadBudget(t *testing.T) {
 			}
 		}
 	})
-	staged := func(p *proc) int { return strings.Count(p.log.String(), `msg="file staged"`) }
+	// Files staged by a worker: one log line per single download, one per
+	// batch with its file count.
+	batchFiles := regexp.MustCompile(`msg="batch staged" .*?\bfiles=(\d+)`)
+	staged := func(p *proc) int {
+		l := p.log.String()
+		n := strings.Count(l, `msg="file staged"`)
+		for _, m := range batchFiles.FindAllStringSubmatch(l, -1) {
+			k, _ := strconv.Atoi(m[1])
+			n += k
+		}
+		return n
+	}
 
-	opts := workflows.Options{Concurrency: 8, HeartbeatTimeout: "10s"}
+	// A window of 16 makes batches of the smallest size (4 files).
+	opts := workflows.Options{Concurrency: 16, HeartbeatTimeout: "10s"}
 	runs := []interface{ GetID() string }{}
 	var wg sync.WaitGroup
 	results := make([]workflows.ExportResult, 2)
