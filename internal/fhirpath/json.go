@@ -88,6 +88,11 @@ func ParseJSON(data []byte) (*Node, error) {
 }
 
 func (p *jsonParser) parse(s string) (*Node, error) {
+	return p.parseInto(new(Node), s)
+}
+
+// parseInto is parse into n (a Decoder's root, reused).
+func (p *jsonParser) parseInto(n *Node, s string) (*Node, error) {
 	p.s, p.i = s, 0
 	p.skipWS()
 	base := len(p.stack)
@@ -97,7 +102,6 @@ func (p *jsonParser) parse(s string) (*Node, error) {
 		p.stack, p.keys = p.stack[:base], p.keys[:0]
 		return nil, err
 	}
-	n := new(Node)
 	*n = p.stack[base]
 	p.stack[base] = Node{}
 	p.stack = p.stack[:base]
@@ -207,7 +211,10 @@ func (p *jsonParser) nextKeyChunk(k int) []string {
 // valid: they live in a fresh copy of each document). For a loop that is done
 // with each resource before it reads the next, as Runner is; a Decoder is not
 // safe for concurrent use.
-type Decoder struct{ p jsonParser }
+type Decoder struct {
+	p    jsonParser
+	root Node // the tree's root, reused as its nodes are
+}
 
 // decoderKeep bounds the arena memory a Decoder keeps between documents: a
 // huge document's arenas are dropped rather than held for the next.
@@ -251,14 +258,14 @@ func (d *Decoder) decode(s string, elements func(resourceType string) (names []s
 			p.nodeChunks, p.keyChunks = nil, nil
 		}
 	}()
-	n, err := p.parse(s)
+	n, err := p.parseInto(&d.root, s)
 	if err == nil && p.rtAgain {
 		// A second resourceType: decode it all (the last one wins, as
 		// everywhere, and the projection was chosen by the first).
 		p.elements, p.names, p.projected = nil, nil, false
 		p.nodeChunk, p.keyChunk = 0, 0
 		p.nodeArena, p.keyArena = nil, nil
-		n, err = p.parse(s)
+		n, err = p.parseInto(&d.root, s)
 	}
 	return n, err
 }

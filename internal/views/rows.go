@@ -474,6 +474,41 @@ func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) erro
 	return r.ProcessNode(n, emit)
 }
 
+// WithElements returns a Runner of the same views whose decode also builds
+// the given top-level elements of every resource (for ProcessChecked's
+// check); the views' rows are the same, the projection only grows.
+func (r *Runner) WithElements(extra ...string) *Runner {
+	c := &Runner{byType: r.byType, elements: make(map[string]projection, len(r.elements))}
+	for typ, p := range r.elements {
+		q := projection{names: slices.Clone(p.names), all: p.all}
+		for _, n := range extra {
+			if !slices.Contains(q.names, n) {
+				q.names = append(q.names, n)
+			}
+		}
+		c.elements[typ] = q
+	}
+	return c
+}
+
+// ProcessChecked is Process that hands the decoded resource to check before
+// any view runs: a caller can take what it must know of the line from the
+// same decode (the tree is valid only during the call). An error of check
+// is returned as is, and no view runs; a line that does not decode returns
+// the decoder's error without check being called.
+func (r *Runner) ProcessChecked(line []byte, check func(root *fhirpath.Node) error, emit func(v *View, rows []Row) error) error {
+	d := decoders.Get().(*fhirpath.Decoder)
+	defer decoders.Put(d)
+	n, err := d.DecodeInPlace(line, r.Elements)
+	if err != nil {
+		return err
+	}
+	if err := check(n); err != nil {
+		return err
+	}
+	return r.ProcessNode(n, emit)
+}
+
 // ProcessNode is Process for an already decoded resource.
 func (r *Runner) ProcessNode(n *fhirpath.Node, emit func(v *View, rows []Row) error) error {
 	rt := n.Get("resourceType")
