@@ -415,6 +415,9 @@ type Runner struct {
 	// elements per resource type: the names its views navigate by (see
 	// Elements).
 	elements map[string]projection
+	// elementsFn is r.Elements, bound once: a method value made per
+	// line would be one allocation per resource (the decoder keeps it).
+	elementsFn func(resourceType string) (names []string, all bool)
 }
 
 type projection struct {
@@ -446,6 +449,7 @@ func NewRunner(vs ...*View) *Runner {
 		}
 		r.elements[v.Resource] = p
 	}
+	r.elementsFn = r.Elements
 	return r
 }
 
@@ -467,7 +471,7 @@ func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) erro
 	defer decoders.Put(d)
 	// Only the top-level elements the views of the line's type can reach
 	// are built; the rest is checked and skipped.
-	n, err := d.DecodeInPlace(line, r.Elements)
+	n, err := d.DecodeInPlace(line, r.elementsFn)
 	if err != nil {
 		return err
 	}
@@ -488,6 +492,7 @@ func (r *Runner) WithElements(extra ...string) *Runner {
 		}
 		c.elements[typ] = q
 	}
+	c.elementsFn = c.Elements
 	return c
 }
 
@@ -499,7 +504,7 @@ func (r *Runner) WithElements(extra ...string) *Runner {
 func (r *Runner) ProcessChecked(line []byte, check func(root *fhirpath.Node) error, emit func(v *View, rows []Row) error) error {
 	d := decoders.Get().(*fhirpath.Decoder)
 	defer decoders.Put(d)
-	n, err := d.DecodeInPlace(line, r.Elements)
+	n, err := d.DecodeInPlace(line, r.elementsFn)
 	if err != nil {
 		return err
 	}
