@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -408,10 +409,12 @@ func (p *jsonParser) str() (string, error) {
 	return "", p.errf("unterminated string")
 }
 
-// plainRun returns the index of the first 8-byte word from i on that may
-// hold a byte a string scan must look at (a quote, a backslash, a control
-// character or a non-ASCII byte), or len(s) minus less than 8: most of a
-// FHIR string (URLs, codes, display text) is passed over a word at a time.
+// plainRun returns the index of the first byte from i on that a string
+// scan must look at (a quote, a backslash, a control character or a
+// non-ASCII byte), or, with none in the whole words from i, len(s) minus
+// less than 8: most of a FHIR string (URLs, codes, display text) is passed
+// over a word at a time, and the word that ends it (a key's closing quote)
+// is not walked again byte by byte.
 func plainRun(s string, i int) int {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	for i+8 <= len(s) {
@@ -419,8 +422,11 @@ func plainRun(s string, i int) int {
 		x := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
 		q := x ^ (lo * '"')
 		b := x ^ (lo * '\\')
-		if ((q-lo)&^q|(b-lo)&^b|(x-lo*0x20)&^x|x)&hi != 0 {
-			return i
+		// The has-zero-byte test can flag a byte after a real hit (a
+		// borrow), never one before it: the lowest flag is exact, and the
+		// little-endian load puts the first byte lowest.
+		if m := ((q-lo)&^q | (b-lo)&^b | (x-lo*0x20)&^x | x) & hi; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
 		}
 		i += 8
 	}
