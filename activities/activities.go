@@ -32,8 +32,8 @@ import (
 	"go.temporal.io/sdk/activity"
 
 	"github.com/bulkflow/bulkflow/internal/atrest"
-	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/audit"
+	"github.com/bulkflow/bulkflow/internal/budget"
 	"github.com/bulkflow/bulkflow/internal/bulk"
 	"github.com/bulkflow/bulkflow/internal/metrics"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
