@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -189,4 +190,53 @@ func BenchmarkValidateTypical(b *testing.B) {
 			b.ReportMetric(float64(typical.bytes)*float64(b.N)/(cpuTime()-cpu0).Seconds()/1e6, "MB/cpu-s")
 		})
 	}
+}
+
+// BenchmarkDownloadFileViews is BenchmarkDownloadFile with the three views
+// of docs/views (the bench's "views" scenario, issue 17 §3): the files of a
+// type some view reads take the lake path and are flattened while they
+// stream; the others stay on the plain path.
+//
+//	go test -run - -bench DownloadFileViews -benchtime 3x ./activities
+func BenchmarkDownloadFileViews(b *testing.B) {
+	loadTypical(b)
+	f := newFixture(b)
+	f.acts.ViewsDir, _ = filepath.Abs("../docs/views")
+	bodies := map[string][]byte{}
+	f.srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/fhir+ndjson")
+		w.Write(bodies[r.URL.Path])
+	})
+	var plan []plannedFile
+	for i, tf := range typical.files {
+		p := fmt.Sprintf("/f/%d", i)
+		bodies[p] = []byte(tf.body)
+		plan = append(plan, plannedFile{Kind: KindOutput, Type: tf.typ, URL: f.srv.URL + p, Count: tf.count, HasCount: true,
+			Path: fmt.Sprintf("%s/%s-%04d.ndjson", tf.typ, tf.typ, i)})
+	}
+	f.stage(plan...)
+	names := []string{"patient_demographics", "blood_pressure", "condition_codings"}
+	if err := f.acts.CheckTarget(context.Background(), CheckTargetInput{ServerRef: ServerRef{BaseURL: f.srv.URL}, Target: Target{Run: "run"}, Views: names}); err != nil {
+		b.Fatal(err)
+	}
+	layout := Layout{Views: names}
+	b.SetBytes(typical.bytes)
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		for i := range plan {
+			r, err := f.downloadWith(i, layout)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if r.Resources != plan[i].Count {
+				b.Fatalf("%s: %d resources, want %d", plan[i].Path, r.Resources, plan[i].Count)
+			}
+		}
+		b.StopTimer()
+		os.RemoveAll(filepath.Join(f.out, ".staging", "run", "data"))
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(typical.bytes)*float64(b.N)/(cpuTime()-cpu0).Seconds()/1e6, "MB/cpu-s")
 }

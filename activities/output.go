@@ -13,6 +13,7 @@ import (
 	"io"
 	"path"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,16 +200,11 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 	fail := func(kind bulk.ErrorKind, diag string, err error) (FileResult, error) {
 		return FileResult{}, &bulk.Error{Op: "download", URL: srcURL, Kind: kind, Diagnostics: diag, Err: err}
 	}
-	for {
-		line, m, err := nextResource(r, v, item, res.Resources)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return FileResult{}, withURL(err, srcURL)
-		}
+	// accept takes a validated line: the checks and writes before its views.
+	keepMeta := vf != nil && slices.Contains(opts.Formats, lake.Parquet)
+	accept := func(line []byte, m ndjson.Meta) error {
 		if err := checkMore(item, res.Resources, res.Bytes, r.Line()); err != nil {
-			return FileResult{}, withURL(err, srcURL)
+			return withURL(err, srcURL)
 		}
 		ids.add(m.ID, r.Line())
 		if layout.CheckSubsetted && !bytes.Contains(line, subsetted) {
@@ -216,17 +212,56 @@ func (a *Activities) downloadToLake(ctx context.Context, c *bulk.Client, s sink.
 		}
 		line = refs.add(line)
 		if lw != nil {
+			if keepMeta {
+				m = cloneMeta(m) // Parquet rows hold the Meta's strings
+			}
 			if err := lw.Write(line, m); err != nil {
-				return fail(bulk.KindTransient, "write lake objects", err)
+				_, err = fail(bulk.KindTransient, "write lake objects", err)
+				return err
 			}
 		}
+		return nil
+	}
+	viewFailed := func(err error) (FileResult, error) {
+		if we := (errViewWrite{}); errors.As(err, &we) {
+			return fail(bulk.KindTransient, "write view tables", err)
+		}
+		// The same resource fails the same way on every retry.
+		return fail(bulk.KindPermanent, item.Path+" "+viewError(err, r.Line()), nil)
+	}
+	for {
+		line, err := nextLine(r, item, res.Resources)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return FileResult{}, withURL(err, srcURL)
+		}
+		checked := false
 		if vf != nil {
-			if err := vf.write(line, m); err != nil {
-				if we := (errViewWrite{}); errors.As(err, &we) {
-					return fail(bulk.KindTransient, "write view tables", err)
+			// One decode validates the line and feeds the views
+			// (viewFile.writeChecked); a line it does not vouch for
+			// takes the validator below, unwritten.
+			var err error
+			if checked, err = vf.writeChecked(line, item.Type, func(m ndjson.Meta) error { return accept(line, m) }); err != nil {
+				if ae := (acceptError{}); errors.As(err, &ae) {
+					return FileResult{}, ae.err
 				}
-				// The same resource fails the same way on every retry.
-				return fail(bulk.KindPermanent, item.Path+" "+viewError(err, r.Line()), nil)
+				return viewFailed(err)
+			}
+		}
+		if !checked {
+			m, err := v.Check(line)
+			if err != nil {
+				return FileResult{}, withURL(lineError(r, item, err), srcURL)
+			}
+			if err := accept(line, m); err != nil {
+				return FileResult{}, err
+			}
+			if vf != nil {
+				if err := vf.write(line, m); err != nil {
+					return viewFailed(err)
+				}
 			}
 		}
 		res.Resources++

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/bulkflow/bulkflow/internal/fhirpath"
 	"github.com/bulkflow/bulkflow/internal/lake"
 	"github.com/bulkflow/bulkflow/internal/ndjson"
 	"github.com/bulkflow/bulkflow/internal/sink"
@@ -217,7 +218,15 @@ func (a *Activities) resolveViews(items []string) ([]stagedView, error) {
 type viewSet struct {
 	views  []*views.View
 	runner *views.Runner
+	// checked is runner whose decode also builds the top-level elements
+	// ndjson.Meta comes from (metaElements), so a line of a type the views
+	// read is parsed once for its validation and its rows (viewFile.writeChecked).
+	checked *views.Runner
 }
+
+// metaElements are the top-level elements ndjson.Inspect reads for a Meta
+// (resourceType is always decoded).
+var metaElements = []string{"id", "meta", "subject", "patient"}
 
 func (s *viewSet) wants(typ string) bool { return s != nil && s.runner.Wants(typ) }
 
@@ -269,6 +278,7 @@ func (a *Activities) loadViews(ctx context.Context, s sink.Sink, t Target, names
 		return nil, permanent("PlanMissing", fmt.Errorf("run %s: the staged views are not the export's %v", t.Run, names))
 	}
 	vs.runner = views.NewRunner(vs.views...)
+	vs.checked = vs.runner.WithElements(metaElements...)
 	a.mu.Lock()
 	if a.viewSets == nil || len(a.viewSets) > 8 {
 		a.viewSets = map[string]*viewSet{}
@@ -295,7 +305,7 @@ type viewFile struct {
 	open     lake.Opener
 	base     string
 	opts     lake.Options
-	tables   map[string]*viewTable
+	tables   map[tableKey]*viewTable
 	objs     []*viewTable
 	buffered int64
 	cur      string // the partition of the resource being flattened
@@ -321,7 +331,7 @@ func (t *viewTable) Write(p []byte) (int, error) {
 // partitions every table of the type is created at once, so an empty file
 // still yields empty tables with their schema (as the resource tables do).
 func newViewFile(set *viewSet, open lake.Opener, typ, base string, opts lake.Options) (*viewFile, error) {
-	f := &viewFile{set: set, open: open, base: base, opts: opts, tables: map[string]*viewTable{}}
+	f := &viewFile{set: set, open: open, base: base, opts: opts, tables: map[tableKey]*viewTable{}}
 	if opts.PartitionBy == lake.ByNone {
 		for _, v := range set.of(typ) {
 			if _, err := f.table(v, ""); err != nil {
@@ -333,8 +343,13 @@ func newViewFile(set *viewSet, open lake.Opener, typ, base string, opts lake.Opt
 	return f, nil
 }
 
+type tableKey struct {
+	view      *views.View
+	partition string
+}
+
 func (f *viewFile) table(v *views.View, partition string) (*viewTable, error) {
-	key := v.Name + "\x00" + partition
+	key := tableKey{v, partition}
 	if t := f.tables[key]; t != nil {
 		return t, nil
 	}
@@ -380,6 +395,140 @@ func (f *viewFile) write(line []byte, m ndjson.Meta) (err error) {
 	}()
 	f.cur = lake.PartitionOf(f.opts, m)
 	return f.set.runner.Process(line, f.emit)
+}
+
+// errUnchecked: the decoded resource cannot vouch for the line as
+// ndjson.Validator.Check would; the caller checks it the usual way.
+var errUnchecked = errors.New("line left to the validator")
+
+// acceptError carries the caller's own error out of writeChecked.
+type acceptError struct{ err error }
+
+func (e acceptError) Error() string { return e.err.Error() }
+
+// writeChecked validates and flattens one line with a single decode: the
+// views' decoder checks the whole line's JSON grammar (fhirpath.Decoder
+// accepts a subset of what ndjson.Inspect accepts: the same grammar, nesting
+// bounded at fhirpath.MaxDepth), and the Meta that Validator.Check would
+// return comes from the decoded tree (metaOf). accept then runs on the line
+// and its Meta before any view does; its error comes back as an acceptError.
+//
+// checked is false when the line was not accepted here (it does not decode,
+// or metaOf cannot vouch for it): nothing was written, and the caller runs
+// the validator and write as before, so such a line fails or passes with
+// exactly the errors it always did.
+func (f *viewFile) writeChecked(line []byte, want string, accept func(m ndjson.Meta) error) (checked bool, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("flattening the resource failed inside the views engine (%v): report this as a bug", r)
+		}
+	}()
+	err = f.set.checked.ProcessChecked(line, func(root *fhirpath.Node) error {
+		m, ok := metaOf(root, want)
+		if !ok {
+			return errUnchecked
+		}
+		checked = true
+		if err := accept(m); err != nil {
+			return acceptError{err}
+		}
+		f.cur = lake.PartitionOf(f.opts, m)
+		return nil
+	}, f.emit)
+	if !checked {
+		return false, nil
+	}
+	return true, err
+}
+
+// metaOf is what ndjson.Validator{WantType: want}.Check returns for a line
+// fhirpath.Decoder decoded into root (with metaElements built), read the way
+// Inspect reads it: the top-level keys in order, the last string id,
+// meta.lastUpdated/versionId and subject (else patient) .reference winning.
+// ok is false where the two could differ or Check would refuse the line:
+// no, a non-string or a repeated resourceType, the wrong type, or a value
+// that is not plain ASCII (the decoder replaces invalid UTF-8, Inspect keeps
+// raw bytes). The strings alias the line (DecodeInPlace): whoever keeps one
+// past the line copies it (cloneMeta).
+func metaOf(root *fhirpath.Node, want string) (m ndjson.Meta, ok bool) {
+	if root == nil || root.Kind != fhirpath.Object {
+		return m, false
+	}
+	rtSeen := false
+	var patientRef string
+	ref := func(n *fhirpath.Node, to *string) {
+		for j, k := range n.Keys {
+			if k == "reference" && n.Kids[j].Kind == fhirpath.String {
+				*to = n.Kids[j].Str
+			}
+		}
+	}
+	for i, k := range root.Keys {
+		v := &root.Kids[i]
+		switch k {
+		case "resourceType":
+			if rtSeen || v.Kind != fhirpath.String {
+				return m, false
+			}
+			rtSeen = true
+			m.ResourceType = v.Str
+		case "id":
+			if v.Kind == fhirpath.String {
+				m.ID = v.Str
+			}
+		case "meta":
+			if v.Kind != fhirpath.Object {
+				continue
+			}
+			for j, k := range v.Keys {
+				if v.Kids[j].Kind != fhirpath.String {
+					continue
+				}
+				switch k {
+				case "lastUpdated":
+					m.LastUpdated = v.Kids[j].Str
+				case "versionId":
+					m.VersionID = v.Kids[j].Str
+				}
+			}
+		case "subject":
+			if v.Kind == fhirpath.Object {
+				ref(v, &m.Subject)
+			}
+		case "patient":
+			if v.Kind == fhirpath.Object {
+				ref(v, &patientRef)
+			}
+		}
+	}
+	if m.Subject == "" {
+		m.Subject = patientRef
+	}
+	if m.ResourceType == "" || (want != "" && m.ResourceType != want) {
+		return m, false
+	}
+	if !ascii(m.ResourceType) || !ascii(m.ID) || !ascii(m.LastUpdated) || !ascii(m.VersionID) || !ascii(m.Subject) {
+		return ndjson.Meta{}, false
+	}
+	if want != "" {
+		m.ResourceType = want // the same text, not aliasing the line
+	}
+	return m, true
+}
+
+func ascii(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// cloneMeta copies Meta's strings out of the line they alias.
+func cloneMeta(m ndjson.Meta) ndjson.Meta {
+	return ndjson.Meta{ResourceType: strings.Clone(m.ResourceType), ID: strings.Clone(m.ID), LastUpdated: strings.Clone(m.LastUpdated),
+		VersionID: strings.Clone(m.VersionID), Subject: strings.Clone(m.Subject)}
 }
 
 func (f *viewFile) emit(v *views.View, rows []views.Row) error {

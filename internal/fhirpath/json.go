@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,6 +89,11 @@ func ParseJSON(data []byte) (*Node, error) {
 }
 
 func (p *jsonParser) parse(s string) (*Node, error) {
+	return p.parseInto(new(Node), s)
+}
+
+// parseInto is parse into n (a Decoder's root, reused).
+func (p *jsonParser) parseInto(n *Node, s string) (*Node, error) {
 	p.s, p.i = s, 0
 	p.skipWS()
 	base := len(p.stack)
@@ -97,7 +103,6 @@ func (p *jsonParser) parse(s string) (*Node, error) {
 		p.stack, p.keys = p.stack[:base], p.keys[:0]
 		return nil, err
 	}
-	n := new(Node)
 	*n = p.stack[base]
 	p.stack[base] = Node{}
 	p.stack = p.stack[:base]
@@ -207,7 +212,10 @@ func (p *jsonParser) nextKeyChunk(k int) []string {
 // valid: they live in a fresh copy of each document). For a loop that is done
 // with each resource before it reads the next, as Runner is; a Decoder is not
 // safe for concurrent use.
-type Decoder struct{ p jsonParser }
+type Decoder struct {
+	p    jsonParser
+	root Node // the tree's root, reused as its nodes are
+}
 
 // decoderKeep bounds the arena memory a Decoder keeps between documents: a
 // huge document's arenas are dropped rather than held for the next.
@@ -251,14 +259,14 @@ func (d *Decoder) decode(s string, elements func(resourceType string) (names []s
 			p.nodeChunks, p.keyChunks = nil, nil
 		}
 	}()
-	n, err := p.parse(s)
+	n, err := p.parseInto(&d.root, s)
 	if err == nil && p.rtAgain {
 		// A second resourceType: decode it all (the last one wins, as
 		// everywhere, and the projection was chosen by the first).
 		p.elements, p.names, p.projected = nil, nil, false
 		p.nodeChunk, p.keyChunk = 0, 0
 		p.nodeArena, p.keyArena = nil, nil
-		n, err = p.parse(s)
+		n, err = p.parseInto(&d.root, s)
 	}
 	return n, err
 }
@@ -401,10 +409,12 @@ func (p *jsonParser) str() (string, error) {
 	return "", p.errf("unterminated string")
 }
 
-// plainRun returns the index of the first 8-byte word from i on that may
-// hold a byte a string scan must look at (a quote, a backslash, a control
-// character or a non-ASCII byte), or len(s) minus less than 8: most of a
-// FHIR string (URLs, codes, display text) is passed over a word at a time.
+// plainRun returns the index of the first byte from i on that a string
+// scan must look at (a quote, a backslash, a control character or a
+// non-ASCII byte), or, with none in the whole words from i, len(s) minus
+// less than 8: most of a FHIR string (URLs, codes, display text) is passed
+// over a word at a time, and the word that ends it (a key's closing quote)
+// is not walked again byte by byte.
 func plainRun(s string, i int) int {
 	const lo, hi = 0x0101010101010101, 0x8080808080808080
 	for i+8 <= len(s) {
@@ -412,8 +422,11 @@ func plainRun(s string, i int) int {
 		x := binary.LittleEndian.Uint64(unsafe.Slice(unsafe.StringData(s[i:]), 8))
 		q := x ^ (lo * '"')
 		b := x ^ (lo * '\\')
-		if ((q-lo)&^q|(b-lo)&^b|(x-lo*0x20)&^x|x)&hi != 0 {
-			return i
+		// The has-zero-byte test can flag a byte after a real hit (a
+		// borrow), never one before it: the lowest flag is exact, and the
+		// little-endian load puts the first byte lowest.
+		if m := ((q-lo)&^q | (b-lo)&^b | (x-lo*0x20)&^x | x) & hi; m != 0 {
+			return i + bits.TrailingZeros64(m)/8
 		}
 		i += 8
 	}

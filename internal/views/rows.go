@@ -415,6 +415,9 @@ type Runner struct {
 	// elements per resource type: the names its views navigate by (see
 	// Elements).
 	elements map[string]projection
+	// elementsFn is r.Elements, bound once: a method value made per
+	// line would be one allocation per resource (the decoder keeps it).
+	elementsFn func(resourceType string) (names []string, all bool)
 }
 
 type projection struct {
@@ -446,6 +449,7 @@ func NewRunner(vs ...*View) *Runner {
 		}
 		r.elements[v.Resource] = p
 	}
+	r.elementsFn = r.Elements
 	return r
 }
 
@@ -467,8 +471,44 @@ func (r *Runner) Process(line []byte, emit func(v *View, rows []Row) error) erro
 	defer decoders.Put(d)
 	// Only the top-level elements the views of the line's type can reach
 	// are built; the rest is checked and skipped.
-	n, err := d.DecodeInPlace(line, r.Elements)
+	n, err := d.DecodeInPlace(line, r.elementsFn)
 	if err != nil {
+		return err
+	}
+	return r.ProcessNode(n, emit)
+}
+
+// WithElements returns a Runner of the same views whose decode also builds
+// the given top-level elements of every resource (for ProcessChecked's
+// check); the views' rows are the same, the projection only grows.
+func (r *Runner) WithElements(extra ...string) *Runner {
+	c := &Runner{byType: r.byType, elements: make(map[string]projection, len(r.elements))}
+	for typ, p := range r.elements {
+		q := projection{names: slices.Clone(p.names), all: p.all}
+		for _, n := range extra {
+			if !slices.Contains(q.names, n) {
+				q.names = append(q.names, n)
+			}
+		}
+		c.elements[typ] = q
+	}
+	c.elementsFn = c.Elements
+	return c
+}
+
+// ProcessChecked is Process that hands the decoded resource to check before
+// any view runs: a caller can take what it must know of the line from the
+// same decode (the tree is valid only during the call). An error of check
+// is returned as is, and no view runs; a line that does not decode returns
+// the decoder's error without check being called.
+func (r *Runner) ProcessChecked(line []byte, check func(root *fhirpath.Node) error, emit func(v *View, rows []Row) error) error {
+	d := decoders.Get().(*fhirpath.Decoder)
+	defer decoders.Put(d)
+	n, err := d.DecodeInPlace(line, r.elementsFn)
+	if err != nil {
+		return err
+	}
+	if err := check(n); err != nil {
 		return err
 	}
 	return r.ProcessNode(n, emit)
