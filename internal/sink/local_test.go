@@ -280,3 +280,50 @@ func TestLocalStoredChecksum(t *testing.T) {
 		t.Fatalf("resumed file committed against a wrong SHA-256: %v", err)
 	}
 }
+
+// Partials are spread over 16 subdirectories of tmp/ by their token's first
+// digit (creations in one directory contend for its lock), and a checkpoint
+// of a worker from before that (a partial directly in tmp/) still resumes.
+func TestLocalPartialsSpreadAndLegacyResume(t *testing.T) {
+	ctx := context.Background()
+	s, _ := NewLocal(t.TempDir())
+	shards := map[string]bool{}
+	for i := range 64 {
+		w, err := s.Create(ctx, "r", fmt.Sprintf("Observation/o%d.ndjson", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, _, err := w.(Resumable).Checkpoint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(s.stagingDir("r"), "tmp", token[:1], token)); err != nil {
+			t.Fatalf("partial of token %s: %v", token, err)
+		}
+		shards[token[:1]] = true
+		w.Abort()
+	}
+	if len(shards) < 4 {
+		t.Errorf("64 partials in %d subdirectories of tmp/", len(shards))
+	}
+	// A legacy partial: tmp/<token>.
+	token := "0123456789abcdef01234567"
+	legacy := filepath.Join(s.stagingDir("r"), "tmp", token)
+	if err := os.WriteFile(legacy, []byte("line1\nrest-of-a-torn-line"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.Resume(ctx, "r", "Observation/legacy.ndjson", token, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "line2\n")
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(s.Location("r"), "Observation", "legacy.ndjson")); string(got) != "line1\nline2\n" {
+		t.Fatalf("resumed legacy partial %q", got)
+	}
+}
