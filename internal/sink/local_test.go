@@ -327,3 +327,33 @@ func TestLocalPartialsSpreadAndLegacyResume(t *testing.T) {
 		t.Fatalf("resumed legacy partial %q", got)
 	}
 }
+
+// The commit checks every file it moves, while it moves the others: one
+// file changed after staging, anywhere in a large run, stops the commit
+// with nothing promoted, and a retry (the run's records unchanged) stops
+// again, on the files an earlier attempt moved as on the others.
+func TestLocalCommitChecksEveryFileOfMany(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []int{0, 37, 199} {
+		s, _ := NewLocal(t.TempDir())
+		var recs []Staged
+		for i := range 200 {
+			name := fmt.Sprintf("Observation/o%03d.ndjson", i)
+			body := fmt.Sprintf("{\"resourceType\":\"Observation\",\"id\":\"%d\"}\n", i)
+			recs = append(recs, Staged{Name: name, Bytes: int64(len(body)), Stored: writeStored(t, s, "r", name, body)})
+		}
+		// A late writer's copy of the same size: only its checksum differs.
+		p := s.stagedData("r", 0, recs[bad].Name)
+		b, _ := os.ReadFile(p)
+		b[len(b)-3] ^= 1
+		os.WriteFile(p, b, 0o640)
+		for attempt := range 2 {
+			if err := s.CommitFiles(ctx, "r", recs, []byte("m")); !errors.Is(err, ErrStagedChanged) {
+				t.Fatalf("file %d changed, attempt %d: %v", bad, attempt+1, err)
+			}
+			if exists(s.Location("r")) {
+				t.Fatalf("file %d changed, attempt %d: the run was promoted", bad, attempt+1)
+			}
+		}
+	}
+}
