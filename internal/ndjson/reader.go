@@ -79,6 +79,15 @@ func NewReader(r io.Reader) *Reader {
 	return &Reader{br: bufio.NewReaderSize(r, DefaultBufferSize), maxLine: DefaultMaxLineBytes}
 }
 
+// NewReaderBuffer wraps r with br (reset to read r): callers that read
+// many small streams reuse their buffers. Lines are at most br.Size() long
+// before the Reader copies them into a buffer of its own; br must not be
+// used elsewhere until the Reader is done.
+func NewReaderBuffer(br *bufio.Reader, r io.Reader) *Reader {
+	br.Reset(r)
+	return &Reader{br: br, maxLine: DefaultMaxLineBytes}
+}
+
 // SetMaxLineBytes changes the longest accepted line (<= 0: no limit).
 func (r *Reader) SetMaxLineBytes(n int) { r.maxLine = n }
 

@@ -280,3 +280,80 @@ func TestLocalStoredChecksum(t *testing.T) {
 		t.Fatalf("resumed file committed against a wrong SHA-256: %v", err)
 	}
 }
+
+// Partials are spread over 16 subdirectories of tmp/ by their token's first
+// digit (creations in one directory contend for its lock), and a checkpoint
+// of a worker from before that (a partial directly in tmp/) still resumes.
+func TestLocalPartialsSpreadAndLegacyResume(t *testing.T) {
+	ctx := context.Background()
+	s, _ := NewLocal(t.TempDir())
+	shards := map[string]bool{}
+	for i := range 64 {
+		w, err := s.Create(ctx, "r", fmt.Sprintf("Observation/o%d.ndjson", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		token, _, err := w.(Resumable).Checkpoint()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(s.stagingDir("r"), "tmp", token[:1], token)); err != nil {
+			t.Fatalf("partial of token %s: %v", token, err)
+		}
+		shards[token[:1]] = true
+		w.Abort()
+	}
+	if len(shards) < 4 {
+		t.Errorf("64 partials in %d subdirectories of tmp/", len(shards))
+	}
+	// A legacy partial: tmp/<token>.
+	token := "0123456789abcdef01234567"
+	legacy := filepath.Join(s.stagingDir("r"), "tmp", token)
+	if err := os.WriteFile(legacy, []byte("line1\nrest-of-a-torn-line"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	w, err := s.Resume(ctx, "r", "Observation/legacy.ndjson", token, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "line2\n")
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, "r", []byte("m")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(s.Location("r"), "Observation", "legacy.ndjson")); string(got) != "line1\nline2\n" {
+		t.Fatalf("resumed legacy partial %q", got)
+	}
+}
+
+// The commit checks every file it moves, while it moves the others: one
+// file changed after staging, anywhere in a large run, stops the commit
+// with nothing promoted, and a retry (the run's records unchanged) stops
+// again, on the files an earlier attempt moved as on the others.
+func TestLocalCommitChecksEveryFileOfMany(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []int{0, 37, 199} {
+		s, _ := NewLocal(t.TempDir())
+		var recs []Staged
+		for i := range 200 {
+			name := fmt.Sprintf("Observation/o%03d.ndjson", i)
+			body := fmt.Sprintf("{\"resourceType\":\"Observation\",\"id\":\"%d\"}\n", i)
+			recs = append(recs, Staged{Name: name, Bytes: int64(len(body)), Stored: writeStored(t, s, "r", name, body)})
+		}
+		// A late writer's copy of the same size: only its checksum differs.
+		p := s.stagedData("r", 0, recs[bad].Name)
+		b, _ := os.ReadFile(p)
+		b[len(b)-3] ^= 1
+		os.WriteFile(p, b, 0o640)
+		for attempt := range 2 {
+			if err := s.CommitFiles(ctx, "r", recs, []byte("m")); !errors.Is(err, ErrStagedChanged) {
+				t.Fatalf("file %d changed, attempt %d: %v", bad, attempt+1, err)
+			}
+			if exists(s.Location("r")) {
+				t.Fatalf("file %d changed, attempt %d: the run was promoted", bad, attempt+1)
+			}
+		}
+	}
+}

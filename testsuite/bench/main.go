@@ -164,6 +164,7 @@ type env struct {
 	work      string
 	verify    bool
 	floor     bool // also run the plain-HTTP floor after every run (floor.go)
+	phases    bool // print each run's timeline (phases.go)
 	log       io.Writer
 }
 
@@ -178,6 +179,7 @@ func run() int {
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	doVerify := flag.Bool("verify", true, "re-read every committed run against its manifest (counts against srv.Expected are always checked)")
 	doFloor := flag.Bool("floor", true, "after every run, download the same export with a plain HTTP client (the floor) and print bulkflow's ratio to it")
+	doPhases := flag.Bool("phases", false, "after every run, print where its first-GET-to-commit window went, from the histories' timestamps (phases.go)")
 	workDir := flag.String("work", "", "directory for the worker binary and outputs (default: a fresh temporary directory, removed afterwards)")
 	flag.Parse()
 	if *scale <= 0 || *runs < 1 {
@@ -206,6 +208,7 @@ func run() int {
 	defer cleanup()
 	e.verify = *doVerify
 	e.floor = *doFloor
+	e.phases = *doPhases
 	e.log = os.Stderr
 
 	fmt.Fprintf(os.Stderr, "bench: %s; scale %g, %d run(s) per scenario\n", machine(), *scale, *runs)
@@ -570,6 +573,11 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 	}
 	if sc.history {
 		if err := e.history(ctx, id, &r); err != nil {
+			return r, err
+		}
+	}
+	if first := srv.Stats().FirstDownloadAt; e.phases && !first.IsZero() {
+		if err := e.timeline(ctx, id, first, e.log); err != nil {
 			return r, err
 		}
 	}
