@@ -491,28 +491,37 @@ func (a *Activities) FetchAttachments(ctx context.Context, in FetchAttachmentsIn
 }
 
 func readRefs(ctx context.Context, s sink.Sink, run, filePath string, a *Activities) ([]attachmentRef, error) {
+	return readSidecar[attachmentRef](ctx, s, run, filePath, a, "attachment references")
+}
+
+// readSidecar reads the objects a download staged beside filePath (its
+// attachment references, or its inline records). None staged is none; a
+// line that does not decode is an error, never skipped: it would be an
+// attachment silently missing from the index.
+func readSidecar[T any](ctx context.Context, s sink.Sink, run, filePath string, a *Activities, what string) ([]T, error) {
 	rc, err := s.Open(ctx, run, attachmentRefsDir+filePath)
 	if errors.Is(err, sink.ErrNotFound) {
-		return nil, nil // a file without attachment references
+		return nil, nil // a file without attachments
 	}
 	if err != nil {
-		return nil, retryable("Sink", fmt.Errorf("read the attachment references of %s: %w", filePath, err))
+		return nil, retryable("Sink", fmt.Errorf("read the %s of %s: %w", what, filePath, err))
 	}
 	defer rc.Close()
 	r := a.newReader(rc)
-	var refs []attachmentRef
+	var out []T
 	for {
 		line, err := r.Next()
 		if err == io.EOF {
-			return refs, nil
+			return out, nil
 		}
 		if err != nil {
-			return nil, retryable("Sink", fmt.Errorf("read the attachment references of %s: %w", filePath, err))
+			return nil, retryable("Sink", fmt.Errorf("read the %s of %s: %w", what, filePath, err))
 		}
-		var ref attachmentRef
-		if json.Unmarshal(line, &ref) == nil {
-			refs = append(refs, ref)
+		var v T
+		if err := json.Unmarshal(line, &v); err != nil {
+			return nil, permanent("Incomplete", fmt.Errorf("the staged %s of %s are damaged at line %d (download the file again: run the export again): %w", what, filePath, r.Line(), err))
 		}
+		out = append(out, v)
 	}
 }
 

@@ -156,28 +156,9 @@ func (in *inliner) fetch(u interface{ String() string }, contentType string, max
 
 // readInlined reads the records a download left in inline mode.
 func readInlined(ctx context.Context, s sink.Sink, run, filePath string, a *Activities, fr FileResult) ([]AttachmentRecord, error) {
-	rc, err := s.Open(ctx, run, attachmentRefsDir+filePath)
-	if errors.Is(err, sink.ErrNotFound) {
-		return nil, nil
+	out, err := readSidecar[AttachmentRecord](ctx, s, run, filePath, a, "attachment records")
+	for i := range out {
+		out[i].Source, out[i].Generation = fr.Index, fr.Generation
 	}
-	if err != nil {
-		return nil, retryable("Sink", fmt.Errorf("read the attachment records of %s: %w", filePath, err))
-	}
-	defer rc.Close()
-	r := a.newReader(rc)
-	var out []AttachmentRecord
-	for {
-		line, err := r.Next()
-		if err == io.EOF {
-			return out, nil
-		}
-		if err != nil {
-			return nil, retryable("Sink", fmt.Errorf("read the attachment records of %s: %w", filePath, err))
-		}
-		var rec AttachmentRecord
-		if json.Unmarshal(line, &rec) == nil {
-			rec.Source, rec.Generation = fr.Index, fr.Generation
-			out = append(out, rec)
-		}
-	}
+	return out, err
 }

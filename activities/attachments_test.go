@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"go.temporal.io/sdk/testsuite"
+
+	"github.com/bulkflow/bulkflow/internal/sink"
 )
 
 // extractAttachments finds url-only attachments where R4 keeps them and
@@ -258,5 +260,35 @@ func TestInlineAttachments(t *testing.T) {
 				t.Errorf("gzip=%v %s: %q (%s), want %q", layout.Gzip, id, recs[id].Status, recs[id].Detail, st)
 			}
 		}
+	}
+}
+
+// A staged sidecar line that does not decode fails the read: skipping it
+// would drop an attachment from the index without a word.
+func TestDamagedSidecarLineIsAnError(t *testing.T) {
+	ctx := context.Background()
+	s, err := sink.NewLocal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const file = "DocumentReference/DocumentReference-0001.ndjson"
+	w, err := s.Create(ctx, "r1", attachmentRefsDir+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(`{"type":"DocumentReference","id":"d1","index":0,"url":"Binary/1"}` + "\n" + `{"type":"DocumentReference","id":"d2","index":0,"url":7}` + "\n"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a := &Activities{}
+	if _, err := readRefs(ctx, s, "r1", file, a); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("readRefs = %v, want an error naming line 2", err)
+	}
+	if _, err := readInlined(ctx, s, "r1", file, a, FileResult{}); err == nil {
+		t.Fatal("readInlined accepted a damaged line")
+	}
+	refs, err := readRefs(ctx, s, "r1", "DocumentReference/none.ndjson", a)
+	if err != nil || refs != nil {
+		t.Fatalf("no sidecar: got %v, %v; want none", refs, err)
 	}
 }
