@@ -103,19 +103,10 @@ func fastScan(d []byte) (sp spans, ok bool) {
 			if i >= n || d[i] != '"' {
 				return sp, false
 			}
-			start, end, esc := i+1, -1, false
-			if start+8 <= n {
-				if t := specials(binary.LittleEndian.Uint64(d[start:])); t != 0 {
-					if k := start + bits.TrailingZeros64(t)>>3; d[k] == '"' {
-						end = k
-					}
-				}
-			}
-			if end < 0 {
-				if i, esc, ok = scanString(d, start); !ok {
-					return sp, false
-				}
-				end = i - 1
+			start := i + 1
+			end, esc, ok := stringEnd(d, start)
+			if !ok {
+				return sp, false
 			}
 			i = end + 1
 			for i < n && isWS(d[i]) {
@@ -147,19 +138,10 @@ func fastScan(d []byte) (sp spans, ok bool) {
 		}
 		switch c {
 		case '"':
-			start, end, esc := i+1, -1, false
-			if start+8 <= n {
-				if t := specials(binary.LittleEndian.Uint64(d[start:])); t != 0 {
-					if k := start + bits.TrailingZeros64(t)>>3; d[k] == '"' {
-						end = k
-					}
-				}
-			}
-			if end < 0 {
-				if i, esc, ok = scanString(d, start); !ok {
-					return sp, false
-				}
-				end = i - 1
+			start := i + 1
+			end, esc, ok := stringEnd(d, start)
+			if !ok {
+				return sp, false
 			}
 			i = end + 1
 			if field != fNone {
@@ -313,6 +295,21 @@ func specials(x uint64) uint64 {
 }
 
 func isWS(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// stringEnd returns the index of the closing quote of the string that
+// starts at start (just after its opening quote). Most keys and values
+// end within 8 bytes: one word tells, without calling scanString.
+func stringEnd(d []byte, start int) (end int, esc, ok bool) {
+	if start+8 <= len(d) {
+		if t := specials(binary.LittleEndian.Uint64(d[start:])); t != 0 {
+			if k := start + bits.TrailingZeros64(t)>>3; d[k] == '"' {
+				return k, false, true
+			}
+		}
+	}
+	i, esc, ok := scanString(d, start)
+	return i - 1, esc, ok
+}
 
 // scanString checks a string whose opening quote is just before i and
 // returns the index after its closing quote. Eight bytes at a time while
