@@ -121,16 +121,12 @@ type jsonParser struct {
 	i         int
 	stack     []Node
 	keys      []string
-	nodeArena []Node
-	keyArena  []string
+	nodeArena arena[Node]
+	keyArena  arena[string]
 
 	// A Decoder's parser keeps its arenas and carves the next document's
 	// nodes from them again (reuse), walking the chunks in order.
-	reuse      bool
-	nodeChunks [][]Node
-	keyChunks  [][]string
-	nodeChunk  int
-	keyChunk   int
+	reuse bool
 
 	// elements, when set, gives the top-level elements to decode once the
 	// resource's type is known (DecodeProjected); names are those of the
@@ -147,64 +143,66 @@ func (p *jsonParser) release() {
 	clear(p.stack[:cap(p.stack)])
 	clear(p.keys[:cap(p.keys)])
 	p.stack, p.keys = p.stack[:0], p.keys[:0]
-	p.s, p.nodeArena, p.keyArena = "", nil, nil
+	p.s = ""
+	p.nodeArena.rewind()
+	p.keyArena.rewind()
 	parserPool.Put(p)
 }
 
-// allocNodes returns k nodes from the arena; the three-index slice keeps an
-// append by a caller from spilling into a neighbour.
-func (p *jsonParser) allocNodes(k int) []Node {
-	if cap(p.nodeArena)-len(p.nodeArena) < k {
-		p.nodeArena = p.nextNodeChunk(k)
-	}
-	l := len(p.nodeArena)
-	p.nodeArena = p.nodeArena[:l+k]
-	return p.nodeArena[l : l+k : l+k]
+func (p *jsonParser) allocNodes(k int) []Node { return p.nodeArena.alloc(k, len(p.s)/24, p.reuse) }
+
+func (p *jsonParser) allocKeys(k int) []string { return p.keyArena.alloc(k, len(p.s)/48, p.reuse) }
+
+// arena carves the children of containers out of large chunks. Reused (a
+// Decoder's), it keeps its chunks and carves the next document from them
+// again, in order.
+type arena[T any] struct {
+	cur    []T
+	chunks [][]T // kept for reuse
+	next   int   // the next chunk to carve from
 }
 
-func (p *jsonParser) nextNodeChunk(k int) []Node {
-	want := max(k, len(p.s)/24, 32)
-	if !p.reuse {
-		return make([]Node, 0, want)
+// alloc returns k elements; the three-index slice keeps an append by a
+// caller from spilling into a neighbour. A new chunk holds at least want.
+func (a *arena[T]) alloc(k, want int, reuse bool) []T {
+	if cap(a.cur)-len(a.cur) < k {
+		a.cur = a.chunk(k, want, reuse)
 	}
-	for p.nodeChunk < len(p.nodeChunks) {
-		c := p.nodeChunks[p.nodeChunk]
-		p.nodeChunk++
+	l := len(a.cur)
+	a.cur = a.cur[:l+k]
+	return a.cur[l : l+k : l+k]
+}
+
+func (a *arena[T]) chunk(k, want int, reuse bool) []T {
+	want = max(k, want, 32)
+	if !reuse {
+		return make([]T, 0, want)
+	}
+	for a.next < len(a.chunks) {
+		c := a.chunks[a.next]
+		a.next++
 		if cap(c) >= k {
 			return c[:0]
 		}
 	}
-	c := make([]Node, 0, max(want, 1024))
-	p.nodeChunks = append(p.nodeChunks, c)
-	p.nodeChunk = len(p.nodeChunks)
+	c := make([]T, 0, max(want, 1024))
+	a.chunks = append(a.chunks, c)
+	a.next = len(a.chunks)
 	return c
 }
 
-func (p *jsonParser) allocKeys(k int) []string {
-	if cap(p.keyArena)-len(p.keyArena) < k {
-		p.keyArena = p.nextKeyChunk(k)
-	}
-	l := len(p.keyArena)
-	p.keyArena = p.keyArena[:l+k]
-	return p.keyArena[l : l+k : l+k]
-}
+// rewind makes the next alloc start again from the first kept chunk: the
+// previous document is dead.
+func (a *arena[T]) rewind() { a.cur, a.next = nil, 0 }
 
-func (p *jsonParser) nextKeyChunk(k int) []string {
-	want := max(k, len(p.s)/48, 32)
-	if !p.reuse {
-		return make([]string, 0, want)
+// bytes is what the kept chunks hold.
+func (a *arena[T]) bytes() int {
+	var zero T
+	n := 0
+	for _, c := range a.chunks {
+		n += cap(c)
 	}
-	for p.keyChunk < len(p.keyChunks) {
-		c := p.keyChunks[p.keyChunk]
-		p.keyChunk++
-		if cap(c) >= k {
-			return c[:0]
-		}
-	}
-	c := make([]string, 0, max(want, 1024))
-	p.keyChunks = append(p.keyChunks, c)
-	p.keyChunk = len(p.keyChunks)
-	return c
+	return n * int(unsafe.Sizeof(zero))
 }
 
 // A Decoder decodes one document after another into memory it reuses: the
@@ -247,16 +245,17 @@ func (d *Decoder) decode(s string, elements func(resourceType string) (names []s
 	p := &d.p
 	p.elements, p.names, p.projected, p.rtAgain = elements, nil, false, false
 	p.reuse = true
-	p.nodeChunk, p.keyChunk = 0, 0
-	p.nodeArena, p.keyArena = nil, nil
+	p.nodeArena.rewind()
+	p.keyArena.rewind()
 	defer func() {
 		clear(p.stack[:cap(p.stack)])
 		clear(p.keys[:cap(p.keys)])
 		p.stack, p.keys = p.stack[:0], p.keys[:0]
-		p.s, p.nodeArena, p.keyArena = "", nil, nil
+		p.s = ""
+		p.nodeArena.cur, p.keyArena.cur = nil, nil
 		p.elements, p.names, p.projected = nil, nil, false
-		if size := chunkBytes(p.nodeChunks, p.keyChunks); size > decoderKeep {
-			p.nodeChunks, p.keyChunks = nil, nil
+		if p.nodeArena.bytes()+p.keyArena.bytes() > decoderKeep {
+			p.nodeArena.chunks, p.keyArena.chunks = nil, nil
 		}
 	}()
 	n, err := p.parseInto(&d.root, s)
@@ -264,22 +263,11 @@ func (d *Decoder) decode(s string, elements func(resourceType string) (names []s
 		// A second resourceType: decode it all (the last one wins, as
 		// everywhere, and the projection was chosen by the first).
 		p.elements, p.names, p.projected = nil, nil, false
-		p.nodeChunk, p.keyChunk = 0, 0
-		p.nodeArena, p.keyArena = nil, nil
+		p.nodeArena.rewind()
+		p.keyArena.rewind()
 		n, err = p.parseInto(&d.root, s)
 	}
 	return n, err
-}
-
-func chunkBytes(nodes [][]Node, keys [][]string) int {
-	n := 0
-	for _, c := range nodes {
-		n += cap(c) * int(unsafe.Sizeof(Node{}))
-	}
-	for _, c := range keys {
-		n += cap(c) * 16
-	}
-	return n
 }
 
 func (p *jsonParser) errf(format string, a ...any) error {
