@@ -51,9 +51,12 @@ func (in *inliner) inline(line []byte, ref attachmentRef) ([]byte, AttachmentRec
 		rec.Status, rec.Detail = AttachmentRefusedOrigin, "the attachment is on an origin that is neither the FHIR server's nor in its allowedOrigins: not fetched"
 		return line, rec, nil
 	}
-	maxBytes := in.policy.maxBytes()
-	if ref.Size != nil && *ref.Size > maxBytes {
-		rec.Status, rec.Size, rec.Detail = AttachmentTooLarge, *ref.Size, fmt.Sprintf("attachment.size %d is over maxAttachmentBytes %d: not inlined", *ref.Size, maxBytes)
+	maxBytes, over := in.room(line)
+	if maxBytes <= 0 || ref.Size != nil && *ref.Size > maxBytes {
+		rec.Status, rec.Detail = AttachmentTooLarge, over
+		if ref.Size != nil {
+			rec.Size = *ref.Size
+		}
 		return line, rec, nil
 	}
 	var wantSHA1 []byte
@@ -102,7 +105,7 @@ func (in *inliner) inline(line []byte, ref attachmentRef) ([]byte, AttachmentRec
 		rec.Size = n
 		switch {
 		case n > maxBytes:
-			rec.Status, rec.Detail = AttachmentTooLarge, fmt.Sprintf("over maxAttachmentBytes %d: not inlined", maxBytes)
+			rec.Status, rec.Detail = AttachmentTooLarge, over
 			return line, rec, nil
 		case ref.Size != nil && *ref.Size != n:
 			rec.Status, rec.Detail = AttachmentHashMismatch, fmt.Sprintf("received %d bytes, attachment.size says %d", n, *ref.Size)
@@ -125,6 +128,19 @@ func (in *inliner) inline(line []byte, ref attachmentRef) ([]byte, AttachmentRec
 		return line, rec, nil
 	}
 	return line, rec, fmt.Errorf("inline attachment %d of %s/%s: %w", ref.Index, ref.Type, ref.ID, lastErr)
+}
+
+// room is the most bytes a document may have to be inlined into line, and
+// what to record when it has more: maxAttachmentBytes, and no more than
+// keeps the line (its base64 and all) within the worker's line cap. A
+// resource with many attachments cannot grow past what the worker reads.
+func (in *inliner) room(line []byte) (int64, string) {
+	maxBytes := in.policy.maxBytes()
+	left := int64(in.a.maxLine()-len(line)-len(`"data":"",`)) / 4 * 3 // base64: 4 bytes per 3
+	if left < maxBytes {
+		return left, fmt.Sprintf("inlining it would make the line longer than the worker's line cap of %d bytes (-max-line-mib): not inlined", in.a.maxLine())
+	}
+	return maxBytes, fmt.Sprintf("over maxAttachmentBytes %d: not inlined", maxBytes)
 }
 
 func sha1Of(b []byte) []byte { s := sha1.Sum(b); return s[:] }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -260,6 +261,48 @@ func TestInlineAttachments(t *testing.T) {
 				t.Errorf("gzip=%v %s: %q (%s), want %q", layout.Gzip, id, recs[id].Status, recs[id].Detail, st)
 			}
 		}
+	}
+}
+
+// Inlining never grows a line past the worker's line cap, however many
+// attachments a resource lists: the first ones that fit are inlined, the
+// rest are recorded too-large, naming the cap.
+func TestInlineStaysWithinTheLineCap(t *testing.T) {
+	f := newFixture(t)
+	f.acts.MaxLineBytes = 2000
+	var content []string
+	for i := range 6 {
+		content = append(content, fmt.Sprintf(`{"attachment":{"contentType":"text/plain","url":"Binary/d%d"}}`, i))
+		f.bodies[fmt.Sprintf("/Binary/d%d", i)] = strings.Repeat("x", 400)
+	}
+	line := `{"resourceType":"DocumentReference","id":"d1","content":[` + strings.Join(content, ",") + `]}`
+	f.bodies["/doc"] = line + "\n"
+	const path = "DocumentReference/DocumentReference-0001.ndjson"
+	f.stage(plannedFile{Kind: KindOutput, Type: "DocumentReference", URL: f.srv.URL + "/doc", Count: 1, HasCount: true, Path: path})
+	if _, err := f.downloadWith(0, Layout{Attachments: &AttachmentPolicy{Mode: AttachmentsInline}}); err != nil {
+		t.Fatal(err)
+	}
+	staged := strings.TrimSuffix(f.staged(path), "\n")
+	if len(staged) > 2000 {
+		t.Errorf("the inlined line has %d bytes, over the 2000-byte line cap", len(staged))
+	}
+	inlined, capped := 0, 0
+	for _, l := range strings.Split(strings.TrimSpace(f.staged(attachmentRefsDir+path)), "\n") {
+		var r AttachmentRecord
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case r.Status == AttachmentInlined:
+			inlined++
+		case r.Status == AttachmentTooLarge && strings.Contains(r.Detail, "line cap"):
+			capped++
+		default:
+			t.Errorf("attachment %d: %s (%s)", r.Index, r.Status, r.Detail)
+		}
+	}
+	if inlined == 0 || capped == 0 || inlined+capped != 6 {
+		t.Errorf("%d inlined and %d over the line cap; want some of each, 6 in all", inlined, capped)
 	}
 }
 
