@@ -155,6 +155,14 @@ type Result struct {
 	FloorSeconds  float64 `json:"floorSeconds,omitempty"`
 	WindowSeconds float64 `json:"windowSeconds,omitempty"`
 	FloorRatio    float64 `json:"floorRatio,omitempty"`
+	// What the CPU measured in a run allows on this machine's cores, even
+	// run perfectly in parallel: (worker + Temporal + test server CPU) /
+	// cores, over the floor (BoundRatio), and the same without the worker's
+	// own CPU (BoundRatioNoWorker: no change to the worker can go below it).
+	// The floor ratio can never be below BoundRatio.
+	ServerCPU          float64 `json:"testServerCPUSeconds,omitempty"`
+	BoundRatio         float64 `json:"cpuBoundFloorRatio,omitempty"`
+	BoundRatioNoWorker float64 `json:"cpuBoundFloorRatioWithoutWorker,omitempty"`
 }
 
 type env struct {
@@ -360,6 +368,7 @@ type runResult struct {
 	wall                        time.Duration
 	user, sys                   time.Duration
 	temporal                    time.Duration
+	server                      time.Duration // this process: the test server (and the bench's idle client)
 	hwm                         int64
 	retries                     int
 	parentEvents, chunks        int
@@ -431,10 +440,16 @@ func summarize(sc scenario, rs []runResult) Result {
 	res.SysSeconds = pick(func(r runResult) float64 { return r.sys.Seconds() })
 	res.MBPerCPUSecond = pick(func(r runResult) float64 { return float64(r.bytes) / 1e6 / (r.user + r.sys).Seconds() })
 	res.TemporalCPU = pick(func(r runResult) float64 { return r.temporal.Seconds() })
+	res.ServerCPU = pick(func(r runResult) float64 { return r.server.Seconds() })
 	if r0.floor > 0 {
 		res.FloorSeconds = pick(func(r runResult) float64 { return r.floor.Seconds() })
 		res.WindowSeconds = pick(func(r runResult) float64 { return r.window.Seconds() })
 		res.FloorRatio = pick(func(r runResult) float64 { return r.window.Seconds() / r.floor.Seconds() })
+		cores := float64(runtime.NumCPU())
+		res.BoundRatio = pick(func(r runResult) float64 {
+			return (r.user + r.sys + r.temporal + r.server).Seconds() / cores / r.floor.Seconds()
+		})
+		res.BoundRatioNoWorker = pick(func(r runResult) float64 { return (r.temporal + r.server).Seconds() / cores / r.floor.Seconds() })
 	}
 	if sc.history {
 		res.ParentEvents = int(pick(func(r runResult) float64 { return float64(r.parentEvents) }))
@@ -499,6 +514,10 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 		tu, ts, _ := procCPU(tpid)
 		t0 = tu + ts
 	}
+	su0, ss0, err := procCPU(os.Getpid())
+	if err != nil {
+		return r, err
+	}
 	srv.ResetStats()
 
 	in := sc.input
@@ -524,6 +543,9 @@ func (e *env) once(ctx context.Context, sc scenario, srv *testsuite.Server, want
 		return r, err
 	}
 	r.user, r.sys = u1-u0, s1-s0
+	if su1, ss1, err := procCPU(os.Getpid()); err == nil {
+		r.server = su1 + ss1 - su0 - ss0
+	}
 	if tpid > 0 {
 		tu, ts, _ := procCPU(tpid)
 		r.temporal = tu + ts - t0
@@ -740,19 +762,20 @@ func machine() string {
 func printTable(w io.Writer, rs []Result, scale float64) {
 	fmt.Fprintf(w, "bulkflow bench %s, scale %g\n%s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), scale, machine())
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tfiles\tresources\tMB\twire MB\twall s\tMB/s\tres/s\tworker CPU s (usr+sys)\tMB/cpu-s\tpeak RSS MB\tper-file overhead ms\tfloor s\tx floor\t")
+	fmt.Fprintln(tw, "scenario\tfiles\tresources\tMB\twire MB\twall s\tMB/s\tres/s\tworker CPU s (usr+sys)\tMB/cpu-s\tpeak RSS MB\tper-file overhead ms\tfloor s\tx floor\tCPU bound x\t")
 	for _, r := range rs {
 		oh := "-"
 		if r.OverheadMsPerFile != 0 || r.CPUOverheadMsPerFile != 0 {
 			oh = fmt.Sprintf("%.1f wall, %.1f CPU", r.OverheadMsPerFile, r.CPUOverheadMsPerFile)
 		}
-		fl, ratio := "-", "-"
+		fl, ratio, bound := "-", "-", "-"
 		if r.FloorSeconds > 0 {
 			fl, ratio = fmt.Sprintf("%.2f", r.FloorSeconds), fmt.Sprintf("%.2f", r.FloorRatio)
+			bound = fmt.Sprintf("%.2f", r.BoundRatio)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%.1f\t%.0f\t%.2f (%.2f+%.2f)\t%.1f\t%.0f\t%s\t%s\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.1f\t%.2f\t%.1f\t%.0f\t%.2f (%.2f+%.2f)\t%.1f\t%.0f\t%s\t%s\t%s\t%s\t\n",
 			r.Scenario, r.Files, r.Resources, float64(r.Bytes)/1e6, float64(r.WireBytes)/1e6, r.WallSeconds, r.MBps, r.ResPerSec,
-			r.CPUSeconds, r.UserSeconds, r.SysSeconds, r.MBPerCPUSecond, r.PeakRSSMB, oh, fl, ratio)
+			r.CPUSeconds, r.UserSeconds, r.SysSeconds, r.MBPerCPUSecond, r.PeakRSSMB, oh, fl, ratio, bound)
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
@@ -771,6 +794,9 @@ func printTable(w io.Writer, rs []Result, scale float64) {
 		if r.TemporalCPUMsPerFile > 0 {
 			fmt.Fprintf(w, " (%.1f ms/file)", r.TemporalCPUMsPerFile)
 		}
+		if r.BoundRatioNoWorker > 0 {
+			fmt.Fprintf(w, ", test server CPU %.2f s; Temporal and the test server alone bound x floor at %.2f", r.ServerCPU, r.BoundRatioNoWorker)
+		}
 		if r.Chunks > 0 {
 			fmt.Fprintf(w, "; history: parent %d events, %d chunk(s), largest %d events, %.2f events/file", r.ParentEvents, r.Chunks, r.ChunkEventsMax, r.EventsPerFile)
 		}
@@ -780,4 +806,6 @@ func printTable(w io.Writer, rs []Result, scale float64) {
 	fmt.Fprintln(w, "Per-file overhead (small-files): (wall - MB / large-file MB/s) / files; CPU: the same with worker CPU seconds.")
 	fmt.Fprintf(w, "floor: a plain Go HTTP client, %d GETs at once, every manifest URL to disk, no validation (first GET to last file written);\n", floorConcurrency)
 	fmt.Fprintln(w, "x floor: bulkflow's first file GET to commit over the floor's time, median of the per-run ratios (docs/benchmarks.md).")
+	fmt.Fprintf(w, "CPU bound x: (worker + Temporal + test server CPU seconds, kick-off to commit) / %d cores / floor: the least x floor\n", runtime.NumCPU())
+	fmt.Fprintln(w, "  that this much CPU allows on this machine even run perfectly in parallel (docs/benchmarks.md, \"The floor ratio's bound\").")
 }
