@@ -14,7 +14,7 @@ func TestSummarizeCPUBound(t *testing.T) {
 	cores := float64(runtime.NumCPU())
 	run := func(worker, temporal, server, floor time.Duration) runResult {
 		return runResult{files: 1, bytes: 1e6, wall: 2 * time.Second, window: time.Second,
-			user: worker, temporal: temporal, server: server, floor: floor}
+			user: worker, temporal: temporal, server: server, windowCPU: worker + temporal + server, windowNoWorker: temporal + server, floor: floor}
 	}
 	for _, tc := range []struct {
 		name               string
