@@ -208,9 +208,11 @@ func demoTemporal(ctx context.Context, address, uiPort, cli string, stdout io.Wr
 		UIPort:        uiPort,
 		// So exports are searchable by server, level, phase and types in the UI.
 		SearchAttributes: workflows.SearchAttributesToRegister(),
-		LogLevel:         "error",
-		Stdout:           logf,
-		Stderr:           logf,
+		// As recommended for deployments (docs/operations.md, "Eager activity execution").
+		ExtraArgs: []string{"--dynamic-config-value", "system.enableActivityEagerExecution=true"},
+		LogLevel:  "error",
+		Stdout:    logf,
+		Stderr:    logf,
 	})
 	if err != nil {
 		return nil, "", false, nil, fmt.Errorf("start the Temporal dev server (log: %s): %w", logf.Name(), err)

@@ -46,6 +46,7 @@ func (r *exportRun) fetchAttachments() error {
 		var res activities.FetchAttachmentsResult
 		actx := workflow.WithActivityOptions(r.ctx, workflow.ActivityOptions{
 			StartToCloseTimeout: 24 * time.Hour, HeartbeatTimeout: r.set.HeartbeatTimeout,
+			DisableEagerExecution: true, // spread over the fleet, as downloads are (workflows/chunk.go)
 			RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 				MaximumAttempts: int32(max(1, r.set.MaxFileAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
 			Summary: fmt.Sprintf("attachments of chunk %d of %d", st.AttachmentChunks+1, chunks)})

@@ -66,6 +66,12 @@ func DownloadChunkWorkflow(ctx workflow.Context, in ChunkInput) (ChunkResult, er
 		HeartbeatTimeout:    cmp.Or(in.HeartbeatTimeout, 2*time.Minute),
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: 5 * time.Second, BackoffCoefficient: 2, MaximumInterval: 5 * time.Minute,
 			MaximumAttempts: int32(max(1, in.MaxAttempts)), NonRetryableErrorTypes: activities.NonRetryable},
+		// Downloads go through the task queue to whichever worker is free:
+		// on a server with eager activity execution, an eager download would
+		// run on the worker holding this (sticky) workflow, so one worker
+		// of a fleet would take most of the chunk. The short steps keep eager
+		// dispatch, which saves them a matching round trip (docs/deployment.md).
+		DisableEagerExecution: true,
 	}
 	// Version 1: a cancelled download is waited for until its activity
 	// confirms (it notices through its next heartbeat): only then may the

@@ -43,8 +43,12 @@ func TestMain(m *testing.M) {
 		LogLevel:      "error",
 		// bulkflow's search attributes, so exports exercise the ExportPhase upserts.
 		SearchAttributes: workflows.SearchAttributesToRegister(),
-		Stdout:           logf,
-		Stderr:           logf,
+		// Eager activity execution on, as docs/operations.md recommends: the
+		// fleet test then also shows downloads still spread over workers. The
+		// chaos and CLI tests' own dev servers keep the server default (off).
+		ExtraArgs: []string{"--dynamic-config-value", "system.enableActivityEagerExecution=true"},
+		Stdout:    logf,
+		Stderr:    logf,
 	})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: start the Temporal dev server (%s; log %s): %v\n", cli, logf.Name(), err)

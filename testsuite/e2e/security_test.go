@@ -169,8 +169,8 @@ func TestSecuritySMARTBackendServices(t *testing.T) {
 // token revoked early costs one more), not one per request or per file, and
 // no file may fail for it. Waiting minutes is too slow for a
 // test, and the client clamps expires_in to at least 10 s, so the expiry is
-// forced server-side instead: every 300 ms ExpireAllTokens invalidates every
-// token issued so far (one "lifetime" = 300 ms), while hundreds of small
+// forced server-side instead: every 100 ms ExpireAllTokens invalidates every
+// token issued so far (one "lifetime" = 100 ms), while hundreds of small
 // files download for a few seconds. Each forced expiry must cost at most one
 // token request (the first request that sees the 401 refreshes; the others
 // racing with the same stale token share that refresh), so token requests <=
@@ -190,7 +190,7 @@ func TestSecurityTokensExpireDuringManyFiles(t *testing.T) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		tick := time.NewTicker(300 * time.Millisecond)
+		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
