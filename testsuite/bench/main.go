@@ -173,7 +173,6 @@ type env struct {
 	work      string
 	verify    bool
 	floor     bool // also run the plain-HTTP floor after every run (floor.go)
-	eager     bool // the dev server runs with eager activity execution
 	phases    bool // print each run's timeline (phases.go)
 	log       io.Writer
 }
@@ -310,7 +309,7 @@ func setup(ctx context.Context, workDir string, eager bool) (*env, func(), error
 	if removeTmp {
 		undo = append(undo, func() { os.RemoveAll(tmp) })
 	}
-	e := &env{work: tmp, workerBin: filepath.Join(tmp, "worker"), eager: eager}
+	e := &env{work: tmp, workerBin: filepath.Join(tmp, "worker")}
 	fmt.Fprintln(os.Stderr, "bench: building ./worker")
 	build := exec.CommandContext(ctx, "go", "build", "-o", e.workerBin, "./worker")
 	build.Dir = root
@@ -338,7 +337,7 @@ func setup(ctx context.Context, workDir string, eager bool) (*env, func(), error
 		LogLevel:      "error",
 		// As recommended for deployments (docs/operations.md, "Eager activity
 		// execution"); -eager=false measures without it.
-		ExtraArgs: eagerArgs(e.eager),
+		ExtraArgs: eagerArgs(eager),
 		Stdout:    logf,
 		Stderr:    logf,
 	})
