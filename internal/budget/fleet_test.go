@@ -88,7 +88,10 @@ func TestFleetSharesSlotsAndSavesRoundTrips(t *testing.T) {
 	if maxInUse.Load() > 2 {
 		t.Errorf("%d downloads at once with a budget of 2", maxInUse.Load())
 	}
-	if a*2 < b || b*2 < a {
+	// Turns are coarse (a slot serves its holder for Reuse), so the split
+	// is uneven on a loaded machine (up to 73/27 seen); starving is far
+	// below the fifth each worker must get, as in the fleet e2e test.
+	if a*5 < a+b || b*5 < a+b {
 		t.Errorf("one worker starved the other: %d vs %d downloads", a, b)
 	}
 	if ex*5 > a+b {
