@@ -823,9 +823,8 @@ func stageAttachmentIndex(ctx context.Context, s sink.Sink, run string, chunks i
 		return nil, nil, retryable("Sink", err)
 	}
 	defer w.Abort()
-	h := sha256.New()
-	cw := &attCountingWriter{w: io.MultiWriter(w, h)}
-	bw := bufio.NewWriter(cw)
+	hw := sink.NewHashed(w)
+	bw := bufio.NewWriter(hw)
 	var staged []sink.Staged
 	for i := range chunks {
 		rc, err := s.Open(ctx, run, attachmentIndexObject(i))
@@ -858,22 +857,11 @@ func stageAttachmentIndex(ctx context.Context, s sink.Sink, run string, chunks i
 	if err := bw.Flush(); err != nil {
 		return nil, nil, retryable("Sink", err)
 	}
-	if err := w.Close(); err != nil {
+	if err := hw.Close(); err != nil {
 		return nil, nil, retryable("Sink", err)
 	}
-	sum.IndexBytes, sum.IndexSHA256 = cw.n, hex.EncodeToString(h.Sum(nil))
-	staged = append(staged, sink.Staged{Name: AttachmentIndexName, Bytes: cw.n, SHA256: sum.IndexSHA256, Stored: sink.StoredOf(w)})
+	sum.IndexBytes, sum.IndexSHA256 = hw.Size(), hw.SHA256()
+	staged = append(staged, sink.Staged{Name: AttachmentIndexName, Bytes: hw.Size(), SHA256: sum.IndexSHA256, Stored: hw.Stored()})
 	slices.SortFunc(staged, func(a, b sink.Staged) int { return strings.Compare(a.Name, b.Name) })
 	return staged, sum, nil
-}
-
-type attCountingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *attCountingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"path"
 	"regexp"
@@ -347,11 +344,9 @@ type tombstones struct {
 }
 
 type tombFile struct {
-	w    sink.Writer
+	w    *sink.Hashed
 	bw   *bufio.Writer
-	h    hash.Hash
 	rows int64
-	n    int64
 	path string
 }
 
@@ -401,8 +396,8 @@ func (t *tombstones) add(bundle []byte, res *FileResult) error {
 			if err != nil {
 				return err
 			}
-			f = &tombFile{w: w, h: sha256.New(), path: p}
-			f.bw = bufio.NewWriter(io.MultiWriter(w, f.h))
+			f = &tombFile{w: sink.NewHashed(w), path: p}
+			f.bw = bufio.NewWriter(f.w)
 			t.byType[typ] = f
 		}
 		line, _ := json.Marshal(tombstone{ResourceType: typ, ID: id, TransactionTime: t.transactionTime, Source: t.base})
@@ -411,7 +406,6 @@ func (t *tombstones) add(bundle []byte, res *FileResult) error {
 			return err
 		}
 		f.rows++
-		f.n += int64(len(line))
 		if res.Deleted == nil {
 			res.Deleted = map[string]int64{}
 		}
@@ -429,7 +423,7 @@ func (t *tombstones) close() ([]Part, error) {
 		if err := f.w.Close(); err != nil {
 			return nil, err
 		}
-		parts = append(parts, Part{Path: f.path, Format: "ndjson", Kind: KindTombstone, Type: typ, Rows: f.rows, Bytes: f.n, SHA256: hex.EncodeToString(f.h.Sum(nil)), Stored: sink.StoredOf(f.w)})
+		parts = append(parts, Part{Path: f.path, Format: "ndjson", Kind: KindTombstone, Type: typ, Rows: f.rows, Bytes: f.w.Size(), SHA256: f.w.SHA256(), Stored: f.w.Stored()})
 	}
 	t.byType = nil
 	return parts, nil

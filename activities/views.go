@@ -3,12 +3,9 @@ package activities
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -314,17 +311,8 @@ type viewFile struct {
 
 type viewTable struct {
 	part Part
-	sw   sink.Writer
-	h    hash.Hash
-	n    int64
+	sw   *sink.Hashed
 	w    *viewtable.Writer
-}
-
-func (t *viewTable) Write(p []byte) (int, error) {
-	n, err := t.sw.Write(p)
-	t.h.Write(p[:n])
-	t.n += int64(n)
-	return n, err
 }
 
 // newViewFile starts the view tables of a file of type typ. Without
@@ -365,9 +353,9 @@ func (f *viewFile) table(v *views.View, partition string) (*viewTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", name, err)
 	}
-	t := &viewTable{part: Part{Path: name, Format: "parquet", Kind: KindView, Type: v.Resource, View: v.Name, Partition: partition}, sw: sw, h: sha256.New()}
+	t := &viewTable{part: Part{Path: name, Format: "parquet", Kind: KindView, Type: v.Resource, View: v.Name, Partition: partition}, sw: sink.NewHashed(sw)}
 	f.objs = append(f.objs, t)
-	if t.w, err = viewtable.New(t, v, viewtable.Options{RowGroupBytes: viewRowGroupBytes}); err != nil {
+	if t.w, err = viewtable.New(t.sw, v, viewtable.Options{RowGroupBytes: viewRowGroupBytes}); err != nil {
 		return nil, err
 	}
 	f.tables[key] = t
@@ -578,8 +566,7 @@ func (f *viewFile) close() ([]Part, error) {
 			}
 			return nil, fmt.Errorf("close %s: %w", t.part.Path, err)
 		}
-		t.part.Rows, t.part.Bytes, t.part.SHA256 = t.w.Rows(), t.n, hex.EncodeToString(t.h.Sum(nil))
-		t.part.Stored = sink.StoredOf(t.sw)
+		t.part.Rows, t.part.Bytes, t.part.SHA256, t.part.Stored = t.w.Rows(), t.sw.Size(), t.sw.SHA256(), t.sw.Stored()
 		parts = append(parts, t.part)
 	}
 	f.objs = nil

@@ -15,11 +15,8 @@ package lake
 import (
 	"bufio"
 	"cmp"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"regexp"
 	"slices"
 	"strings"
@@ -134,8 +131,7 @@ type partition struct {
 // object is one staged sink object and what feeds it.
 type object struct {
 	part Part
-	sw   sink.Writer
-	hw   *hashWriter
+	sw   *sink.Hashed                // the staged object, its size and SHA-256 kept on the way in
 	bw   *bufio.Writer               // NDJSON: buffer in front of the sink
 	gz   *gzip.Writer                // NDJSON with Gzip
 	pw   *parquet.GenericWriter[Row] // Parquet
@@ -362,7 +358,7 @@ func (w *FileWriter) partition(key int) (*partition, error) {
 			return nil, err
 		}
 		o.part.Gzip = w.o.Gzip
-		o.bw = bufio.NewWriterSize(o.hw, 256<<10)
+		o.bw = bufio.NewWriterSize(o.sw, 256<<10)
 		if w.o.Gzip {
 			o.gz = gzip.NewWriter(o.bw)
 		}
@@ -373,7 +369,7 @@ func (w *FileWriter) partition(key int) (*partition, error) {
 		if err != nil {
 			return nil, err
 		}
-		o.pw = parquet.NewGenericWriter[Row](o.hw, w.pqOpts...)
+		o.pw = parquet.NewGenericWriter[Row](o.sw, w.pqOpts...)
 		p.pq = o
 	}
 	w.parts[key] = p
@@ -388,7 +384,7 @@ func (w *FileWriter) create(name string, f Format, part string) (*object, error)
 	if err != nil {
 		return nil, fmt.Errorf("lake: create %s: %w", name, err)
 	}
-	o := &object{part: Part{Path: name, Format: f, Partition: part}, sw: sw, hw: &hashWriter{w: sw, h: sha256.New()}}
+	o := &object{part: Part{Path: name, Format: f, Partition: part}, sw: sink.NewHashed(sw)}
 	w.objs = append(w.objs, o)
 	return o, nil
 }
@@ -431,25 +427,8 @@ func (o *object) close() error {
 	if err := o.sw.Close(); err != nil {
 		return err
 	}
-	o.part.Bytes = o.hw.n
-	o.part.SHA256 = hex.EncodeToString(o.hw.h.Sum(nil))
-	o.part.Stored = sink.StoredOf(o.sw)
+	o.part.Bytes, o.part.SHA256, o.part.Stored = o.sw.Size(), o.sw.SHA256(), o.sw.Stored()
 	return nil
-}
-
-// hashWriter hashes and counts exactly the bytes handed to the sink, so a
-// Part's SHA256 is that of the stored object.
-type hashWriter struct {
-	w sink.Writer
-	h hash.Hash
-	n int64
-}
-
-func (h *hashWriter) Write(p []byte) (int, error) {
-	n, err := h.w.Write(p)
-	h.h.Write(p[:n])
-	h.n += int64(n)
-	return n, err
 }
 
 func monthKey(t time.Time) int { return t.Year()*100 + int(t.Month()) }
