@@ -25,87 +25,54 @@ type Context struct {
 	Constants map[string][]Item
 	RowIndex  int
 
-	scratch ev       // reused by each evaluation (evaluations do not nest)
-	slab    []Item   // small result slices are carved from here
-	slabs   [][]Item // every slab carved since Reset, for the next resource
-	slabIdx int
-	// computed string nodes and lambda scopes, likewise
-	nodes      []Node
-	nodeSlabs  [][]Node
-	nodeIdx    int
-	scopes     []scope
-	scopeSlabs [][]scope
-	scopeIdx   int
+	scratch ev // reused by each evaluation (evaluations do not nest)
+	// Small result slices, computed string nodes and lambda scopes are
+	// carved from arenas (the decoder's, json.go) that Reset rewinds.
+	itemArena arena[Item]
+	nodes     arena[Node]
+	scopes    arena[scope]
 }
+
+// contextKeep bounds the arena memory a Context keeps between resources: a
+// hostile resource's worth is dropped rather than held for the next.
+const contextKeep = 1 << 20
 
 // Reset readies the context for another resource, keeping its scratch
 // memory: the results of earlier evaluations must no longer be in use.
 func (c *Context) Reset(resource *Node, constants map[string][]Item) {
 	c.Resource, c.Constants, c.RowIndex = resource, constants, 0
-	c.slabIdx, c.nodeIdx, c.scopeIdx = 0, 0, 0
-	c.slab, c.nodes, c.scopes = nil, nil, nil
-	if len(c.slabs) > 64 {
-		c.slabs = c.slabs[:64] // a hostile resource's worth of slabs is not kept
-	}
-	if len(c.nodeSlabs) > 64 {
-		c.nodeSlabs = c.nodeSlabs[:64]
-	}
-	if len(c.scopeSlabs) > 64 {
-		c.scopeSlabs = c.scopeSlabs[:64]
+	c.itemArena.rewind()
+	c.nodes.rewind()
+	c.scopes.rewind()
+	if c.itemArena.bytes()+c.nodes.bytes()+c.scopes.bytes() > contextKeep {
+		c.itemArena.chunks, c.nodes.chunks, c.scopes.chunks = nil, nil, nil
 	}
 }
 
-// stringItem is a computed string (a key), its node carved from a slab
-// that Reset rewinds like the item slabs.
+// stringItem is a computed string (a key), its node carved from an arena
+// that Reset rewinds.
 func (c *Context) stringItem(s, typ string) Item {
-	if len(c.nodes) == cap(c.nodes) {
-		if c.nodeIdx < len(c.nodeSlabs) {
-			c.nodes = c.nodeSlabs[c.nodeIdx][:0]
-		} else {
-			c.nodes = make([]Node, 0, 32)
-			c.nodeSlabs = append(c.nodeSlabs, c.nodes)
-		}
-		c.nodeIdx++
-	}
-	c.nodes = append(c.nodes, Node{Kind: String, Str: s})
-	return Item{N: &c.nodes[len(c.nodes)-1], T: typ}
+	n := &c.nodes.alloc(1, 32, true)[0]
+	*n = Node{Kind: String, Str: s}
+	return Item{N: n, T: typ}
 }
 
-// scope returns a cleared scope for a lambda, carved from a slab that Reset
-// rewinds: a lambda's scope lives only while the lambda runs.
+// scope returns a cleared scope for a lambda, carved from an arena that
+// Reset rewinds: a lambda's scope lives only while the lambda runs.
 func (c *Context) scope() *scope {
-	if len(c.scopes) == cap(c.scopes) {
-		if c.scopeIdx < len(c.scopeSlabs) {
-			c.scopes = c.scopeSlabs[c.scopeIdx][:0]
-		} else {
-			c.scopes = make([]scope, 0, 16)
-			c.scopeSlabs = append(c.scopeSlabs, c.scopes)
-		}
-		c.scopeIdx++
-	}
-	c.scopes = append(c.scopes, scope{})
-	return &c.scopes[len(c.scopes)-1]
+	sc := &c.scopes.alloc(1, 16, true)[0]
+	*sc = scope{}
+	return sc
 }
 
-// items returns an empty slice with room for n items. Small ones share a
-// slab: results are read-only, and the three-index slice keeps an append
-// from spilling into a neighbour.
+// items returns an empty slice with room for n items. Small ones share an
+// arena chunk: results are read-only, and alloc's three-index slice keeps
+// an append from spilling into a neighbour.
 func (c *Context) items(n int) []Item {
 	if n > 16 {
 		return make([]Item, 0, n)
 	}
-	if cap(c.slab)-len(c.slab) < n {
-		if c.slabIdx < len(c.slabs) {
-			c.slab = c.slabs[c.slabIdx][:0]
-		} else {
-			c.slab = make([]Item, 0, 64)
-			c.slabs = append(c.slabs, c.slab)
-		}
-		c.slabIdx++
-	}
-	l := len(c.slab)
-	c.slab = c.slab[:l+n]
-	return c.slab[l : l : l+n]
+	return c.itemArena.alloc(n, 64, true)[:0]
 }
 
 // Evaluate runs the expression with input as its focus ($this at the root).
