@@ -143,18 +143,10 @@ func (p *batchPlanner) next(next, end, window int) int {
 
 // batchSummary names a batch for the UI, e.g. "Observation files 1–40 of 300".
 func batchSummary(groups []activities.Group, first, n int) string {
-	a, b := fileSummary(groups, first), fileSummary(groups, first+n-1)
 	for _, g := range groups {
 		if first >= g.First && first+n <= g.First+g.Count {
-			what := g.Type
-			switch g.Kind {
-			case activities.KindError:
-				what = "error"
-			case activities.KindDeleted:
-				what = "deleted"
-			}
-			return fmt.Sprintf("%s files %d–%d of %d", what, first-g.First+1, first-g.First+n, g.Count)
+			return fmt.Sprintf("%s files %d–%d of %d", groupName(g), first-g.First+1, first-g.First+n, g.Count)
 		}
 	}
-	return fmt.Sprintf("%s to %s", a, b)
+	return fileSummary(groups, first) + " to " + fileSummary(groups, first+n-1)
 }

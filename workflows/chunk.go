@@ -255,15 +255,20 @@ func memberError(ff activities.FileFailure) error {
 func fileSummary(groups []activities.Group, i int) string {
 	for _, g := range groups {
 		if i >= g.First && i < g.First+g.Count {
-			what := g.Type
-			switch g.Kind {
-			case activities.KindError:
-				what = "error"
-			case activities.KindDeleted:
-				what = "deleted"
-			}
-			return fmt.Sprintf("%s file %d of %d", what, i-g.First+1, g.Count)
+			return fmt.Sprintf("%s file %d of %d", groupName(g), i-g.First+1, g.Count)
 		}
 	}
 	return fmt.Sprintf("file %d", i+1)
+}
+
+// groupName is what the UI calls a group's files: the resource type, or
+// "error" or "deleted" for the manifest's other lists.
+func groupName(g activities.Group) string {
+	switch g.Kind {
+	case activities.KindError:
+		return "error"
+	case activities.KindDeleted:
+		return "deleted"
+	}
+	return g.Type
 }
