@@ -74,13 +74,7 @@ func printAttachments(w io.Writer) {
 	if len(attachmentRuns) == 0 {
 		return
 	}
-	pick := func(f func(attachmentRun) float64) float64 {
-		var xs []float64
-		for _, r := range attachmentRuns {
-			xs = append(xs, f(r))
-		}
-		return median(xs)
-	}
+	pick := func(f func(attachmentRun) float64) float64 { return medianOf(attachmentRuns, f) }
 	r0 := attachmentRuns[0]
 	fmt.Fprintf(w, "attachments: %d documents, %.1f MB stored per run; median of %d: %.0f documents/s, %.1f MB/s (wall, whole export); %.0f documents/cpu-s, %.1f MB/cpu-s (worker CPU)\n",
 		r0.stored, float64(r0.bytes)/1e6, len(attachmentRuns),

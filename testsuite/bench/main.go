@@ -433,14 +433,17 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-func summarize(sc scenario, rs []runResult) Result {
-	pick := func(f func(runResult) float64) float64 {
-		var xs []float64
-		for _, r := range rs {
-			xs = append(xs, f(r))
-		}
-		return median(xs)
+// medianOf is the median of f over the runs.
+func medianOf[R any](runs []R, f func(R) float64) float64 {
+	xs := make([]float64, 0, len(runs))
+	for _, r := range runs {
+		xs = append(xs, f(r))
 	}
+	return median(xs)
+}
+
+func summarize(sc scenario, rs []runResult) Result {
+	pick := func(f func(runResult) float64) float64 { return medianOf(rs, f) }
 	r0 := rs[0]
 	res := Result{Scenario: sc.Name, About: sc.About, Runs: len(rs), Files: r0.files, Resources: r0.resources, Bytes: r0.bytes, WireBytes: r0.wireBytes}
 	res.WallSeconds = pick(func(r runResult) float64 { return r.wall.Seconds() })
